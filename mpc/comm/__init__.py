@@ -1,0 +1,15 @@
+"""Transports between parties: the `Channel` interface and an in-memory network for simulations and tests."""
+
+from .channel import Channel, CommError, CommStats, Message, payload_bytes
+from .memory import LinkModel, MemoryChannel, MemoryNetwork
+
+__all__ = [
+    "Channel",
+    "CommError",
+    "CommStats",
+    "LinkModel",
+    "MemoryChannel",
+    "MemoryNetwork",
+    "Message",
+    "payload_bytes",
+]

@@ -1,0 +1,76 @@
+"""Cryptographic randomness: an AES-128-CTR PRG producing ring tensors, and X25519 seed agreement.
+
+Secret randomness in the engine comes only from here (never from `torch.randint` or `random`).
+Two parties holding the same seed draw identical streams, provided they draw the same sizes in the same order;
+this is what makes zero-sharings and common masks free of communication.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+SEED_BYTES = 16
+
+
+class PRG:
+    """AES-128 in counter mode keyed by a 16-byte seed; a deterministic stream of uniform ring elements."""
+
+    def __init__(self, seed: bytes, device: torch.device | str = "cpu") -> None:
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
+        self._encryptor = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor()
+        self.device = torch.device(device)
+        self.drawn_bytes = 0
+
+    @classmethod
+    def fresh(cls, device: torch.device | str = "cpu") -> "PRG":
+        """A PRG seeded from the operating system's CSPRNG (private randomness)."""
+        return cls(os.urandom(SEED_BYTES), device)
+
+    def bytes(self, n: int) -> bytes:
+        """The next n pseudorandom bytes of the stream."""
+        self.drawn_bytes += n
+        return self._encryptor.update(bytes(n))
+
+    def ring(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """Uniform elements of Z_2^64 (int64) of the given shape, on this PRG's device.
+
+        AES runs on the CPU; on CUDA the draw is copied to the device once (one host-to-device transfer).
+        """
+        n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+        buf = np.frombuffer(self.bytes(8 * n), dtype=np.int64).reshape(tuple(shape))
+        out = torch.from_numpy(buf.copy())
+        return out if self.device.type == "cpu" else out.to(self.device, non_blocking=True)
+
+    def bits(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """Uniform 0/1 int64 values of the given shape."""
+        return self.ring(shape) & 1
+
+    def below(self, shape: tuple[int, ...] | torch.Size, bits: int) -> torch.Tensor:
+        """Uniform integers in [0, 2^bits) as int64, for 0 < bits < 64."""
+        return self.ring(shape) & ((1 << bits) - 1)
+
+
+class KeyAgreement:
+    """One party's X25519 key pair, used to derive a PRG seed shared with each peer."""
+
+    def __init__(self) -> None:
+        self._private = X25519PrivateKey.generate()
+
+    @property
+    def public_bytes(self) -> bytes:
+        return self._private.public_key().public_bytes_raw()
+
+    def seed_with(self, peer_public: bytes, context: bytes) -> bytes:
+        """A 16-byte seed both ends derive: HKDF-SHA256 over the X25519 secret, bound to a session context."""
+        secret = self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=b"secureinfer-prg|" + context).derive(
+            secret
+        )

@@ -1,0 +1,1 @@
+"""Node daemons (issue 4)."""

@@ -1,0 +1,1 @@
+"""Benchmarks behind `secureinfer bench`."""

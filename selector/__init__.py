@@ -1,0 +1,1 @@
+"""The meta-learned strategy selector (issue 6)."""
