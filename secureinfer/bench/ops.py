@@ -1,0 +1,160 @@
+"""`secureinfer bench ops`: time the secure primitives on three in-process parties.
+
+For each op and shape it reports the median wall time of the op itself (inputs are shared beforehand and outputs
+opened afterwards, outside the timed part), the rounds on the critical path, the bytes each party sent, the
+process's peak resident memory, and the largest error against float64 torch in units of 2^-f.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from ..mpc import runtime
+from ..mpc.party import EngineConfig, Party
+from ..mpc.protocols import compare, mul, reveal, select
+from ..mpc.shares import AShare
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One benchmarked op: a name, input shapes and ranges, the secure op and its float64 reference."""
+
+    name: str
+    shapes: tuple[tuple[int, ...], ...]
+    secure: Callable[..., AShare]
+    reference: Callable[..., torch.Tensor]
+    scale: float = 4.0
+    output_is_bit: bool = False
+
+
+def _cases() -> list[OpCase]:
+    return [
+        OpCase("matmul", ((128, 768), (768, 768)), mul.matmul_fixed, lambda a, b: a @ b, scale=1.0),
+        OpCase("mul", ((128, 3072), (128, 3072)), mul.mul_fixed, lambda a, b: a * b),
+        OpCase("lt", ((128, 3072), (128, 3072)), compare.lt, lambda a, b: (a < b).double(), output_is_bit=True),
+        OpCase("relu", ((128, 3072),), select.relu, torch.relu),
+        OpCase("max", ((12, 128, 128),), lambda p, x: select.max(p, x, dim=-1), lambda x: x.amax(dim=-1)),
+    ]
+
+
+@dataclass
+class OpResult:
+    """The figures for one op, medians over the repeats."""
+
+    op: str
+    shapes: list[list[int]]
+    device: str
+    seconds: float
+    rounds: int
+    bytes_per_party: list[int]
+    max_error: float
+    error_unit: str
+    peak_rss_mb: float
+    repeats: int
+
+
+def _program(case: OpCase, timings: list[float]) -> Callable[..., torch.Tensor]:
+    def program(party: Party, *xs: AShare) -> torch.Tensor:
+        start = time.perf_counter()
+        out = case.secure(party, *xs)
+        if party.device.type == "cuda":
+            torch.cuda.synchronize(party.device)
+        timings[party.index] = time.perf_counter() - start
+        return reveal.reveal(party, out, tag="bench-output")
+
+    return program
+
+
+def _error(case: OpCase, config: EngineConfig, out: torch.Tensor, inputs: list[torch.Tensor]) -> float:
+    fxp = config.fxp
+    exact = [fxp.decode(fxp.encode(x)) for x in inputs]  # compare against the encoded inputs
+    want = case.reference(*exact)
+    if case.output_is_bit:
+        return float(((out.cpu() & 1).double() != want).sum())  # count of wrong answers
+    return float((fxp.decode(out.cpu()) - want).abs().max()) * fxp.scale
+
+
+def run_case(case: OpCase, config: EngineConfig, repeats: int) -> OpResult:
+    """Run one case `repeats` times; report medians (time) and the worst error."""
+    gen = torch.Generator().manual_seed(0)  # public benchmark inputs, not secret randomness
+    seconds, errors, result = [], [], None
+    for _ in range(repeats):
+        inputs = [torch.randn(*s, generator=gen, dtype=torch.float64) * case.scale for s in case.shapes]
+        timings = [0.0, 0.0, 0.0]
+        result = runtime.simulate(_program(case, timings), inputs=inputs, config=config)
+        seconds.append(max(timings))
+        errors.append(_error(case, config, result.outputs[0], inputs))
+    # The opening is outside the timed op but inside the counters: take its one round and element out.
+    out_bytes = result.outputs[0].numel() * 8
+    return OpResult(
+        op=case.name,
+        shapes=[list(s) for s in case.shapes],
+        device=config.device,
+        seconds=statistics.median(seconds),
+        rounds=result.max_rounds - 1,
+        bytes_per_party=[s.bytes_sent - out_bytes for s in result.stats],
+        max_error=max(errors),
+        error_unit="wrong answers" if case.output_is_bit else "ulp (2^-f)",
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        repeats=repeats,
+    )
+
+
+def _print_row(r: OpResult) -> None:
+    shapes = "x".join("(" + ",".join(map(str, s)) + ")" for s in r.shapes)
+    mb = "/".join(f"{b / 1e6:.2f}" for b in r.bytes_per_party)
+    err = f"{r.max_error:.1f} {r.error_unit.split()[0]}"
+    print(f"{r.op:<8} {shapes:<26} {r.seconds * 1e3:>9.1f} ms {r.rounds:>4} rounds  {mb:>20} MB  {err:>12}"
+          f"  peak {r.peak_rss_mb:,.0f} MB", flush=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `secureinfer bench ops`."""
+    if args.repeat < 1:
+        print("secureinfer bench ops: --repeat must be at least 1", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"secureinfer bench ops: device {args.device!r} requested but torch sees no CUDA GPU", file=sys.stderr)
+        return 2
+    cases = _cases()
+    if args.only:
+        unknown = set(args.only) - {c.name for c in cases}
+        if unknown:
+            names = ", ".join(c.name for c in cases)
+            print(f"secureinfer bench ops: unknown op(s) {sorted(unknown)}; choose from {names}", file=sys.stderr)
+            return 2
+        cases = [c for c in cases if c.name in args.only]
+    config = EngineConfig(device=args.device)
+    print(f"3 in-process parties, device {args.device}, f={config.fxp.frac_bits}, median of {args.repeat} "
+          f"(torch {torch.__version__}, {torch.get_num_threads()} threads)", flush=True)
+    print(f"{'op':<8} {'shapes':<26} {'time':>12} {'rounds':>11}  {'sent per party P0/P1/P2':>20}     {'max error':>12}")
+    results = []
+    for case in cases:
+        result = run_case(case, config, args.repeat)
+        _print_row(result)
+        results.append(result)
+    if args.json:
+        doc = {
+            "benchmark": "ops",
+            "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "python": sys.version.split()[0],
+                        "torch": torch.__version__,
+                        "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None},
+            "results": [asdict(r) for r in results],
+        }
+        text = json.dumps(doc, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as fh:
+                fh.write(text + "\n")
+    return 0
