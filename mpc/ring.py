@@ -108,6 +108,8 @@ def limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Products of equal weight j + l = s are fused into one GEMM by concatenating along K, so there are 4 GEMMs with
     K, 2K, 3K and 4K columns. Each partial sum is below 4K * 2^32 < 2^53 for K < 2^19, hence exact in float64.
     """
+    if b.dim() == 1:  # matrix-vector: torch.matmul semantics, via a one-column matrix
+        return limb_matmul(a, b.unsqueeze(-1)).squeeze(-1)
     k = a.shape[-1]
     if k >= _MAX_EXACT_K:
         raise RingError(f"limb matmul is exact only for K < {_MAX_EXACT_K}, got K={k}")

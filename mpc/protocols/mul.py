@@ -69,3 +69,17 @@ def mul_public_fixed(party: Party, x: AShare, c: torch.Tensor | float) -> AShare
 def matmul_public_fixed(party: Party, x: AShare, w: torch.Tensor) -> AShare:
     """Fixed-point x @ w for a public real matrix w. 2 rounds."""
     return trunc.trunc(party, x.matmul_public(party.fxp.encode(w, x.device)), party.fxp.frac_bits)
+
+
+def mean(party: Party, x: AShare, dim: int, keepdim: bool = False, extra_bits: int = 0) -> AShare:
+    """Fixed-point mean along `dim`: the local sum times round(2^(f+e) / n), truncated by f+e bits. 2 rounds.
+
+    Error (real units): at most 2^-f (the truncation) plus |sum| * 2^-(f+e+1) (rounding 1/n; zero when n is a power
+    of two up to 2^(f+e)). Range: |mean| < 2^(62-2f-e). Knob: e = `extra_bits` trades range for precision; with the
+    default e = 0 this is `mul_public_fixed(sum, 1/n)`, and e >= log2(n) makes the error at most 2^-f + |mean| 2^-(f+1).
+    """
+    if extra_bits < 0:
+        raise ValueError(f"extra_bits must be >= 0, got {extra_bits}")  # trunc checks that f + e bits is in range
+    n = x.shape[dim]
+    bits = party.fxp.frac_bits + extra_bits
+    return trunc.trunc(party, x.sum(dim, keepdim).mul_public(round(2**bits / n)), bits)

@@ -1,0 +1,62 @@
+"""Publishing a model's weights as secret shares: the model owner's side and the parties' side.
+
+The owner encodes every parameter in the session's fixed point and shares it with `sharing.send_input` (two of the
+six components travel as seeds). Names travel first so parties key the shares by the checkpoint's own parameter
+names. Parameters arrive in sorted name order; the parties learn names and shapes (the architecture), never values.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import torch
+
+from ..comm import Channel, CommError
+from ..party import PARTY_NAMES, Party
+from ..protocols import sharing
+from ..ring import FixedPoint
+from ..shares import AShare
+
+_MAX_NAME = 512
+_MAX_PARAMS = 100_000
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be published (bad names, non-finite values, too many)."""
+
+
+def publish(channel: Channel, params: dict[str, torch.Tensor], fxp: FixedPoint, tag: str = "weights",
+            parties: tuple[str, ...] = PARTY_NAMES) -> int:
+    """Owner side: share every parameter with the three parties; returns the number of ring elements shared."""
+    if len(params) > _MAX_PARAMS:
+        raise WeightsError(f"too many parameters: {len(params)} > {_MAX_PARAMS}")
+    for p in parties:
+        channel.send(p, struct.pack("<I", len(params)), tag)
+    elements = 0
+    for name in sorted(params):
+        encoded_name = name.encode()
+        if not 0 < len(encoded_name) <= _MAX_NAME:
+            raise WeightsError(f"parameter name must be 1..{_MAX_NAME} bytes: {name!r}")
+        for p in parties:
+            channel.send(p, encoded_name, tag)
+        ring_value = fxp.encode(params[name].detach().to(torch.float64))
+        sharing.send_input(channel, ring_value, tag, parties)
+        elements += ring_value.numel()
+    return elements
+
+
+def receive(party: Party, owner: str, tag: str = "weights") -> dict[str, AShare]:
+    """Party side of `publish`: this party's shares of every parameter, keyed by name."""
+    header = party.channel.recv(owner, tag)
+    if not isinstance(header, bytes) or len(header) != 4:
+        raise CommError(f"{party.name}: malformed weights header from {owner}")
+    (count,) = struct.unpack("<I", header)
+    if count > _MAX_PARAMS:
+        raise CommError(f"{party.name}: {owner} announced {count} parameters, more than {_MAX_PARAMS}")
+    out: dict[str, AShare] = {}
+    for _ in range(count):
+        name = party.channel.recv(owner, tag)
+        if not isinstance(name, bytes) or not 0 < len(name) <= _MAX_NAME:
+            raise CommError(f"{party.name}: malformed parameter name from {owner}")
+        out[name.decode()] = sharing.receive_input(party, owner, tag)
+    return out
