@@ -7,7 +7,9 @@ The helper role rotates from call to call to balance traffic.
 
 Guarantee: for |x| < 2^62 (as a signed ring element) the output is floor(x / 2^bits) or that plus one; there is
 no failure probability (unlike SecureML-style local truncation, which fails with probability ~2^(l_x + 1 - 64)
-per element). Values of 2^62 or more in magnitude give garbage: the caller keeps products in range.
+per element). The rounding is unbiased: the +1 happens with probability equal to the discarded fraction
+(x mod 2^bits) / 2^bits, so exact multiples of 2^bits truncate exactly. Values of 2^62 or more in magnitude
+give garbage: the caller keeps products in range.
 
 Steps (input: additive terms z_a + z_b + z_h = x, each masked by a fresh zero-sharing):
   0. (no messages) a and h draw r_a, b and h draw r_b from their pairwise PRGs; r = r_a + r_b. h computes
