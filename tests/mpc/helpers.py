@@ -191,3 +191,51 @@ def view_independence_failures(program: Callable[..., Any], inputs_a: Sequence[t
                         failures.append(f"P{key[0]} message {key[1]} byte {byte}: not uniform under secret {label} "
                                         f"(chi2 {stat:.0f})")
     return failures, report
+
+
+# --- boolean / comparison tests: ring data with edge values, and a measured run -----------------------------------
+
+RING_EDGES = [0, 1, -1, 2, -2, (1 << 63) - 1, -(1 << 63), 1 << 62, -(1 << 62), (1 << 62) - 1, -(1 << 62) + 1,
+              1 << 40, -(1 << 40), (1 << 63) - (1 << 40), 12345, -12345]
+
+
+def ring_edge_data(n: int, seed: int) -> torch.Tensor:
+    """n full-range int64 values (test data, not secret randomness) with RING_EDGES planted first."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-(1 << 63), (1 << 63) - 1, (n,), generator=g, dtype=torch.int64)
+    k = min(len(RING_EDGES), n)
+    x[:k] = torch.tensor(RING_EDGES[:k])
+    return x
+
+
+def run_opened(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], config: Any) -> tuple[torch.Tensor, list]:
+    """Simulate fn(party, *shares), open its output; returns (opened value, each party's CommStats of fn alone).
+
+    Checks that all three parties opened the same value."""
+    from secureinfer.mpc.protocols import reveal
+
+    def program(p, *shares):
+        before = p.channel.stats.snapshot()
+        out = fn(p, *shares)
+        spent = p.channel.stats.since(before)
+        return reveal.reveal(p, out).cpu(), spent
+
+    sim = runtime.simulate(program, inputs=inputs, config=config)
+    outs = [o[0] for o in sim.outputs]
+    if not all(torch.equal(outs[0], o) for o in outs):
+        raise AssertionError("parties opened different values")
+    return outs[0], [o[1] for o in sim.outputs]
+
+
+def real_pairs(n: int, limit: float, seed: int, frac_bits: int = 18) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y in [-limit, limit] with ties, zeros, +-limit, one-ulp gaps and sign flips planted."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * limit
+    y = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * limit
+    ulp = 2.0**-frac_bits
+    px = [0.0, 0.0, limit, -limit, limit, 1.0, 1.0, -1.0, ulp, -ulp, 3.5, -limit]
+    py = [0.0, ulp, limit, -limit, -limit, 1.0 + ulp, 1.0 - ulp, -1.0, 0.0, 0.0, 3.5, limit]
+    x[: len(px)] = torch.tensor(px, dtype=torch.float64)
+    y[: len(py)] = torch.tensor(py, dtype=torch.float64)
+    x[20:40] = y[20:40]  # more ties
+    return x, y
