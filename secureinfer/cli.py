@@ -40,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--device", default="cpu", help="torch device for the parties, e.g. cpu or cuda (default cpu)")
     ops.add_argument("--only", metavar="NAME", action="append", help="run only the named op (repeatable)")
     ops.set_defaults(handler=_bench_ops)
+    bench.set_defaults(handler=lambda _args: _usage(bench))
+    parser.set_defaults(handler=lambda _args: _usage(parser))
     return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    """A bare command or group: show what it can do, and fail (nothing was run)."""
+    parser.print_help()
+    return 2
 
 
 def _bench_ops(args: argparse.Namespace) -> int:
@@ -52,13 +60,7 @@ def _bench_ops(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        # A bare command or group: show what it can do rather than failing silently.
-        target = {"bench": "bench"}.get(args.command or "", "")
-        parser.parse_args([*([target] if target else []), "--help"])
-        return 2
-    return handler(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

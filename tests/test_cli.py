@@ -1,0 +1,64 @@
+"""The `secureinfer` command line: help, version, and `bench ops` end to end in a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import secureinfer
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "secureinfer.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_lists_subcommands_and_examples():
+    out = _cli("--help")
+    assert out.returncode == 0
+    assert "bench" in out.stdout and "examples:" in out.stdout
+
+
+def test_version():
+    out = _cli("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"secureinfer {secureinfer.__version__}"
+
+
+def test_bare_bench_shows_its_help_and_fails():
+    out = _cli("bench")
+    assert out.returncode == 2
+    assert "ops" in out.stdout
+
+
+def test_bench_ops_unknown_op_is_a_clear_error():
+    out = _cli("bench", "ops", "--only", "nope")
+    assert out.returncode == 2
+    assert "unknown op" in out.stderr and "matmul" in out.stderr
+
+
+def test_bench_ops_cuda_without_gpu_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        return  # the GPU machine runs the CUDA benchmark for real; nothing to check here
+    out = _cli("bench", "ops", "--device", "cuda")
+    assert out.returncode == 2
+    assert "no CUDA GPU" in out.stderr
+
+
+def test_bench_ops_reports_json(tmp_path):
+    target = tmp_path / "ops.json"
+    out = _cli("bench", "ops", "--only", "lt", "--only", "matmul", "--repeat", "1", "--json", str(target))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(target.read_text())
+    rows = {r["op"]: r for r in doc["results"]}
+    assert set(rows) == {"lt", "matmul"}
+    assert rows["lt"]["max_error"] == 0  # comparisons are exact
+    assert rows["lt"]["rounds"] == 6
+    assert rows["matmul"]["rounds"] == 2
+    assert rows["matmul"]["max_error"] <= 1.0  # one truncation: below 1 ulp against the encoded inputs
+    # secret x secret matmul: each party sends 2 elements per output at most (truncation) -> 3.2 MB at most
+    assert all(0 < b <= 2 * 8 * 128 * 768 * 2 for b in rows["matmul"]["bytes_per_party"])
+    assert rows["matmul"]["seconds"] > 0 and rows["matmul"]["peak_rss_mb"] > 0
