@@ -5,7 +5,9 @@
     result.stats[0]     # rounds, messages and bytes party 0 spent in the program (set-up and inputs excluded)
 
 Inputs are shared by an outside owner ("owner"), as a client or model owner would share them; float tensors are
-encoded in the session's fixed point, int64 tensors are taken as raw ring elements.
+encoded in the session's fixed point, int64 tensors are taken as raw ring elements. An optional `client(channel)`
+runs as a fifth participant ("client") beside the owner: e.g. the model owner publishes weights while the client
+sends its prompt and alone reconstructs the outputs (`Simulation.client_output`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .protocols import sharing
 from .ring import RING_DTYPE
 
 OWNER = "owner"
+CLIENT = "client"
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Simulation:
     outputs: list[Any]
     stats: list[CommStats]
     owner_output: Any = None
+    client_output: Any = None
 
     @property
     def max_rounds(self) -> int:
@@ -53,17 +57,21 @@ def simulate(
     *,
     inputs: Sequence[torch.Tensor] = (),
     owner: Callable[[Channel], Any] | None = None,
+    client: Callable[[Channel], Any] | None = None,
     config: EngineConfig | None = None,
     link: LinkModel | None = None,
     timeout_s: float = 120.0,
 ) -> Simulation:
-    """Run `program(party, *input_shares)` on three parties; `owner(channel)`, if given, runs beside them."""
+    """Run `program(party, *input_shares)` on three parties; `owner(channel)` and `client(channel)`, if given, run
+    beside them (the client on a fifth channel named CLIENT)."""
     config = config or EngineConfig()
     encoded = [_encode_input(x, config) for x in inputs]
-    network = MemoryNetwork([*PARTY_NAMES, OWNER], link=link, timeout_s=timeout_s)
+    names = [*PARTY_NAMES, OWNER] + ([CLIENT] if client is not None else [])
+    network = MemoryNetwork(names, link=link, timeout_s=timeout_s)
     outputs: list[Any] = [None] * 3
     stats: list[CommStats] = [CommStats()] * 3
     owner_output: list[Any] = [None]
+    client_output: list[Any] = [None]
     errors: list[BaseException] = []
 
     def run_party(index: int) -> None:
@@ -80,6 +88,9 @@ def simulate(
         if owner is not None:
             owner_output[0] = owner(channel)
 
+    def run_client() -> None:
+        client_output[0] = client(network.channel(CLIENT))
+
     def guarded(fn: Callable[..., None], *args: Any) -> None:
         try:
             fn(*args)
@@ -89,10 +100,12 @@ def simulate(
 
     threads = [threading.Thread(target=guarded, args=(run_party, i), name=PARTY_NAMES[i]) for i in range(3)]
     threads.append(threading.Thread(target=guarded, args=(run_owner,), name=OWNER))
+    if client is not None:
+        threads.append(threading.Thread(target=guarded, args=(run_client,), name=CLIENT))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
         raise errors[0]
-    return Simulation(outputs, stats, owner_output[0])
+    return Simulation(outputs, stats, owner_output[0], client_output[0])

@@ -12,8 +12,8 @@ Domain: sum of squares S < 2^25 (var < 2^25 / C: 87000 at C = 384; rms < 240 at 
 Max error: the rsqrt's relative error (accurate: ~2e-6, fast: ~8e-6) times |y| plus a few ulp (measured at
 (128, 384) with row std 0.5 .. 300: 1.6e-5 accurate, 7.3e-5 fast); a constant row (S below 1 ulp) gives beta
 plus at most |gamma| (the mean's stochastic rounding leaves a common 0/1-ulp offset in d, seen in ~8% of such
-rows). Rounds: 2 (mean) + 2 + rsqrt + 2. Bytes: two truncations per element plus per-row work (A2B, prefix-OR, B2A of 43 bits, a few truncations). At (128, 384): 34 rounds (accurate) and
-1.7 MB for the busiest party.
+rows). Rounds: 2 (mean) + 2 + rsqrt + 2. Bytes: two truncations per element plus per-row work (A2B,
+prefix-OR, B2A of 43 bits, a few truncations). At (128, 384): 34 rounds (accurate) and 1.7 MB for the busiest party.
 Follows PUMA's LayerNorm (Dong et al. 2023, Sec. 4.3).
 """
 
