@@ -11,8 +11,8 @@ RMSNorm(x) = x / sqrt(mean(x^2) + eps) * gamma: the same without step 1.
 Domain: sum of squares S < 2^25 (var < 2^25 / C: 87000 at C = 384; rms < 240 at C = 576), |x| < 2^12 for the mean.
 Max error: the rsqrt's relative error (accurate: ~2e-6, fast: ~8e-6) times |y| plus a few ulp (measured at
 (128, 384) with row std 0.5 .. 300: 1.6e-5 accurate, 7.3e-5 fast); a constant row (S below 1 ulp) gives beta
-plus at most |gamma| (the mean's stochastic rounding leaves a common 0/1-ulp offset in d, seen in ~8% of such
-rows). Rounds: 2 (mean) + 2 + rsqrt + 2. Bytes: two truncations per element plus per-row work (A2B,
+plus up to about |gamma| + 0.11 (measured): the mean's stochastic rounding leaves a common 0/1-ulp offset in d,
+seen in ~8% of such rows, which no eps below 1 ulp^2 can tell from a real variance. Rounds: 2 (mean) + 2 + rsqrt + 2. Bytes: two truncations per element plus per-row work (A2B,
 prefix-OR, B2A of 43 bits, a few truncations). At (128, 384): 34 rounds (accurate) and 1.7 MB for the busiest party.
 Follows PUMA's LayerNorm (Dong et al. 2023, Sec. 4.3).
 """

