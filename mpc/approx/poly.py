@@ -59,11 +59,11 @@ def constant(party: Party, value: int, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like)
 
 
-def truncate_terms(party: Party, terms: Sequence[torch.Tensor], bits: int) -> list[AShare]:
-    """Truncate several sums of terms by `bits` in ONE truncation call (2 rounds); returns replicated shares."""
+def truncate_terms(party: Party, terms: Sequence[torch.Tensor], bits: int, thrifty: bool = False) -> list[AShare]:
+    """Truncate several sums of terms by `bits` in ONE truncation call (2 rounds; thrifty: 3 rounds, fewer bytes)."""
     shapes = [t.shape for t in terms]
     flat = torch.cat([t.reshape(-1) for t in terms]) if len(terms) > 1 else terms[0].reshape(-1)
-    out = trunc.from_additive(party, flat + party.zero_share(flat.shape), bits)
+    out = trunc.from_additive(party, flat + party.zero_share(flat.shape), bits, thrifty=thrifty)
     pieces, start = [], 0
     for shape in shapes:
         n = math.prod(shape)
@@ -72,9 +72,10 @@ def truncate_terms(party: Party, terms: Sequence[torch.Tensor], bits: int) -> li
     return pieces
 
 
-def products(party: Party, pairs: Sequence[tuple[AShare, AShare]], bits: int) -> list[AShare]:
+def products(party: Party, pairs: Sequence[tuple[AShare, AShare]], bits: int, thrifty: bool = False
+             ) -> list[AShare]:
     """Fixed-point products of independent pairs (each truncated by `bits`) in one truncation call. 2 rounds."""
-    return truncate_terms(party, [cross(x, y) for x, y in pairs], bits)
+    return truncate_terms(party, [cross(x, y) for x, y in pairs], bits, thrifty)
 
 
 def power_plan(degree: int) -> list[list[int]]:
@@ -88,13 +89,13 @@ def power_plan(degree: int) -> list[list[int]]:
     return layers
 
 
-def powers(party: Party, t: AShare, degree: int, bits: int) -> dict[int, AShare]:
+def powers(party: Party, t: AShare, degree: int, bits: int, thrifty: bool = False) -> dict[int, AShare]:
     """t^1 .. t^ceil(degree/2), all with `bits` fractional bits (t given with `bits`). 2 rounds per layer."""
     pw = {1: t}
     for layer in power_plan(degree):
         half = 1 << ((max(layer) - 1).bit_length() - 1)  # the largest power of two below the layer's top
         pairs = [(pw[half], pw[p - half]) for p in layer]
-        for p, v in zip(layer, products(party, pairs, bits)):
+        for p, v in zip(layer, products(party, pairs, bits, thrifty)):
             pw[p] = v
     return pw
 

@@ -12,8 +12,9 @@ Steps:
      (1 round, no truncation).
 Domain: |x| + a < 2^(b - 1 - f) with b = profile.compare_bits (2^13 at b = 32, 2^21 at b = 40, f = 18); outside
 [-a, a] the polynomial's garbage (the square overflows for |x| >= 2^25) is removed exactly by the selection.
-Max error: the profile's EvenSplit.max_error (GeLU accurate 1.3e-4, fast 4.8e-3; SiLU accurate 5.4e-4, fast
-8.7e-3) plus a few ulp of fixed point (up to ~10 ulp for SiLU accurate, whose coefficients are larger).
+Max error: the profile's EvenSplit.max_error (GeLU accurate 1.3e-4, lean 3.9e-4 (degree 6), fast 4.8e-3; SiLU
+accurate 5.4e-4, fast and lean 8.7e-3) plus a few ulp of fixed point (up to ~10 ulp for SiLU accurate, whose
+coefficients are larger). With profile.thrifty_trunc (lean) every truncation takes 3 rounds and ~25% fewer bytes.
 Rounds: msb (1 + ceil(log2(b/2)): 5 at 32 bits, 6 at 40) + 2 + 2 L + 2 + 1, L = ceil(log2 ceil(k/2)) (k = 4: 1,
 k = 6, 8: 2, k = 12: 3). Bytes per element per party: msb of 2 (~0.32 b each), (L + 2) truncations (~21.3
 each, plus extra powers in wide layers), mul_bit of 2 (32). Measured at (128, 1536): GeLU accurate 15 rounds,
@@ -29,24 +30,24 @@ from ..protocols import select
 from ..shares import AShare
 
 
-def _inner(party: Party, x: AShare, spec: EvenSplit, bits: int) -> AShare:
+def _inner(party: Party, x: AShare, spec: EvenSplit, bits: int, thrifty: bool = False) -> AShare:
     """0.5 x + p(2x^2/a^2 - 1) at f fractional bits (garbage for |x| > a, removed by the selection)."""
     f = party.fxp.frac_bits
     a = spec.cutoff
     g = 60 - 2 * f  # (2x^2/a^2) * 2^(2f + g) <= 2^61 on the domain
     v_term = poly.cross(x, x) * poly.encode(2.0 / (a * a), g) - poly.constant(party, 1 << (2 * f + g), x.lo)
-    v = poly.truncate_terms(party, [v_term], 2 * f + g - bits)[0]
+    v = poly.truncate_terms(party, [v_term], 2 * f + g - bits, thrifty)[0]
     coef_bits = poly.coef_bits_for(bits, 2 * a)
-    pw = poly.powers(party, v, spec.degree, bits)
+    pw = poly.powers(party, v, spec.degree, bits, thrifty)
     scale = 2 * bits + coef_bits
     term = poly.poly_term(party, pw, spec.coeffs, bits, coef_bits) + poly.lifted(x, scale - f - 1)
-    return poly.truncate_terms(party, [term], scale - f)[0]
+    return poly.truncate_terms(party, [term], scale - f, thrifty)[0]
 
 
 def even_split(party: Party, x: AShare, spec: EvenSplit, profile: ApproxProfile) -> AShare:
     """The piecewise approximation described in the module docstring, for the function `spec` approximates."""
     below_lo, below_hi = segments.below(party, x, [-spec.cutoff, spec.cutoff], profile)
-    inner = _inner(party, x, spec, profile.poly_bits)
+    inner = _inner(party, x, spec, profile.poly_bits, profile.thrifty_trunc)
     # below_lo implies below_hi, so [-a <= x < a] = below_hi ^ below_lo and [x >= a] = NOT below_hi.
     return segments.select_bits(party, [(below_hi ^ below_lo, inner), (below_hi.xor_public(1), x)])
 

@@ -1,7 +1,8 @@
 """approx/poly.py: layered polynomial evaluation with one truncation per layer, checked against float64.
 
-Cost model asserted exactly: a truncation call sends 8 ring elements per element in all (the helper 4, the two
-openers 2 each), i.e. 64 bytes per truncated element summed over the three parties, and takes 2 rounds.
+Cost model asserted exactly: a truncation call by `bits` sends trunc.bytes_per_element(bits) bytes per truncated
+element summed over the three parties (the two openers 2 ring elements each, the helper 3 and ceil(bits/8) bytes),
+and takes 2 rounds.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ import pytest
 import torch
 
 from secureinfer.mpc.approx import poly
+from secureinfer.mpc.protocols import trunc
 from tests.approx.util import held, run, ulp
 
-TRUNC_BYTES_ALL_PARTIES = 64  # per truncated element
+
+
+def _trunc_bytes(elements: int, bits: int) -> int:
+    """Bytes (all parties) of one truncation call by `bits` on `elements` elements."""
+    return trunc.bytes_per_element(bits) * elements
 
 
 @pytest.mark.parametrize("degree", range(1, 17))
@@ -55,8 +61,10 @@ def test_evaluate_matches_float64(config, degree):
     # Powers carry at most their degree in ulps; coefficients (|c| <= 1) add 2^-(coef_bits+1) each.
     assert err <= 1.0 + 0.5 * degree * sum(abs(c) for c in coeffs) + 1e-9
     assert res.rounds == 2 * layers
-    elements = t.numel() * (len(sum(poly.power_plan(degree), [])) + 1)
-    assert sum(res.bytes_per_party) == TRUNC_BYTES_ALL_PARTIES * elements
+    f = config.fxp.frac_bits
+    power_elements = t.numel() * len(sum(poly.power_plan(degree), []))
+    final_shift = f + poly.coef_bits_for(f, degree + 1)  # 2 in_bits + coef_bits - out_bits
+    assert sum(res.bytes_per_party) == _trunc_bytes(power_elements, f) + _trunc_bytes(t.numel(), final_shift)
 
 
 def test_several_polynomials_share_powers_and_rounds(config):
@@ -76,7 +84,9 @@ def test_several_polynomials_share_powers_and_rounds(config):
         assert (res.value[k] - want).abs().max().item() <= 6 * ulp(config)
     # Degree 5: powers t^2, t^3 (two layers), one final layer for all three polynomials: 3 layers, 6 rounds.
     assert res.rounds == 6
-    assert sum(res.bytes_per_party) == TRUNC_BYTES_ALL_PARTIES * t.numel() * (2 + len(polys))
+    final_shift = f + poly.coef_bits_for(f, 4)
+    assert sum(res.bytes_per_party) == _trunc_bytes(2 * t.numel(), f) + _trunc_bytes(len(polys) * t.numel(),
+                                                                                      final_shift)
 
 
 def test_independent_products_take_one_truncation_call(config):
@@ -92,7 +102,7 @@ def test_independent_products_take_one_truncation_call(config):
     want = torch.stack([xq * yq, xq * xq, yq * yq])
     assert (res.value - want).abs().max().item() <= ulp(config)
     assert res.rounds == 2
-    assert sum(res.bytes_per_party) == TRUNC_BYTES_ALL_PARTIES * 3 * x.numel()
+    assert sum(res.bytes_per_party) == _trunc_bytes(3 * x.numel(), config.fxp.frac_bits)
 
 
 def test_encode_is_exact_and_checked():

@@ -86,9 +86,11 @@ def test_trunc_rejects_bad_bit_counts(config, bits):
 
 
 def test_trunc_rounds_bytes_and_helper_rotation(config):
-    """2 rounds per call; one helper sends 4 elements per output, the others 2; over 3 calls all send the same."""
+    """2 rounds per call; the batch is cut in thirds, each with its own helper (3 elements + ceil(bits/8) bytes per
+    output; the openers 2 elements each); the first third's helper rotates from call to call."""
     n = 1000
     x = wide_inputs(n, seed=7)
+    slices = [n // 3, 2 * n // 3 - n // 3, n - 2 * n // 3]  # 333, 333, 334
 
     def program(p, s):
         per_call = []
@@ -101,15 +103,51 @@ def test_trunc_rounds_bytes_and_helper_rotation(config):
     sim = runtime.simulate(program, inputs=[x], config=config)
     per_call = [sim.outputs[i] for i in range(3)]  # per_call[party][call]
     for call in range(3):
-        sent = sorted(per_call[i][call].bytes_sent for i in range(3))
-        assert sent == [16 * n, 16 * n, 32 * n], f"call {call}: bytes per party {sent}"
-        helper = [i for i in range(3) if per_call[i][call].bytes_sent == 32 * n]
-        assert helper == [call % 3], f"call {call}: helper was {helper}"
+        want = [sum((25 if (call + k) % 3 == i else 16) * m for k, m in enumerate(slices)) for i in range(3)]
+        sent = [per_call[i][call].bytes_sent for i in range(3)]
+        assert sent == want, f"call {call}: bytes per party {sent}, want {want}"
+        # The largest (last) slice's helper sends the most: party (call + 2) % 3.
+        assert max(range(3), key=lambda i: sent[i]) == (call + 2) % 3
     totals = [sum(c.bytes_sent for c in per_call[i]) for i in range(3)]
     print(f"trunc x3: bytes per party {totals}")
-    assert totals == [64 * n] * 3
+    assert totals == [57 * n] * 3 == [trunc.bytes_per_element(1) * n] * 3
     assert [s.bytes_sent for s in sim.stats] == totals
     # Rounds: per-call Lamport deltas of one party are not meaningful (a former helper's clock lags and then jumps),
     # so check the critical path: the first call costs 2 rounds and three chained calls cost 6.
     assert max(per_call[i][0].rounds for i in range(3)) == 2
     assert sim.max_rounds == 6
+
+
+@pytest.mark.parametrize("bits,per_element", [(8, 57), (18, 59), (30, 60), (40, 61), (61, 64)])
+def test_trunc_bytes_per_element_by_width(config, bits, per_element):
+    """b's half of msb(r) travels in ceil(bits/8) bytes: 56 + ceil(bits/8) bytes per element over the parties."""
+    n = 300
+    sim = runtime.simulate(lambda p, s: trunc.trunc(p, s, bits), inputs=[wide_inputs(n, seed=bits)], config=config)
+    assert trunc.bytes_per_element(bits) == per_element
+    assert sum(s.bytes_sent for s in sim.stats) == per_element * n
+    assert sim.max_rounds == 2
+
+
+@pytest.mark.parametrize("bits", [1, 18, 36, 61])
+def test_trunc_thrifty_same_guarantee_fewer_bytes_one_round_more(config, bits):
+    """The thrifty variant keeps the exact guarantee, takes 3 rounds and 41 + ceil(bits/8) bytes per element."""
+    n = 3000
+    x = wide_inputs(n, seed=100 + bits)
+    sim = runtime.simulate(lambda p, s: reveal.reveal(p, trunc.from_additive(p, s.lo + p.zero_share(s.shape), bits,
+                                                                             thrifty=True)),
+                           inputs=[x], config=config)
+    diff = sim.outputs[0].cpu() - (x >> bits)
+    print(f"thrifty trunc bits={bits}: {int(((diff != 0) & (diff != 1)).sum())} failures")
+    assert torch.all((diff == 0) | (diff == 1))
+    reveal_bytes = 8 * n * 3  # the reveal sends one element per party
+    assert sum(s.bytes_sent for s in sim.stats) - reveal_bytes == trunc.bytes_per_element(bits, thrifty=True) * n
+    assert trunc.bytes_per_element(bits, thrifty=True) == 41 + (bits + 7) // 8
+    sent = [s.bytes_sent for s in sim.stats]
+    assert max(sent) - min(sent) <= 16 + 8, f"unbalanced: {sent}"  # thirds of the batch, one helper each
+
+
+def test_trunc_thrifty_rounds(config):
+    x = wide_inputs(30, seed=5)
+    sim = runtime.simulate(lambda p, s: trunc.from_additive(p, s.lo + p.zero_share(s.shape), 18, thrifty=True),
+                           inputs=[x], config=config)
+    assert sim.max_rounds == 3

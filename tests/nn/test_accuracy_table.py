@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from secureinfer.bench.accuracy import accuracy_table, format_table
-from secureinfer.mpc.approx import ACCURATE, FAST
+from secureinfer.mpc.approx import ACCURATE, FAST, LEAN
 
 
-@pytest.mark.parametrize("profile", [ACCURATE, FAST], ids=lambda p: p.name)
+@pytest.mark.parametrize("profile", [ACCURATE, FAST, LEAN], ids=lambda p: p.name)
 def test_accuracy_table(config, profile):
     rows = accuracy_table(profile, config)
     print()

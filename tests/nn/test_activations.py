@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from secureinfer.mpc.approx import ACCURATE, FAST, poly
+from secureinfer.mpc.approx import ACCURATE, FAST, LEAN, poly
 from secureinfer.mpc.nn import activations
 from tests.approx.util import held, run, ulp
 
@@ -26,10 +26,11 @@ def _inputs(cutoff: float, limit: float) -> torch.Tensor:
 def _expected_rounds(profile, spec) -> int:
     msb = 1 + math.ceil(math.log2((profile.compare_bits or 64) / 2))
     power_layers = len(poly.power_plan(spec.degree))
-    return msb + 2 + 2 * power_layers + 2 + 1  # compare, v, powers, final, selection
+    t = 3 if profile.thrifty_trunc else 2  # rounds per truncation
+    return msb + t + t * power_layers + t + 1  # compare, v, powers, final, selection
 
 
-@pytest.mark.parametrize("profile", [ACCURATE, FAST], ids=lambda p: p.name)
+@pytest.mark.parametrize("profile", [ACCURATE, FAST, LEAN], ids=lambda p: p.name)
 @pytest.mark.parametrize("name", sorted(FNS))
 def test_activation_error_and_cost(config, profile, name):
     secure, ref = FNS[name]

@@ -6,10 +6,15 @@ import pytest
 import torch
 
 from secureinfer.mpc.nn import embedding, linear
+from secureinfer.mpc.protocols import trunc
 from secureinfer.mpc.shares import stack
 from tests.approx.util import held, run, ulp
 
-TRUNC_BYTES_ALL_PARTIES = 64  # per truncated element, summed over the parties
+
+
+def _trunc_bytes(config, elements: int) -> int:
+    """Bytes (all parties) of one truncation call by f bits on `elements` elements."""
+    return trunc.bytes_per_element(config.fxp.frac_bits) * elements
 
 
 def _data(seed: int, *shapes, scale: float = 1.0) -> list[torch.Tensor]:
@@ -25,7 +30,7 @@ def test_linear_with_bias_batched(config):
     err = (res.value - want).abs().max().item()
     assert err <= ulp(config)
     assert res.rounds == 2
-    assert sum(res.bytes_per_party) == TRUNC_BYTES_ALL_PARTIES * 2 * 8 * 24
+    assert sum(res.bytes_per_party) == _trunc_bytes(config, 2 * 8 * 24)
 
 
 def test_linear_many_is_one_truncation(config):
@@ -41,7 +46,7 @@ def test_linear_many_is_one_truncation(config):
     want = torch.cat([xq @ held(config, wq) + held(config, bq), xq @ held(config, wk), xq @ held(config, wv)], -1)
     assert (res.value - want).abs().max().item() <= ulp(config)
     assert res.rounds == 2
-    assert sum(res.bytes_per_party) == TRUNC_BYTES_ALL_PARTIES * 6 * 64
+    assert sum(res.bytes_per_party) == _trunc_bytes(config, 6 * 64)
 
 
 def test_linear_public_and_residual(config):
