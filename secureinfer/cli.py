@@ -18,6 +18,7 @@ EPILOG = """\
 examples:
   secureinfer bench ops                 # time the secure primitives on a 3-party in-process network
   secureinfer bench ops --json out.json # ... and write the figures as JSON
+  secureinfer bench model --model minilm # a whole secure MiniLM forward: time, rounds, bytes, accuracy, breakdown
 """
 
 
@@ -40,6 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--device", default="cpu", help="torch device for the parties, e.g. cpu or cuda (default cpu)")
     ops.add_argument("--only", metavar="NAME", action="append", help="run only the named op (repeatable)")
     ops.set_defaults(handler=_bench_ops)
+    model = bench_kinds.add_parser(
+        "model",
+        help="whole secure Transformer forwards (MiniLM, GPT-2-base shape, SmolLM2)",
+        description="Run secure forwards of real and real-shaped Transformers on three in-process parties (plus the "
+        "model owner and the client) and report wall time, rounds, bytes sent per party, peak memory, accuracy "
+        "against the float64 plaintext model, and a per-op breakdown of where time and bytes go.",
+    )
+    model.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
+    model.add_argument("--model", action="append", choices=["minilm", "gpt2", "smollm2"],
+                       help="benchmark only this model (repeatable; default: all three, each in its own process)")
+    model.add_argument("--profile", default="accurate", help="approximation profile: accurate or fast (default accurate)")
+    model.add_argument("--repeat", type=int, default=1, help="sessions per model; the median is reported (default 1)")
+    model.add_argument("--device", default="cpu", help="torch device for the parties, e.g. cpu or cuda (default cpu)")
+    model.add_argument("--no-breakdown", action="store_true", help="skip the traced run that gives the per-op breakdown")
+    model.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    model.set_defaults(handler=_bench_model)
     bench.set_defaults(handler=lambda _args: _usage(bench))
     parser.set_defaults(handler=lambda _args: _usage(parser))
     return parser
@@ -55,6 +72,12 @@ def _bench_ops(args: argparse.Namespace) -> int:
     from .bench import ops
 
     return ops.main(args)
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    from .bench import model
+
+    return model.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,315 @@
+"""`secureinfer bench model`: whole secure Transformer forwards on three in-process parties.
+
+Every run is a full session (mpc/models/session.py): the model owner publishes weight shares, the client shares its
+one-hot tokens and alone opens the outputs. Models:
+  minilm   all-MiniLM-L6-v2 (real weights): one sentence embedding at 128 real tokens; accuracy = cosine to the
+           float64 plaintext embedding.
+  gpt2     GPT-2-base shape (12 layers, hidden 768, 12 heads, vocab 50257) with random weights drawn like GPT-2's
+           initialisation: a 32-token prefill plus one decoded token; accuracy = logits vs plaintext.
+  smollm2  SmolLM2-135M-Instruct (real weights, GGUF): a 32-token prompt prefill plus 8 decode steps, greedy;
+           accuracy = token-for-token agreement with plaintext greedy decoding, and logits vs plaintext.
+Figures per model: client-observed wall time per step (control message sent -> output reconstructed; weight
+publishing happens before and is reported apart), rounds, bytes sent per party, the process's peak resident memory
+(getrusage maxrss: the three parties, owner and client share the process; each model runs in a subprocess of its
+own when several are asked for), accuracy, and a per-op breakdown of party 0 from a separate traced run (tracing
+adds ~20-30% time): inclusive figures per model op (embed, attn.*, layernorm, mlp.*, lm_head) and exclusive
+figures per protocol (trunc, msb, mul_bit, a2b, b2a, ...), the latter saying where time and bytes actually go.
+Timings are medians over --repeat sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import torch
+
+MODELS = ("minilm", "gpt2", "smollm2")
+MINILM_TEXT = ("Secure multi-party computation lets several servers evaluate a neural network on a private prompt "
+               "without any of them learning the prompt, the weights or the intermediate activations; only the "
+               "client reconstructs the answer. Replicated secret sharing over the ring of integers modulo two to "
+               "the sixty-four with fixed-point encoding makes additions free and multiplications cheap, while "
+               "comparisons, exponentials and reciprocal square roots dominate the cost of a Transformer forward "
+               "pass, which is why approximations with few rounds and short messages matter so much in practice. "
+               "Benchmarks therefore report wall time, rounds, bytes sent by each party and accuracy together.")
+SMOLLM2_TEXT = ("Write a short story about a lighthouse keeper who discovers that the light has been guiding ships "
+                "that are not from this world. The story should be calm, strange and kind, with an ending that "
+                "surprises the reader.")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _breakdown(recs: list) -> dict[str, Any]:
+    """Per model op (inclusive) and per protocol (exclusive) figures of merged recordings."""
+    from ..mpc.models import trace
+
+    rec = trace.merge(recs)
+    top = {k: v.as_dict() for k, v in rec.by_top().items()}
+    leaf = {k: v.as_dict() for k, v in rec.by_leaf().items()}
+    named = {n: rec.by_name(n).as_dict() for n in ("softmax", "max", "exp", "reciprocal", "rsqrt", "compare",
+                                                     "select", "highest_bit") if rec.by_name(n).calls}
+    return {"by_model_op": top, "by_protocol": leaf, "inside_ops": named}
+
+
+def _step_figures(steps: list) -> dict[str, Any]:
+    return {"seconds": statistics.median(s.seconds for s in steps) if steps else 0.0,
+            "rounds": max((s.rounds for s in steps), default=0),
+            "bytes_per_party": [max(s.bytes_per_party[i] for s in steps) for i in range(3)] if steps else [0, 0, 0]}
+
+
+def _compare(got: torch.Tensor, want: torch.Tensor) -> dict[str, float]:
+    rows_g, rows_w = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
+    return {"max_abs_diff": float((got - want).abs().max()),
+            "min_cosine": float(torch.nn.functional.cosine_similarity(rows_g, rows_w, dim=-1).min()),
+            "top1_agreement": float((rows_g.argmax(-1) == rows_w.argmax(-1)).double().mean()),
+            "scale": float(want.abs().max())}
+
+
+def _repeat(run: Callable[[bool], tuple[Any, Any]], repeats: int, breakdown: bool) -> tuple[Any, list, Any]:
+    """`repeats` untraced sessions (for time) and, optionally, one traced session (for the breakdown)."""
+    results, reports = [], []
+    for _ in range(repeats):
+        result, report = run(False)
+        results.append(result)
+        reports.append(report)
+    traced = run(True)[1] if breakdown else None
+    return results[-1], reports, traced
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def bench_minilm(profile, config, repeats: int, breakdown: bool) -> dict[str, Any]:
+    """all-MiniLM-L6-v2, one 128-token sentence embedding."""
+    from ..mpc.models import plaintext, session
+    from ..mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
+
+    path = packaged_checkpoint("all-MiniLM-L6-v2")
+    cfg, params = load_checkpoint(path, torch.float64)
+    enc = load_tokenizer(path)([MINILM_TEXT], truncation=True, max_length=128, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if ids.shape[1] != 128:
+        raise RuntimeError(f"the benchmark text should fill 128 tokens, got {ids.shape[1]}")
+
+    def run(traced: bool):
+        return session.secure_encode(cfg, params, ids, mask, profile=profile, config=config, traced=traced)
+
+    emb, reports, traced = _repeat(run, repeats, breakdown)
+    want = plaintext.sentence_embedding(cfg, params, ids, mask)
+    steps = [r.steps[0] for r in reports]
+    return {"model": "minilm", "what": "all-MiniLM-L6-v2 sentence embedding, 1 x 128 tokens",
+            "forward": _step_figures(steps), "load_seconds": reports[-1].load_seconds,
+            "accuracy": {"cosine": float(torch.nn.functional.cosine_similarity(emb, want).min()),
+                         "max_abs_diff": float((emb - want).abs().max())},
+            "breakdown": _breakdown(list(traced.steps[0].recordings[:1])) if traced else None}
+
+
+def gpt2_base_params(seed: int = 0) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A GPT-2-base-shaped config and random weights drawn like GPT-2's initialisation (public benchmark data)."""
+    from ..mpc.models.checkpoint import ModelConfig, parameter_shapes
+
+    cfg = ModelConfig(arch="gpt2", vocab_size=50257, hidden=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=64,
+                      intermediate=3072, max_positions=1024, norm_eps=1e-5, act="gelu_tanh", tie_word_embeddings=True)
+    gen = torch.Generator().manual_seed(seed)
+    params = {}
+    for name, shape in parameter_shapes(cfg).items():
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            params[name] = torch.ones(shape)
+        elif name.endswith("bias"):
+            params[name] = torch.zeros(shape)
+        else:
+            std = 0.02 / math.sqrt(2 * cfg.n_layers) if name.endswith("c_proj.weight") else 0.02
+            params[name] = torch.randn(shape, generator=gen) * std
+    return cfg, params
+
+
+def bench_gpt2(profile, config, repeats: int, breakdown: bool) -> dict[str, Any]:
+    """GPT-2-base shape, random weights: 32-token prefill + 1 decoded token."""
+    from ..mpc.models import plaintext, session
+
+    cfg, params = gpt2_base_params()
+    prompt = torch.randint(0, cfg.vocab_size, (1, 32), generator=torch.Generator().manual_seed(1))
+
+    def run(traced: bool):
+        return session.secure_generate(cfg, params, prompt, 2, eos_token_ids=(), profile=profile, config=config,
+                                       traced=traced)
+
+    gen, reports, traced = _repeat(run, repeats, breakdown)
+    cache = plaintext.KVCache.empty(cfg.n_layers)
+    want = [plaintext.gpt2_forward(cfg, params, prompt, cache)[:, -1]]
+    want.append(plaintext.gpt2_forward(cfg, params, gen.tokens[:, :1], cache)[:, -1])
+    prefill, decode = [r.steps[0] for r in reports], [r.steps[1] for r in reports]
+    total = [p.seconds + d.seconds for p, d in zip(prefill, decode)]
+    return {"model": "gpt2", "what": "GPT-2-base shape (random weights), 32-token prefill + 1 decoded token",
+            "seconds": statistics.median(total), "prefill": _step_figures(prefill), "decode": _step_figures(decode),
+            "load_seconds": reports[-1].load_seconds,
+            "accuracy": _compare(gen.logits, torch.stack(want)),
+            "breakdown": {"prefill": _breakdown(list(traced.steps[0].recordings[:1])),
+                          "decode": _breakdown(list(traced.steps[1].recordings[:1]))} if traced else None}
+
+
+def bench_smollm2(profile, config, repeats: int, breakdown: bool, decode_steps: int = 8) -> dict[str, Any]:
+    """SmolLM2-135M-Instruct: 32-token prompt prefill + `decode_steps` decode steps, greedy."""
+    from ..mpc.models import plaintext, session
+    from ..mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
+
+    path = packaged_checkpoint("SmolLM2-135M-Instruct")
+    cfg, params = load_checkpoint(path)
+    prompt = torch.tensor([load_tokenizer(path)(SMOLLM2_TEXT)["input_ids"][:32]])
+    if prompt.shape[1] != 32:
+        raise RuntimeError(f"the benchmark prompt should have 32 tokens, got {prompt.shape[1]}")
+
+    def run(traced: bool):
+        return session.secure_generate(cfg, params, prompt, decode_steps + 1, eos_token_ids=(), profile=profile,
+                                       config=config, traced=traced)
+
+    gen, reports, traced = _repeat(run, repeats, breakdown)
+    cache = plaintext.KVCache.empty(cfg.n_layers)
+    want_logits = [plaintext.llama_forward(cfg, params, prompt, cache)[:, -1]]
+    for i in range(decode_steps):
+        want_logits.append(plaintext.llama_forward(cfg, params, gen.tokens[:, i:i + 1], cache)[:, -1])
+    want_tokens = plaintext.greedy_generate(cfg, params, prompt, decode_steps + 1, eos_token_ids=())
+    prefill = [r.steps[0] for r in reports]
+    decode = [s for r in reports for s in r.steps[1:]]
+    per_token = statistics.median(statistics.mean(s.seconds for s in r.steps[1:]) for r in reports)
+    accuracy = _compare(gen.logits, torch.stack(want_logits))
+    accuracy["tokens_equal"] = bool(torch.equal(gen.tokens, want_tokens))
+    accuracy["secure_tokens"], accuracy["plaintext_tokens"] = gen.tokens[0].tolist(), want_tokens[0].tolist()
+    return {"model": "smollm2", "what": f"SmolLM2-135M-Instruct, 32-token prefill + {decode_steps} decode steps",
+            "seconds": statistics.median(r.seconds for r in reports), "prefill": _step_figures(prefill),
+            "decode": _step_figures(decode), "seconds_per_decoded_token": per_token,
+            "load_seconds": reports[-1].load_seconds, "accuracy": accuracy,
+            "breakdown": {"prefill": _breakdown(list(traced.steps[0].recordings[:1])),
+                          "decode": _breakdown([s.recordings[0] for s in traced.steps[1:]])} if traced else None}
+
+
+BENCHES = {"minilm": bench_minilm, "gpt2": bench_gpt2, "smollm2": bench_smollm2}
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+def _mb(b: float) -> str:
+    return f"{b / 1e6:,.1f}"
+
+
+def _print_breakdown(title: str, bd: dict[str, Any], total_seconds: float) -> None:
+    print(f"  {title}: per model op (party 0, traced, inclusive)")
+    for name, s in bd["by_model_op"].items():
+        share = 100 * s["seconds"] / total_seconds if total_seconds else 0.0
+        print(f"    {name:<14}{s['seconds']:>8.3f} s {share:>5.1f}%  {_mb(s['bytes_sent']):>9} MB {s['rounds']:>6} rounds")
+    print("   per protocol (exclusive: where the time and bytes go)")
+    for name, s in bd["by_protocol"].items():
+        share = 100 * s["seconds"] / total_seconds if total_seconds else 0.0
+        print(f"    {name:<14}{s['seconds']:>8.3f} s {share:>5.1f}%  {_mb(s['bytes_sent']):>9} MB {s['rounds']:>6} rounds"
+              f" {s['calls']:>6} calls")
+    if bd["inside_ops"]:
+        print("   inside the ops (inclusive): " + ", ".join(
+            f"{k} {v['seconds']:.2f} s / {_mb(v['bytes_sent'])} MB" for k, v in bd["inside_ops"].items()))
+
+
+def _total(bd: dict[str, Any]) -> float:
+    return sum(s["seconds"] for s in bd["by_model_op"].values())
+
+
+def print_result(r: dict[str, Any]) -> None:
+    """Human-readable summary of one model's figures."""
+    print(f"\n== {r['model']}: {r['what']} (profile {r['profile']}) ==")
+    if "forward" in r:
+        f = r["forward"]
+        print(f"  forward {f['seconds']:.2f} s, {f['rounds']} rounds, sent per party "
+              f"{'/'.join(_mb(b) for b in f['bytes_per_party'])} MB")
+    else:
+        p, d = r["prefill"], r["decode"]
+        print(f"  total {r['seconds']:.2f} s; prefill {p['seconds']:.2f} s, {p['rounds']} rounds, "
+              f"{'/'.join(_mb(b) for b in p['bytes_per_party'])} MB/party; decode step {d['seconds']:.2f} s, "
+              f"{d['rounds']} rounds, {'/'.join(_mb(b) for b in d['bytes_per_party'])} MB/party")
+    print(f"  weights published and loaded in {r['load_seconds']:.1f} s (not in the times above); "
+          f"peak RSS {r['peak_rss_mb']:,.0f} MB (whole process)")
+    print("  accuracy: " + ", ".join(f"{k} {v:.7g}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in r["accuracy"].items()))
+    bd = r.get("breakdown")
+    if bd:
+        if "by_model_op" in bd:
+            _print_breakdown("breakdown", bd, _total(bd))
+        else:
+            for phase in ("prefill", "decode"):
+                _print_breakdown(f"{phase} breakdown", bd[phase], _total(bd[phase]))
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Benchmark one model in this process."""
+    from ..mpc.approx import profile as profiles
+    from ..mpc.party import EngineConfig
+
+    profile = profiles.get(args.profile)
+    config = EngineConfig(device=args.device)
+    start = time.perf_counter()
+    result = BENCHES[name](profile, config, args.repeat, not args.no_breakdown)
+    result.update({"profile": profile.name, "device": args.device, "repeats": args.repeat,
+                   "peak_rss_mb": _peak_rss_mb(), "bench_seconds": time.perf_counter() - start})
+    return result
+
+
+def _in_subprocess(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one model in a fresh interpreter, so its peak memory is its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, f"{name}.json")
+        cmd = [sys.executable, "-m", "secureinfer.cli", "bench", "model", "--model", name, "--json", out, "--quiet",
+               "--profile", args.profile, "--repeat", str(args.repeat), "--device", args.device]
+        if args.no_breakdown:
+            cmd.append("--no-breakdown")
+        subprocess.run(cmd, check=True)
+        with open(out) as fh:
+            return json.load(fh)["results"][0]
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `secureinfer bench model`."""
+    names = args.model or list(MODELS)
+    if args.repeat < 1:
+        print("secureinfer bench model: --repeat must be at least 1", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"secureinfer bench model: device {args.device!r} requested but torch sees no CUDA GPU", file=sys.stderr)
+        return 2
+    from ..mpc.approx import profile as profiles
+
+    try:
+        profiles.get(args.profile)
+    except ValueError as exc:
+        print(f"secureinfer bench model: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"3 in-process parties + model owner + client, device {args.device}, profile {args.profile}, "
+              f"median of {args.repeat} (torch {torch.__version__}, {torch.get_num_threads()} threads)", flush=True)
+    results = []
+    for name in names:
+        result = run_one(name, args) if len(names) == 1 else _in_subprocess(name, args)
+        if not args.quiet:
+            print_result(result)
+        results.append(result)
+    if args.json:
+        doc = {"benchmark": "model",
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+                           "python": sys.version.split()[0], "torch": torch.__version__},
+               "results": results}
+        text = json.dumps(doc, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as fh:
+                fh.write(text + "\n")
+    return 0
