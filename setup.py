@@ -7,6 +7,7 @@ PACKAGE_ROOTS = {
     "secureinfer.mpc": "mpc",
     "secureinfer.nodes": "nodes",
     "secureinfer.selector": "selector",
+    "secureinfer.v1": "protos/secureinfer/v1",
 }
 
 

@@ -60,6 +60,12 @@ class Party:
         seed_prev = keys.seed_with(prev_public, session + f"|{prv}>{PARTY_NAMES[index]}".encode())
         return cls(index, channel, config, PRG(seed_prev, config.device), PRG(seed_next, config.device))
 
+    @classmethod
+    def receiver(cls, index: int, channel: Channel, config: EngineConfig) -> "Party":
+        """A party that only receives inputs from an outside owner (publishing weights): no seeds are agreed, its
+        'pairwise' PRGs are private, so it must not run protocols that need correlated randomness."""
+        return cls(index, channel, config, PRG.fresh(config.device), PRG.fresh(config.device))
+
     # --- names and neighbours -------------------------------------------------------------------------------------
 
     @property

@@ -25,18 +25,25 @@ class WeightsError(ValueError):
     """Weights that cannot be published (bad names, non-finite values, too many)."""
 
 
+def _names(channel: Channel, params: dict[str, torch.Tensor], parties: tuple[str, ...], tag: str
+           ) -> list[tuple[str, bytes]]:
+    """Send the parameter count to every party; returns the (name, encoded name) pairs in publishing order."""
+    if len(params) > _MAX_PARAMS:
+        raise WeightsError(f"too many parameters: {len(params)} > {_MAX_PARAMS}")
+    names = [(name, name.encode()) for name in sorted(params)]
+    for name, encoded in names:
+        if not 0 < len(encoded) <= _MAX_NAME:
+            raise WeightsError(f"parameter name must be 1..{_MAX_NAME} bytes: {name!r}")
+    for p in parties:
+        channel.send(p, struct.pack("<I", len(params)), tag)
+    return names
+
+
 def publish(channel: Channel, params: dict[str, torch.Tensor], fxp: FixedPoint, tag: str = "weights",
             parties: tuple[str, ...] = PARTY_NAMES) -> int:
     """Owner side: share every parameter with the three parties; returns the number of ring elements shared."""
-    if len(params) > _MAX_PARAMS:
-        raise WeightsError(f"too many parameters: {len(params)} > {_MAX_PARAMS}")
-    for p in parties:
-        channel.send(p, struct.pack("<I", len(params)), tag)
     elements = 0
-    for name in sorted(params):
-        encoded_name = name.encode()
-        if not 0 < len(encoded_name) <= _MAX_NAME:
-            raise WeightsError(f"parameter name must be 1..{_MAX_NAME} bytes: {name!r}")
+    for name, encoded_name in _names(channel, params, parties, tag):
         for p in parties:
             channel.send(p, encoded_name, tag)
         ring_value = fxp.encode(params[name].detach().to(torch.float64))
@@ -59,4 +66,37 @@ def receive(party: Party, owner: str, tag: str = "weights") -> dict[str, AShare]
         if not isinstance(name, bytes) or not 0 < len(name) <= _MAX_NAME:
             raise CommError(f"{party.name}: malformed parameter name from {owner}")
         out[name.decode()] = sharing.receive_input(party, owner, tag)
+    return out
+
+
+def publish_public(channel: Channel, params: dict[str, torch.Tensor], worker: str, tag: str = "weights") -> int:
+    """Owner side of an open model: send every parameter in the clear to one plaintext worker; returns elements."""
+    elements = 0
+    for name, encoded_name in _names(channel, params, (worker,), tag):
+        value = params[name].detach()
+        if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            raise WeightsError(f"parameter {name!r} must be finite floating point")
+        channel.send(worker, encoded_name, tag)
+        channel.send(worker, value.contiguous(), tag)
+        elements += value.numel()
+    return elements
+
+
+def receive_public(channel: Channel, owner: str, tag: str = "weights") -> dict[str, torch.Tensor]:
+    """Worker side of `publish_public`: the parameters, keyed by name."""
+    header = channel.recv(owner, tag)
+    if not isinstance(header, bytes) or len(header) != 4:
+        raise CommError(f"malformed weights header from {owner}")
+    (count,) = struct.unpack("<I", header)
+    if count > _MAX_PARAMS:
+        raise CommError(f"{owner} announced {count} parameters, more than {_MAX_PARAMS}")
+    out: dict[str, torch.Tensor] = {}
+    for _ in range(count):
+        name = channel.recv(owner, tag)
+        value = channel.recv(owner, tag)
+        if not isinstance(name, bytes) or not 0 < len(name) <= _MAX_NAME:
+            raise CommError(f"malformed parameter name from {owner}")
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise CommError(f"parameter {name!r} from {owner} is not a floating-point tensor")
+        out[name.decode()] = value
     return out

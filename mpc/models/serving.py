@@ -1,0 +1,312 @@
+"""The session protocol between a client and three parties, on any `Channel` (in-process threads or gRPC nodes).
+
+Party side (`serve`): with its model built, a party says b"ready" to the client, then serves steps until b"stop":
+  1. control message b"step" (public: that a step happens), b"reset" (forget the KV cache) or b"stop";
+  2. for BERT, the public padding mask and token types (they reveal the sequence lengths, as the shapes do);
+  3. the one-hot rows of the client's tokens as shares (ring 0/1 integers, `sharing.send_input`);
+  4. the output's shares go to the client alone (`reveal.reveal_to_owner`), which reconstructs them.
+Client side (`client_encode`, `client_logits`, `client_generate_many`): the mirror image; for generation the client
+samples each next token locally from the opened last-position logits and feeds it back as a fresh one-hot share.
+Malformed requests (wrong vocabulary width, too many positions, bad metadata) raise `RequestError` on every party
+alike, since all three see the same public shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..approx.profile import ApproxProfile
+from ..comm import Channel, CommError, CommStats
+from ..nn.embedding import one_hot
+from ..party import PARTY_NAMES, EngineConfig, Party
+from ..protocols import reveal, sharing
+from . import bert, gpt2, llama, trace
+from .blocks import SecretKVCache
+from .checkpoint import ModelConfig
+from .sampling import SamplingConfig, next_token
+
+CLIENT = "client"
+ENCODE_OUTPUTS = ("embedding", "pooled", "hidden", "logits")
+DECODE_OUTPUTS = ("all", "last")
+_FAMILIES = {"bert": (bert.SecureBert, bert.owner_params), "gpt2": (gpt2.SecureGPT2, gpt2.owner_params),
+             "llama": (llama.SecureLlama, llama.owner_params)}
+
+
+class RequestError(ValueError):
+    """A client's step that cannot be served: wrong token width, too many positions, malformed metadata."""
+
+
+def build_model(cfg: ModelConfig, shares: dict, profile: ApproxProfile):
+    """The family's secure model on one party's weight shares (the dict is consumed)."""
+    return _FAMILIES[cfg.arch][0](cfg, shares, profile)
+
+
+def owner_params(cfg: ModelConfig, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the model owner publishes: the checkpoint with the family's public constants folded in."""
+    return _FAMILIES[cfg.arch][1](cfg, params)
+
+
+def with_profile(model: Any, profile: ApproxProfile) -> Any:
+    """A view of a built model that computes its nonlinearities under another profile (weights are shared)."""
+    if model.profile == profile:
+        return model
+    view = copy.copy(model)
+    view.profile = profile
+    if isinstance(model, gpt2.SecureGPT2):
+        view.gelu = gpt2.gelu_spec(model.cfg.act, profile)
+    return view
+
+
+# ---------------------------------------------------------------------------------------------------- party side
+
+
+Step = Callable[[Party, Any, Any, Any, SecretKVCache | None], Any]
+
+
+def step_function(cfg: ModelConfig, output: str) -> tuple[Step, bool]:
+    """The parties' computation for one step, and whether steps carry public metadata (BERT masks)."""
+    if not cfg.causal:
+        if output not in ENCODE_OUTPUTS:
+            raise RequestError(f"unknown encoder output {output!r}; choose from {', '.join(ENCODE_OUTPUTS)}")
+        return _encode_step(output), True
+    if output not in DECODE_OUTPUTS:
+        raise RequestError(f"unknown decoder output {output!r}; choose from {', '.join(DECODE_OUTPUTS)}")
+    last_only = output == "last"
+
+    def step(party: Party, model, onehot, meta, cache: SecretKVCache | None) -> Any:
+        return model.forward(party, onehot, cache, last_only=last_only)
+
+    return step, False
+
+
+def _encode_step(output: str) -> Step:
+    def step(party: Party, model: bert.SecureBert, onehot, meta, cache) -> Any:
+        if not isinstance(meta, torch.Tensor) or meta.shape != (2, *onehot.shape[:2]):
+            raise RequestError(f"{party.name}: malformed step metadata from the client")
+        mask, types = meta[0], meta[1]
+        if output == "logits":
+            if model.classifier is None:
+                raise RequestError("this model has no classification head")
+            return model.classify(party, onehot, mask, types)
+        h = model.hidden(party, onehot, mask, types)
+        return h if output == "hidden" else model.mean_pool(party, h, mask)
+
+    return step
+
+
+@dataclass(frozen=True)
+class ServedStep:
+    """What one party measured of one step."""
+
+    seconds: float
+    stats: CommStats
+    recording: trace.Recording | None
+
+
+def _check_tokens(cfg: ModelConfig, onehot: Any, cache: SecretKVCache | None) -> None:
+    shape = tuple(onehot.shape)
+    if len(shape) != 3 or shape[-1] != cfg.vocab_size or shape[0] < 1 or shape[1] < 1:
+        raise RequestError(f"token one-hots must be (B, T, {cfg.vocab_size}), got {shape}")
+    seen = cache.length if cache is not None else 0
+    if seen + shape[1] > cfg.max_positions:
+        raise RequestError(f"{seen} cached + {shape[1]} new positions exceed max_positions={cfg.max_positions}")
+
+
+def serve(party: Party, model: Any, step: Step, with_meta: bool, *, client: str = CLIENT,
+          traced: bool = False) -> list[ServedStep]:
+    """Say ready, then serve the client's steps until it says stop; returns what each step cost this party."""
+    cfg: ModelConfig = model.cfg
+    party.channel.send(client, b"ready", "ready")
+    cache = SecretKVCache.empty(cfg.n_layers) if cfg.causal else None
+    steps: list[ServedStep] = []
+    while True:
+        ctrl = party.channel.recv(client, "ctrl")
+        if ctrl == b"stop":
+            return steps
+        if ctrl == b"reset":  # a new sequence: forget the cached keys and values
+            cache = SecretKVCache.empty(cfg.n_layers) if cfg.causal else None
+            continue
+        if ctrl != b"step":
+            raise RequestError(f"{party.name}: unexpected control message from the client")
+        meta = party.channel.recv(client, "meta") if with_meta else None
+        onehot = sharing.receive_input(party, client, "tokens")
+        _check_tokens(cfg, onehot, cache)
+        with trace.recording() if traced else contextlib.nullcontext() as rec:
+            start, before = time.perf_counter(), party.channel.stats.snapshot()
+            out = step(party, model, onehot, meta, cache)
+            with trace.op(party, "output"):
+                reveal.reveal_to_owner(party, out, client, tag="output")
+            steps.append(ServedStep(time.perf_counter() - start, party.channel.stats.since(before), rec))
+
+
+# ---------------------------------------------------------------------------------------------------- client side
+
+
+ClientSteps = list[tuple[float, int]]  # per step: client-observed seconds, positions processed
+PUBLIC_WORKER = "P0"  # the one plaintext worker of a public session
+
+
+@dataclass(frozen=True)
+class TokenIO:
+    """How a client's tokens go in and outputs come back: secret shares with three parties, or in the clear."""
+
+    secret: bool = True
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        return PARTY_NAMES if self.secret else (PUBLIC_WORKER,)
+
+    def send_tokens(self, channel: Channel, cfg: ModelConfig, config: EngineConfig, ids: torch.Tensor) -> None:
+        if self.secret:  # one-hot rows as fresh shares
+            sharing.send_input(channel, one_hot(ids, cfg.vocab_size).to(config.torch_device), "tokens")
+        else:
+            channel.send(PUBLIC_WORKER, ids.to(torch.int64).contiguous(), "tokens")
+
+    def receive_output(self, channel: Channel, config: EngineConfig) -> torch.Tensor:
+        if self.secret:  # only the client reconstructs
+            return config.fxp.decode(reveal.reveal_at_owner(channel, tag="output").cpu())
+        out = channel.recv(PUBLIC_WORKER, "output")
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            raise CommError("client: malformed output from the worker")
+        return out.to(torch.float64)
+
+
+SECRET, PUBLIC = TokenIO(secret=True), TokenIO(secret=False)
+
+
+def wait_ready(channel: Channel, io: TokenIO = SECRET) -> None:
+    """Client: wait until every party has its model ready."""
+    for p in io.parties:
+        if channel.recv(p, "ready") != b"ready":
+            raise CommError(f"client: {p} did not report ready")
+
+
+def client_step(channel: Channel, cfg: ModelConfig, config: EngineConfig, ids: torch.Tensor,
+                meta: torch.Tensor | None = None, io: TokenIO = SECRET) -> tuple[torch.Tensor, float]:
+    """Client: one step's control message, public metadata and tokens; returns the output and the step's time."""
+    start = time.perf_counter()
+    for p in io.parties:
+        channel.send(p, b"step", "ctrl")
+        if meta is not None:
+            channel.send(p, meta, "meta")
+    io.send_tokens(channel, cfg, config, ids)
+    out = io.receive_output(channel, config)
+    return out, time.perf_counter() - start
+
+
+def stop(channel: Channel, io: TokenIO = SECRET) -> None:
+    """Client: end the session."""
+    for p in io.parties:
+        channel.send(p, b"stop", "ctrl")
+
+
+def bert_meta(ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+              ) -> torch.Tensor:
+    """The public metadata of a BERT step: (2, B, T) int64 = padding mask and token types."""
+    mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+    types = torch.zeros_like(ids) if token_type_ids is None else token_type_ids
+    return torch.stack([mask.long(), types.long()])
+
+
+def client_encode(channel: Channel, cfg: ModelConfig, config: EngineConfig, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                  output: str = "embedding", io: TokenIO = SECRET) -> tuple[torch.Tensor, ClientSteps]:
+    """Client: one BERT forward; "embedding" is mean-pooled then L2-normalised here, at the client."""
+    wait_ready(channel, io)
+    meta = bert_meta(input_ids, attention_mask, token_type_ids)
+    out, seconds = client_step(channel, cfg, config, input_ids, meta, io)
+    stop(channel, io)
+    if output == "embedding":
+        out = out / torch.clamp(torch.linalg.vector_norm(out, dim=-1, keepdim=True), min=1e-12)
+    return out, [(seconds, int(input_ids.numel()))]
+
+
+def client_logits(channel: Channel, cfg: ModelConfig, config: EngineConfig, input_ids: torch.Tensor,
+                  chunks: tuple[int, ...], io: TokenIO = SECRET) -> tuple[torch.Tensor, ClientSteps]:
+    """Client: decoder logits of every position, fed in `chunks` through the parties' KV cache."""
+    wait_ready(channel, io)
+    outs, times, start = [], [], 0
+    for n in chunks:
+        out, seconds = client_step(channel, cfg, config, input_ids[:, start:start + n], io=io)
+        outs.append(out)
+        times.append((seconds, int(input_ids.shape[0] * n)))
+        start += n
+    stop(channel, io)
+    return torch.cat(outs, dim=1), times
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What the client got from a secure generation: new token ids and each step's last-position logits."""
+
+    tokens: torch.Tensor  # (B, n) int64
+    logits: torch.Tensor  # (n, B, V) float64: the logits each token was chosen from
+
+
+OnToken = Callable[[int, torch.Tensor], None]  # (prompt index, (B,) token ids) after each sampled step
+
+
+def _generate(channel: Channel, cfg: ModelConfig, config: EngineConfig, prompt_ids: torch.Tensor,
+              max_new_tokens: int, sampling: SamplingConfig, gen: torch.Generator, eos: torch.Tensor,
+              on_token: Callable[[torch.Tensor], None] | None, io: TokenIO) -> tuple[Generation, ClientSteps]:
+    """Client: one generation (prefill, then one token per step) against parties with an empty cache."""
+    ids, tokens, logits, times = prompt_ids, [], [], []
+    done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        out, seconds = client_step(channel, cfg, config, ids, io=io)
+        times.append((seconds, int(ids.numel())))
+        last = out[:, -1]  # (B, V)
+        token = torch.tensor([next_token(row, sampling, gen) for row in last], dtype=torch.int64)
+        if tokens:
+            token = torch.where(done, tokens[-1], token)
+        tokens.append(token)
+        logits.append(last)
+        if on_token is not None:
+            on_token(token)
+        done |= torch.isin(token, eos)
+        if bool(done.all()):
+            break
+        ids = token[:, None]
+    return Generation(torch.stack(tokens, dim=1), torch.stack(logits)), times
+
+
+def check_generation_request(cfg: ModelConfig, prompts: list[torch.Tensor], max_new_tokens: int) -> None:
+    """Raise RequestError unless the prompts and length suit this decoder."""
+    if not cfg.causal:
+        raise RequestError("secure generation is for decoders (gpt2, llama)")
+    if max_new_tokens < 1:
+        raise RequestError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not prompts or any(p.dim() != 2 or p.shape[1] == 0 for p in prompts):
+        raise RequestError("prompts must be non-empty (B, T) token id tensors")
+    for p in prompts:
+        if p.shape[1] + max_new_tokens - 1 > cfg.max_positions:
+            raise RequestError(f"prompt of {p.shape[1]} tokens + {max_new_tokens} new exceeds max_positions={cfg.max_positions}")
+        if int(p.min()) < 0 or int(p.max()) >= cfg.vocab_size:
+            raise RequestError(f"token ids must lie in [0, {cfg.vocab_size})")
+
+
+def client_generate_many(channel: Channel, cfg: ModelConfig, config: EngineConfig, prompts: list[torch.Tensor],
+                         max_new_tokens: int, sampling: SamplingConfig, eos: torch.Tensor,
+                         on_token: OnToken | None = None, io: TokenIO = SECRET
+                         ) -> tuple[list[Generation], ClientSteps]:
+    """Client: several generations in one session (b"reset" clears the parties' cache between prompts)."""
+    wait_ready(channel, io)
+    gen = sampling.generator()
+    results, times = [], []
+    for i, prompt in enumerate(prompts):
+        if i:
+            for p in io.parties:
+                channel.send(p, b"reset", "ctrl")
+        callback = None if on_token is None else (lambda t, i=i: on_token(i, t))
+        result, t = _generate(channel, cfg, config, prompt, max_new_tokens, sampling, gen, eos, callback, io)
+        results.append(result)
+        times.extend(t)
+    stop(channel, io)
+    return results, times

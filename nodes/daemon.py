@@ -1,0 +1,207 @@
+"""The node daemon: a `grpc.aio` server with mutual TLS, sessions, gossip membership, health and metrics.
+
+    secureinfer node serve --config node.toml
+
+Start-up: load the identity (certs_dir), measure the capability record, bind the port (written to `port_file`),
+sign this node's record and gossip it to the seeds and known peers every `gossip_interval_s`. SIGTERM or SIGINT
+stops accepting new sessions, gives running ones a grace period, then cancels the rest and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..v1 import node_pb2, node_pb2_grpc
+from . import capability, logs
+from .certs import NODE_SAN, Identity
+from .config import NodeConfig
+from .errors import Cancelled
+from .logs import log_event
+from .membership import MembershipTable, sign_record
+from .metrics import NodeMetrics
+from .servicers import InferenceServicer, MembershipServicer, PeerServicer
+from .sessions import NodeRuntime, SessionRegistry
+from .store import ModelStore
+
+GOSSIP_FANOUT = 2
+GOSSIP_TIMEOUT_S = 3.0
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Message caps and keepalive for servers and channels alike (a dead peer is noticed within seconds)."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """`grpc_options` plus tolerance for the clients' keepalive pings (else: GOAWAY too_many_pings)."""
+    return grpc_options(max_message_bytes) + [
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+class NodeDaemon:
+    """One node: call `start()`, then `wait()` until stopped; `stop()` shuts it down gracefully."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.logger = logs.configure(config.node_id, config.log_level)
+        self.identity = Identity.load(config.certs_dir, config.node_id)
+        self.device = config.resolved_device()
+        self.metrics = NodeMetrics()
+        self.store = ModelStore()
+        self.registry = SessionRegistry(config.max_sessions)
+        self.table = MembershipTable(self.identity.ca_pem, config.node_id)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._rng = random.Random()
+        self.capability: node_pb2.Capability | None = None
+        self.address = ""
+        self.port = 0
+
+    # --- channels to other nodes -----------------------------------------------------------------------------------
+
+    def dial(self, address: str, node_id: str) -> grpc.aio.Channel:
+        """A cached mutual-TLS channel to `address`, which must present `node_id`'s certificate (or any node's,
+        for NODE_SAN)."""
+        key = (address, node_id)
+        if key not in self._channels:
+            options = grpc_options(self.config.max_message_bytes) + self.identity.channel_options(node_id)
+            self._channels[key] = grpc.aio.secure_channel(address, self.identity.channel_credentials(), options)
+        return self._channels[key]
+
+    # --- lifecycle -------------------------------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Measure, bind, serve; returns the bound port."""
+        cfg = self.config
+        self.capability = capability.measure(self.device)
+        runtime = NodeRuntime(identity=self.identity, roles=cfg.roles, device=self.device, store=self.store,
+                              max_sessions=cfg.max_sessions, session_timeout_s=cfg.session_timeout_s,
+                              max_payload_bytes=4 << 30, shaping=cfg.link, dial=self.dial)
+        server = grpc.aio.server(options=server_options(cfg.max_message_bytes))
+        node_pb2_grpc.add_InferenceServicer_to_server(
+            InferenceServicer(runtime, self.registry, self.metrics, self.logger), server)
+        node_pb2_grpc.add_PeerServicer_to_server(PeerServicer(runtime, self.registry, self.logger), server)
+        node_pb2_grpc.add_MembershipServicer_to_server(
+            MembershipServicer(self.table, self.registry, cfg.node_id, self.metrics), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.port = server.add_secure_port(f"{cfg.host}:{cfg.port}", self.identity.server_credentials())
+        if self.port == 0:
+            raise OSError(f"could not bind {cfg.host}:{cfg.port}")
+        await server.start()
+        self._server = server
+        self.address = cfg.advertised_address(self.port)
+        self._refresh_record()
+        if cfg.metrics_port is not None:
+            metrics_port = self.metrics.serve(cfg.metrics_port)
+            log_event(self.logger, "INFO", "metrics endpoint up", metrics_port=metrics_port)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(self._gossip_loop()))
+        if cfg.port_file is not None:
+            _write_atomic(cfg.port_file, f"{self.port}\n")
+        log_event(self.logger, "INFO", "node serving", address=self.address, roles=list(cfg.roles),
+                  device=self.capability.device, gflops=round(self.capability.matmul_gflops, 1))
+        return self.port
+
+    async def _set_health(self, status: int) -> None:
+        result = self.health.set("", status)
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop gossip, refuse new calls, give running sessions `grace_s`, cancel the rest, close channels."""
+        if self._stopped.is_set():
+            return
+        log_event(self.logger, "INFO", "node stopping", active_sessions=len(self.registry))
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        for task in self._tasks:
+            task.cancel()
+        deadline = time.monotonic() + grace_s
+        while len(self.registry) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.registry.abort_all(Cancelled("the node is shutting down"))
+        if self._server is not None:
+            await self._server.stop(1.0)
+        for channel in self._channels.values():
+            await channel.close()
+        self.metrics.close()
+        self._stopped.set()
+
+    # --- membership ------------------------------------------------------------------------------------------------
+
+    def _refresh_record(self) -> None:
+        """Re-sign this node's record with a new heartbeat (wall-clock ns, so it rises across restarts too)."""
+        record = node_pb2.NodeRecord(
+            node_id=self.config.node_id, address=self.address, roles=list(self.config.roles),
+            capability=self.capability, models=self.store.records(), healthy=True, heartbeat=time.time_ns(),
+            issued_at=time.time(), ttl_s=self.config.record_ttl_s)
+        self.table.set_self(sign_record(self.identity, record))
+        self.metrics.set_hosted_models(len(self.store))
+
+    async def _gossip_loop(self) -> None:
+        while True:
+            try:
+                self._refresh_record()
+                await self.gossip_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - gossip must survive anything a peer does
+                log_event(self.logger, "WARNING", "gossip round failed", reason=str(exc))
+            await asyncio.sleep(self.config.gossip_interval_s * self._rng.uniform(0.8, 1.2))
+
+    async def gossip_once(self) -> None:
+        """Push-pull with up to GOSSIP_FANOUT known peers, and with the seeds until some peer is known."""
+        targets = [(r.address, r.node_id) for r in self.table.sample_peers(GOSSIP_FANOUT, self._rng)]
+        if len(targets) < GOSSIP_FANOUT:
+            targets += [(seed, NODE_SAN) for seed in self.config.seeds if seed != self.address]
+        request = node_pb2.GossipRequest(records=self.table.live())
+        for address, node_id in targets:
+            stub = node_pb2_grpc.MembershipStub(self.dial(address, node_id))
+            try:
+                reply = await stub.Gossip(request, timeout=GOSSIP_TIMEOUT_S)
+            except grpc.aio.AioRpcError:
+                continue
+            before = self.table.rejected
+            self.table.merge(list(reply.records))
+            if self.table.rejected > before:
+                self.metrics.record_rejected(self.table.rejected - before)
+        self.metrics.gossip_round()
+        self.metrics.set_known_nodes(len(self.table.live()))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def serve(config: NodeConfig) -> None:
+    """Run a node until SIGTERM or SIGINT."""
+    daemon = NodeDaemon(config)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(daemon.stop()))
+    await daemon.wait()

@@ -1,0 +1,151 @@
+"""Thin gRPC servicers: check the caller's certificate, hand the work to sessions or membership, map errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from ..mpc.party import PARTY_NAMES
+from ..v1 import node_pb2, node_pb2_grpc
+from . import errors
+from .certs import CertError, PeerCert, peer_from_context
+from .logs import log_event
+from .membership import MembershipTable
+from .metrics import NodeMetrics
+from .sessions import PEER_WAIT_S, NodeRuntime, NodeSession, SessionRegistry, check_open
+
+_TASKS = {node_pb2.TASK_PUBLISH: "publish", node_pb2.TASK_ENCODE: "encode", node_pb2.TASK_DECODE: "decode"}
+_PRIVACY = {node_pb2.PRIVACY_SECRET: "secret", node_pb2.PRIVACY_PUBLIC: "public"}
+
+
+async def _caller(context: grpc.aio.ServicerContext, role: str | None = None) -> PeerCert:
+    """The authenticated caller, or abort with PERMISSION_DENIED (mutual TLS makes this rare)."""
+    try:
+        caller = peer_from_context(context)
+    except CertError as exc:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+    if role is not None and caller.role != role:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller.name} is not a {role}")
+    return caller
+
+
+async def _first(context: grpc.aio.ServicerContext, field: str) -> Any:
+    """The stream's first message, which must carry `field`."""
+    message = await context.read()
+    if message is grpc.aio.EOF or not message.HasField(field):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the first message must be `{field}`")
+    return getattr(message, field)
+
+
+class InferenceServicer(node_pb2_grpc.InferenceServicer):
+    """Sessions opened by clients and model owners, cancellation, and the hosted-model list."""
+
+    def __init__(self, runtime: NodeRuntime, registry: SessionRegistry, metrics: NodeMetrics,
+                 logger: logging.Logger) -> None:
+        self.runtime, self.registry, self.metrics, self.logger = runtime, registry, metrics, logger
+
+    async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        caller = await _caller(context)
+        request = await _first(context, "open")
+        task, privacy = _TASKS.get(request.task, "unknown"), _PRIVACY.get(request.privacy, "unknown")
+        remaining = context.time_remaining()
+        timeout = self.runtime.session_timeout_s if remaining is None else min(remaining, self.runtime.session_timeout_s)
+        session: NodeSession | None = None
+        status, start = "OK", time.monotonic()
+        self.metrics.session_started(task, privacy)
+        try:
+            check_open(self.runtime, request, caller)
+            session = NodeSession(self.runtime, request, caller, time.monotonic() + timeout)
+            self.registry.add(session)
+            log_event(self.logger, "INFO", "session opened", session=request.session_id[:8], task=task,
+                      privacy=privacy, model=request.model_id, party=request.party_index, caller=caller.name)
+            await context.write(node_pb2.ServerMessage(
+                accepted=node_pb2.SessionAccepted(session_id=request.session_id, node_id=self.runtime.node_id)))
+            await session.run(context)
+        except BaseException as exc:
+            code, message = errors.status_for(exc)
+            status = code.name
+            log_event(self.logger, "WARNING", "session failed", session=request.session_id[:8], task=task,
+                      status=status, reason=message)
+            if not isinstance(exc, grpc.aio.AbortError):
+                await context.abort(code, message)
+            raise
+        finally:
+            if session is not None:
+                self.registry.remove(session)
+            sent = session.channel.stats.bytes_sent if session is not None else 0
+            rounds = session.channel.stats.rounds if session is not None else 0
+            self.metrics.session_finished(task, privacy, status, time.monotonic() - start, bytes_sent=sent,
+                                          rounds=rounds)
+            if status == "OK":
+                log_event(self.logger, "INFO", "session done", session=request.session_id[:8], task=task,
+                          seconds=round(time.monotonic() - start, 3), bytes_sent=sent, rounds=rounds)
+
+    async def Cancel(self, request: node_pb2.CancelRequest, context: grpc.aio.ServicerContext
+                     ) -> node_pb2.CancelReply:
+        caller = await _caller(context)
+        session = self.registry.get(request.session_id)
+        if session is None:
+            return node_pb2.CancelReply(cancelled=False)
+        if session.caller.name != caller.name:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the session's opener may cancel it")
+        session.abort(errors.Cancelled(f"session {request.session_id[:8]} cancelled by {caller.name}"))
+        return node_pb2.CancelReply(cancelled=True)
+
+    async def ListModels(self, request: node_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+                         ) -> node_pb2.ListModelsReply:
+        await _caller(context)
+        return node_pb2.ListModelsReply(models=self.runtime.store.records())
+
+
+class PeerServicer(node_pb2_grpc.PeerServicer):
+    """Incoming party-to-party links: the caller must be the committee's node for the party it claims to be."""
+
+    def __init__(self, runtime: NodeRuntime, registry: SessionRegistry, logger: logging.Logger) -> None:
+        self.runtime, self.registry, self.logger = runtime, registry, logger
+
+    async def Link(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        caller = await _caller(context, role="node")
+        hello = await _first(context, "hello")
+        session = await self.registry.wait_for(hello.session_id, PEER_WAIT_S)
+        if session is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no session {hello.session_id[:8]} here")
+        committee = session.request.committee
+        if not (session.secret and hello.to_party == session.index and hello.from_party < session.index):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "this link does not fit the session's committee")
+        if committee.node_ids[hello.from_party] != caller.name:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{caller.name} is not party {PARTY_NAMES[hello.from_party]} of this committee")
+        try:
+            await session.attach_peer(hello.from_party, context)
+        except BaseException as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            code, message = errors.status_for(exc)
+            await context.abort(code, message)
+
+
+class MembershipServicer(node_pb2_grpc.MembershipServicer):
+    """Gossip (push-pull of signed records) and the status view."""
+
+    def __init__(self, table: MembershipTable, registry: SessionRegistry, node_id: str, metrics: NodeMetrics
+                 ) -> None:
+        self.table, self.registry, self.node_id, self.metrics = table, registry, node_id, metrics
+
+    async def Gossip(self, request: node_pb2.GossipRequest, context: grpc.aio.ServicerContext
+                     ) -> node_pb2.GossipReply:
+        await _caller(context, role="node")
+        before = self.table.rejected
+        self.table.merge(list(request.records))
+        if self.table.rejected > before:
+            self.metrics.record_rejected(self.table.rejected - before)
+        return node_pb2.GossipReply(records=self.table.live())
+
+    async def Status(self, request: node_pb2.StatusRequest, context: grpc.aio.ServicerContext
+                     ) -> node_pb2.StatusReply:
+        await _caller(context)
+        return node_pb2.StatusReply(node_id=self.node_id, records=self.table.live(),
+                                    active_sessions=len(self.registry))

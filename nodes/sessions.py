@@ -1,0 +1,311 @@
+"""Sessions on a node: one caller stream, links to the other parties, and a worker thread running the engine.
+
+A session starts when a client or model owner opens an `Inference.Session` stream to this node:
+  1. the open request is checked (caller's role, committee, model, output, profile) before anything runs;
+  2. a `GrpcChannel` is made with one `Link` per other participant: the caller, and for secure sessions the two
+     other parties (this node dials the higher-index ones; the lower-index ones dial in through `Peer.Link`);
+  3. a worker thread runs the engine program (publish: receive weight shares; infer: `serving.serve` or
+     `plain_serving.serve_public`) while the event loop pumps the links;
+  4. the session ends when the worker returns (status OK once every link has drained), or fails as a whole when
+     the worker raises, any link breaks, the deadline passes or the caller cancels; the other links are then
+     cancelled so the other parties fail fast too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import torch
+
+from ..mpc.approx import profile as approx_profile
+from ..mpc.models import checkpoint, plain_serving, serving, weights
+from ..mpc.models.session import release_memory
+from ..mpc.party import PARTY_NAMES, EngineConfig, Party
+from ..mpc.runtime import OWNER
+from ..v1 import node_pb2, node_pb2_grpc
+from .certs import Identity, PeerCert
+from .errors import BadRequest, Busy, Cancelled, PeerFailed, SessionExists, SessionTimeout, Unauthorized
+from .store import Hosted, ModelStore, config_from_json, config_to_json, public_model
+from .config import LinkSettings
+from .transport import GrpcChannel, Link
+
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+PEER_WAIT_S = 30.0  # how long an incoming peer link waits for the session to open here
+
+
+@dataclass(frozen=True)
+class NodeRuntime:
+    """What sessions need from their node: identity, role, device, hosted models, limits and peer channels."""
+
+    identity: Identity
+    roles: tuple[str, ...]
+    device: str
+    store: ModelStore
+    max_sessions: int
+    session_timeout_s: float
+    max_payload_bytes: int
+    shaping: LinkSettings
+    dial: Callable[[str, str], grpc.aio.Channel]  # (address, node_id) -> a mutual-TLS channel to that node
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.name
+
+
+def _caller_link_name(request: node_pb2.OpenSession) -> str:
+    return OWNER if request.task == node_pb2.TASK_PUBLISH else serving.CLIENT
+
+
+def _frame_of(message: Any) -> node_pb2.Frame | None:
+    return message.frame if message.HasField("frame") else None
+
+
+def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: PeerCert) -> None:
+    """Raise a NodeError unless this node may serve `request` from `caller` (nothing is run yet)."""
+    if not _SESSION_ID.match(request.session_id):
+        raise BadRequest("session_id must be 16-128 characters of [A-Za-z0-9_-]")
+    if request.task not in (node_pb2.TASK_PUBLISH, node_pb2.TASK_ENCODE, node_pb2.TASK_DECODE):
+        raise BadRequest(f"unknown task {request.task}")
+    if request.privacy not in (node_pb2.PRIVACY_SECRET, node_pb2.PRIVACY_PUBLIC):
+        raise BadRequest("privacy must be PRIVACY_SECRET or PRIVACY_PUBLIC")
+    if not _MODEL_ID.match(request.model_id):
+        raise BadRequest("model_id must be 1-128 characters of [A-Za-z0-9._/-], starting with a letter or digit")
+    wanted = "owner" if request.task == node_pb2.TASK_PUBLISH else "client"
+    if caller.role not in (wanted, "owner"):
+        raise Unauthorized(f"{caller.name} has role {caller.role!r}; this task needs a {wanted} certificate")
+    secret = request.privacy == node_pb2.PRIVACY_SECRET
+    role = "secure" if secret else "plaintext"
+    if role not in runtime.roles:
+        raise BadRequest(f"node {runtime.node_id} has no {role!r} role (roles: {', '.join(runtime.roles)})")
+    committee, size = request.committee, (3 if secret else 1)
+    if len(committee.node_ids) != size or len(committee.addresses) != size:
+        raise BadRequest(f"a {'secret' if secret else 'public'} session needs a committee of {size} nodes")
+    if len(set(committee.node_ids)) != size or not committee.committee_id:
+        raise BadRequest("committee nodes must be distinct and the committee must have an id")
+    if request.party_index >= size or committee.node_ids[request.party_index] != runtime.node_id:
+        raise BadRequest(f"this node ({runtime.node_id}) is not party {request.party_index} of the committee")
+    if request.fractional_bits not in (0, EngineConfig().fxp.frac_bits):
+        raise BadRequest(f"this node computes with {EngineConfig().fxp.frac_bits} fractional bits only")
+    if request.task != node_pb2.TASK_PUBLISH:
+        try:
+            approx_profile.get(request.profile or "accurate")
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+
+
+class NodeSession:
+    """One session on this node, from the open request to the end of every link."""
+
+    def __init__(self, runtime: NodeRuntime, request: node_pb2.OpenSession, caller: PeerCert,
+                 deadline: float) -> None:
+        self.runtime = runtime
+        self.request = request
+        self.caller = caller
+        self.deadline = deadline  # time.monotonic()
+        self.loop = asyncio.get_running_loop()
+        self.secret = request.privacy == node_pb2.PRIVACY_SECRET
+        self.index = request.party_index
+        self.started = time.monotonic()
+        self.caller_name = _caller_link_name(request)
+        self.links: dict[str, Link] = {self.caller_name: self._link(self.caller_name, node_pb2.ServerMessage)}
+        if self.secret and request.task != node_pb2.TASK_PUBLISH:
+            for j in range(3):
+                if j != self.index:
+                    self.links[PARTY_NAMES[j]] = self._link(PARTY_NAMES[j], node_pb2.PeerMessage)
+        name = PARTY_NAMES[self.index] if self.secret else serving.PUBLIC_WORKER
+        self.channel = GrpcChannel(name, self.links, deadline)
+        self.result: Any = None
+        self._tasks: list[asyncio.Future] = []
+
+    @property
+    def id(self) -> str:
+        return self.request.session_id
+
+    def _link(self, name: str, message_type: Any) -> Link:
+        return Link(name, self.loop, lambda f: message_type(frame=f), _frame_of, shaping=self.runtime.shaping,
+                    max_payload_bytes=self.runtime.max_payload_bytes)
+
+    # --- running ---------------------------------------------------------------------------------------------------
+
+    async def run(self, caller_stream: Any) -> None:
+        """Pump the caller's stream, dial the higher parties, run the worker; raise if anything fails."""
+        self._tasks.append(asyncio.ensure_future(self.links[self.caller_name].run(caller_stream)))
+        if self.secret and self.request.task != node_pb2.TASK_PUBLISH:
+            for j in range(self.index + 1, 3):
+                self._tasks.append(asyncio.ensure_future(self._dial(j)))
+        worker = self._start_worker()
+        try:
+            await self._until_worker_done(worker)
+            self.channel.finish()
+            await asyncio.wait_for(asyncio.gather(*self._tasks), timeout=max(self.remaining(), 5.0))
+        except BaseException as exc:
+            self.abort(exc if isinstance(exc, Exception) else Cancelled("session cancelled"))
+            raise
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    async def _until_worker_done(self, worker: asyncio.Future) -> None:
+        pending: set[asyncio.Future] = {worker, *self._tasks}
+        while not worker.done():
+            if self.remaining() <= 0:
+                raise SessionTimeout(f"session {self.id[:8]} passed its deadline")
+            done, pending = await asyncio.wait(pending, timeout=self.remaining(), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not worker and task.exception() is not None:
+                    raise PeerFailed(f"a link of session {self.id[:8]} failed: {task.exception()}") \
+                        from task.exception()
+        self.result = worker.result()
+
+    async def _dial(self, j: int) -> None:
+        """Open the Peer.Link stream to party j and pump it."""
+        committee = self.request.committee
+        channel = self.runtime.dial(committee.addresses[j], committee.node_ids[j])
+        call = node_pb2_grpc.PeerStub(channel).Link(timeout=max(self.remaining(), 1.0))
+        hello = node_pb2.LinkHello(session_id=self.id, from_party=self.index, to_party=j)
+        await call.write(node_pb2.PeerMessage(hello=hello))
+        try:
+            await self.links[PARTY_NAMES[j]].run(call)
+        except BaseException:
+            call.cancel()
+            raise
+
+    async def attach_peer(self, j: int, stream: Any) -> None:
+        """Pump an incoming Peer.Link stream from party j (called by the Peer servicer)."""
+        task = asyncio.ensure_future(self.links[PARTY_NAMES[j]].run(stream))
+        self._tasks.append(task)
+        await task
+
+    def abort(self, error: BaseException) -> None:
+        """Fail every link and cancel every pump (the worker thread stops at its next receive)."""
+        self.channel.abort(error)
+        for task in self._tasks:
+            task.cancel()
+
+    def _start_worker(self) -> asyncio.Future:
+        future: asyncio.Future = self.loop.create_future()
+
+        def settle(fn: Callable[[], Any]) -> None:
+            if not future.done():
+                fn()
+
+        def target() -> None:
+            try:
+                result = self._work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+                self.loop.call_soon_threadsafe(settle, lambda: future.set_exception(exc))
+            else:
+                self.loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+        threading.Thread(target=target, name=f"session-{self.id[:8]}", daemon=True).start()
+        return future
+
+    # --- the engine programs (worker thread) ---------------------------------------------------------------------
+
+    def _engine(self) -> EngineConfig:
+        return EngineConfig(device=self.runtime.device, session_id=self.id)
+
+    def _work(self) -> Any:
+        request = self.request
+        if request.task == node_pb2.TASK_PUBLISH:
+            return self._publish()
+        hosted = self.runtime.store.get(request.model_id, request.committee.committee_id, request.privacy)
+        if not self.secret:
+            return plain_serving.serve_public(self.channel, hosted.model, request.output or "last",
+                                              device=self.runtime.device)
+        step, with_meta = serving.step_function(hosted.cfg, request.output or ("last" if hosted.cfg.causal
+                                                                                else "embedding"))
+        party = Party.connect(self.index, self.channel, self._engine())
+        model = serving.with_profile(hosted.model, approx_profile.get(request.profile or "accurate"))
+        return serving.serve(party, model, step, with_meta, client=serving.CLIENT)
+
+    def _publish(self) -> int:
+        request = self.request
+        cfg = config_from_json(request.model_config_json)
+        record = node_pb2.HostedModel(model_id=request.model_id, committee_id=request.committee.committee_id,
+                                      node_ids=list(request.committee.node_ids), party_index=self.index,
+                                      privacy=request.privacy, arch=cfg.arch, config_json=config_to_json(cfg))
+        if self.secret:
+            party = Party.receiver(self.index, self.channel, self._engine())
+            shares = weights.receive(party, OWNER)
+            _check_shapes(cfg, {k: tuple(v.shape) for k, v in shares.items()})
+            model: Any = serving.build_model(cfg, shares, approx_profile.ACCURATE)
+            release_memory()
+        else:
+            params = checkpoint.check_parameters(cfg, weights.receive_public(self.channel, OWNER),
+                                                 torch.float64)
+            model = public_model(cfg, params, self.runtime.device)
+        self.runtime.store.put(Hosted(record, cfg, model))
+        self.channel.send(OWNER, b"stored", "stored")
+        return len(self.runtime.store)
+
+
+def _check_shapes(cfg: checkpoint.ModelConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise BadRequest unless the published shares have exactly the architecture's parameter shapes."""
+    required, optional = checkpoint.parameter_shapes(cfg), checkpoint.optional_parameter_shapes(cfg)
+    missing = sorted(set(required) - set(shapes))
+    unknown = sorted(set(shapes) - set(required) - set(optional))
+    if missing or unknown:
+        raise BadRequest(f"published parameters do not fit {cfg.arch}: missing {missing[:3]}, unknown {unknown[:3]}")
+    for name, shape in shapes.items():
+        expected = required.get(name, optional.get(name))
+        if shape != expected:
+            raise BadRequest(f"parameter {name} has shape {shape}, expected {expected}")
+
+
+class SessionRegistry:
+    """The open sessions of a node, and incoming peer links waiting for theirs to open."""
+
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, NodeSession] = {}
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def add(self, session: NodeSession) -> None:
+        if session.id in self._sessions:
+            raise SessionExists(f"session {session.id[:8]} is already open")
+        if len(self._sessions) >= self.max_sessions:
+            raise Busy(f"node is serving its maximum of {self.max_sessions} sessions")
+        self._sessions[session.id] = session
+        for waiter in self._waiters.pop(session.id, []):
+            if not waiter.done():
+                waiter.set_result(session)
+
+    def remove(self, session: NodeSession) -> None:
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+
+    def get(self, session_id: str) -> NodeSession | None:
+        return self._sessions.get(session_id)
+
+    async def wait_for(self, session_id: str, timeout: float) -> NodeSession | None:
+        """The session with this id, waiting up to `timeout` s for it to open here; None if it does not."""
+        if session_id in self._sessions:
+            return self._sessions[session_id]
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(session_id, []).append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(session_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(session_id, None)
+
+    def abort_all(self, error: BaseException) -> None:
+        for session in list(self._sessions.values()):
+            session.abort(error)

@@ -1,0 +1,89 @@
+"""The models a node hosts: secret weight shares it holds as one party of a committee, or open models in the clear."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..mpc.models.checkpoint import ModelConfig
+from ..mpc.models.plain_serving import PublicModel
+from ..v1 import node_pb2
+from .errors import BadRequest, UnknownModel
+
+
+def config_to_json(cfg: ModelConfig) -> str:
+    """The public architecture as a JSON object (tuples become lists)."""
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+def config_from_json(text: str) -> ModelConfig:
+    """Parse `config_to_json` output; raises BadRequest on anything else."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"model config is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("model config must be a JSON object")
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(data) - names
+    if unknown:
+        raise BadRequest(f"unknown model config fields: {sorted(unknown)}")
+    if isinstance(data.get("eos_token_ids"), list):
+        data["eos_token_ids"] = tuple(data["eos_token_ids"])
+    try:
+        return ModelConfig(**data)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"bad model config: {exc}") from exc
+
+
+@dataclass
+class Hosted:
+    """One hosted model: what the network may know of it (`record`) and what this node computes with (`model`)."""
+
+    record: node_pb2.HostedModel
+    cfg: ModelConfig
+    model: Any  # a built secure model on this party's shares, or a PublicModel
+
+
+class ModelStore:
+    """Hosted models keyed by (model_id, committee_id); thread-safe."""
+
+    def __init__(self, max_models: int = 16) -> None:
+        self.max_models = max_models
+        self._models: dict[tuple[str, str], Hosted] = {}
+        self._lock = threading.Lock()
+
+    def put(self, hosted: Hosted) -> None:
+        key = (hosted.record.model_id, hosted.record.committee_id)
+        with self._lock:
+            if key not in self._models and len(self._models) >= self.max_models:
+                raise BadRequest(f"this node already hosts {self.max_models} models")
+            self._models[key] = hosted
+
+    def get(self, model_id: str, committee_id: str, privacy: int) -> Hosted:
+        with self._lock:
+            hosted = self._models.get((model_id, committee_id))
+        if hosted is None or hosted.record.privacy != privacy:
+            kind = "secret" if privacy == node_pb2.PRIVACY_SECRET else "public"
+            raise UnknownModel(f"model {model_id!r} is not hosted here as {kind} by committee {committee_id!r}")
+        return hosted
+
+    def records(self) -> list[node_pb2.HostedModel]:
+        with self._lock:
+            return [node_pb2.HostedModel.FromString(h.record.SerializeToString())
+                    for h in self._models.values()]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._models)
+
+
+def public_model(cfg: ModelConfig, params: dict, device: str) -> PublicModel:
+    """An open model's parameters on this node's device (float32 on CUDA, float64 on CPU)."""
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    return PublicModel(cfg, {k: v.to(device, dtype) for k, v in params.items()})

@@ -1,0 +1,296 @@
+"""The SDK: `Client` (embed, classify, logits, generate) and `ModelOwner` (publish), over a network of nodes.
+
+    owner = ModelOwner.from_dir(certs, "owner", seeds=["127.0.0.1:7001"])
+    owner.publish("minilm", cfg, params)                      # secret shares to a committee of three nodes
+    client = Client.from_dir(certs, "alice", seeds=["127.0.0.1:7001"])
+    emb = client.embed("minilm", input_ids, attention_mask)   # only this process sees the tokens and the output
+    for token in client.stream("smollm2", prompt_ids, 8):     # tokens as they are sampled, here
+        ...
+
+Tokenization happens at the client (pass token ids, or texts with a tokenizer); so do sampling and the
+reconstruction of outputs. `privacy="secret"` runs on a committee of three secure parties; `"public"` runs an open
+model in the clear on one plaintext worker. A request that fails on one committee because a node died, was busy or
+ran out of time is retried on the next committee hosting the model, when there is one.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .mpc.comm import Channel
+from .mpc.models import serving, weights
+from .mpc.models.checkpoint import ModelConfig
+from .mpc.models.sampling import SamplingConfig
+from .mpc.models.serving import Generation
+from .mpc.party import EngineConfig, PARTY_NAMES
+from .network import Connector, NetworkError, RequestFailed, SessionSpec
+from .nodes.certs import Identity
+from .nodes.membership import CommitteeView, MembershipTable, pick_secure_nodes
+from .nodes.store import config_from_json, config_to_json
+from .v1 import node_pb2
+
+_PRIVACY = {"secret": node_pb2.PRIVACY_SECRET, "public": node_pb2.PRIVACY_PUBLIC}
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def _privacy(name: str) -> int:
+    if name not in _PRIVACY:
+        raise ValueError(f"privacy must be 'secret' or 'public', got {name!r}")
+    return _PRIVACY[name]
+
+
+class _Member:
+    """What Client and ModelOwner share: a connector, the membership view, committee lookup."""
+
+    def __init__(self, identity: Identity, seeds: Sequence[str], timeout_s: float) -> None:
+        self.identity = identity
+        self.connector = Connector(identity, seeds, timeout_s)
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def from_dir(cls, certs_dir: str | Path, name: str, seeds: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S):
+        """Load the identity `name` ({name}.pem, {name}.key, ca.pem) from `certs_dir`."""
+        return cls(Identity.load(Path(certs_dir), name), seeds, timeout_s)
+
+    def close(self) -> None:
+        self.connector.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def nodes(self) -> list[node_pb2.NodeRecord]:
+        """The live node records a seed knows (signed; verified here against the network CA)."""
+        table = MembershipTable(self.identity.ca_pem, self_id="")
+        table.merge(list(self.connector.status().records))
+        return table.live()
+
+    def committees(self, model_id: str, privacy: str = "secret") -> list[CommitteeView]:
+        """The committees (or, public, the workers) hosting `model_id`, fastest first."""
+        table = MembershipTable(self.identity.ca_pem, self_id="")
+        table.merge(list(self.connector.status().records))
+        wanted = _privacy(privacy)
+        return [view for view in table.choose_committees(model_id) if view.privacy == wanted]
+
+    def wait_for_model(self, model_id: str, privacy: str = "secret", timeout_s: float = 30.0) -> list[CommitteeView]:
+        """Wait until the membership view shows a committee hosting `model_id` (records spread by gossip)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            views = self.committees(model_id, privacy)
+            if views or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        if not views:
+            raise NetworkError(f"no {privacy} committee hosts {model_id!r} after {timeout_s:.0f} s")
+        return views
+
+    def model_config(self, model_id: str) -> ModelConfig:
+        """The public architecture of a hosted model, from any node's record."""
+        for record in self.nodes():
+            for hosted in record.models:
+                if hosted.model_id == model_id and hosted.config_json:
+                    return config_from_json(hosted.config_json)
+        raise NetworkError(f"no node hosts a model named {model_id!r}")
+
+
+class ModelOwner(_Member):
+    """Publishes models: secret shares to committees of three secure nodes, or open weights to plaintext workers."""
+
+    def publish(self, model_id: str, cfg: ModelConfig, params: dict[str, torch.Tensor], *, privacy: str = "secret",
+                committees: int = 1, nodes: Sequence[str] = ()) -> list[CommitteeView]:
+        """Publish to `committees` disjoint committees (or the given node ids); returns them."""
+        records = self.nodes()
+        chosen = self._choose(records, privacy, committees, nodes)
+        spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=_privacy(privacy), model_id=model_id,
+                           model_config_json=config_to_json(cfg))
+        published = serving.owner_params(cfg, params) if privacy == "secret" else params
+        fxp = EngineConfig().fxp
+        for view in chosen:
+            def program(channel: Channel, view: CommitteeView = view) -> None:
+                if privacy == "secret":
+                    weights.publish(channel, published, fxp)
+                    parties = PARTY_NAMES
+                else:
+                    weights.publish_public(channel, published, serving.PUBLIC_WORKER)
+                    parties = (serving.PUBLIC_WORKER,)
+                for p in parties:
+                    if channel.recv(p, "stored") != b"stored":
+                        raise NetworkError(f"{p} did not confirm the model was stored")
+
+            self.connector.run_session(view, spec, program)
+        return chosen
+
+    def _choose(self, records: list[node_pb2.NodeRecord], privacy: str, committees: int, nodes: Sequence[str]
+                ) -> list[CommitteeView]:
+        by_id = {r.node_id: r for r in records}
+        size = 3 if privacy == "secret" else 1
+        if nodes:
+            missing = [n for n in nodes if n not in by_id]
+            if missing or len(nodes) % size:
+                raise NetworkError(f"nodes must be live and a multiple of {size}; unknown: {missing}")
+            groups = [list(nodes[i:i + size]) for i in range(0, len(nodes), size)]
+        else:
+            groups, used = [], set()
+            for _ in range(committees):
+                if privacy == "secret":
+                    picked = pick_secure_nodes(records, 3, exclude=tuple(used))
+                else:
+                    picked = [r for r in records if "plaintext" in r.roles and r.node_id not in used][:1]
+                    if not picked:
+                        raise NetworkError("no live plaintext worker is free for this model")
+                groups.append([r.node_id for r in picked])
+                used.update(groups[-1])
+        return [CommitteeView(committee_id=secrets.token_hex(6), node_ids=tuple(g),
+                              addresses=tuple(by_id[n].address for n in g), privacy=_privacy(privacy))
+                for g in groups]
+
+
+class Client(_Member):
+    """Runs inference on hosted models; tokens and outputs exist in the clear only in this process (secret)."""
+
+    def _run(self, model_id: str, privacy: str, output: str, profile: str,
+             program: Callable[[Channel, ModelConfig, serving.TokenIO], Any], committee: CommitteeView | None,
+             retry: Callable[[], bool] = lambda: True) -> Any:
+        views = [committee] if committee is not None else self.wait_for_model(model_id, privacy, timeout_s=10.0)
+        cfg = self.model_config(model_id)
+        io = serving.SECRET if privacy == "secret" else serving.PUBLIC
+        spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
+                           privacy=_privacy(privacy), model_id=model_id, output=output, profile=profile)
+        last: RequestFailed | None = None
+        for view in views:
+            try:
+                return self.connector.run_session(view, spec, lambda ch: program(ch, cfg, io))
+            except RequestFailed as exc:
+                last = exc
+                if not (exc.retryable and retry()):
+                    raise
+        raise last if last is not None else NetworkError(f"no committee for {model_id!r}")
+
+    def embed(self, model_id: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+              output: str = "embedding", privacy: str = "secret", profile: str = "accurate",
+              committee: CommitteeView | None = None) -> torch.Tensor:
+        """BERT sentence embeddings (B, C) (or "pooled", "hidden", "logits")."""
+        ids = _ids(input_ids)
+
+        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> torch.Tensor:
+            _check_vocab(cfg, ids)
+            out, _ = serving.client_encode(channel, cfg, EngineConfig(), ids, attention_mask, None, output, io)
+            return out
+
+        return self._run(model_id, privacy, output, profile, program, committee)
+
+    def classify(self, model_id: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """Sequence-classification logits (B, num_labels) of a BERT model with a classification head."""
+        return self.embed(model_id, input_ids, attention_mask, output="logits", **kwargs)
+
+    def logits(self, model_id: str, input_ids: torch.Tensor, *, chunks: tuple[int, ...] | None = None,
+               privacy: str = "secret", profile: str = "accurate", committee: CommitteeView | None = None
+               ) -> torch.Tensor:
+        """Decoder logits (B, T, V) of every position."""
+        ids = _ids(input_ids)
+        parts = chunks or (ids.shape[1],)
+
+        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> torch.Tensor:
+            _check_vocab(cfg, ids)
+            out, _ = serving.client_logits(channel, cfg, EngineConfig(), ids, parts, io)
+            return out
+
+        return self._run(model_id, privacy, "all", profile, program, committee)
+
+    def generate(self, model_id: str, prompt_ids: torch.Tensor, max_new_tokens: int, *,
+                 sampling: SamplingConfig = SamplingConfig(), privacy: str = "secret", profile: str = "accurate",
+                 committee: CommitteeView | None = None, on_token: Callable[[torch.Tensor], None] | None = None,
+                 progress: bool = False) -> Generation:
+        """Generate up to `max_new_tokens` tokens after `prompt_ids` (B, T); `on_token` sees each step's tokens."""
+        ids = _ids(prompt_ids)
+        emitted = [0]
+        bar = _Progress(max_new_tokens) if progress else None
+
+        def seen(_: int, token: torch.Tensor) -> None:
+            emitted[0] += 1
+            if bar is not None:
+                bar.update(emitted[0])
+            if on_token is not None:
+                on_token(token)
+
+        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> Generation:
+            serving.check_generation_request(cfg, [ids], max_new_tokens)
+            eos = torch.tensor(cfg.eos_token_ids, dtype=torch.int64)
+            results, _ = serving.client_generate_many(channel, cfg, EngineConfig(), [ids], max_new_tokens,
+                                                      sampling, eos, seen, io)
+            return results[0]
+
+        try:  # a retry after tokens were shown would show them twice: retry only before the first token
+            return self._run(model_id, privacy, "last", profile, program, committee, retry=lambda: emitted[0] == 0)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def stream(self, model_id: str, prompt_ids: torch.Tensor, max_new_tokens: int, **kwargs: Any
+               ) -> Iterator[torch.Tensor]:
+        """Yield each step's sampled tokens (B,) as soon as the client has them."""
+        tokens: queue.Queue[Any] = queue.Queue()
+        done = object()
+
+        def run() -> None:
+            try:
+                self.generate(model_id, prompt_ids, max_new_tokens, on_token=tokens.put, **kwargs)
+                tokens.put(done)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                tokens.put(exc)
+
+        threading.Thread(target=run, name="secureinfer-stream", daemon=True).start()
+        while True:
+            item = tokens.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+def _ids(x: Any) -> torch.Tensor:
+    ids = torch.as_tensor(x)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32) or 0 in ids.shape:
+        raise ValueError(f"token ids must be a non-empty (B, T) integer tensor, got {tuple(ids.shape)} {ids.dtype}")
+    return ids.long()
+
+
+def _check_vocab(cfg: ModelConfig, ids: torch.Tensor) -> None:
+    if int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size:
+        raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}) for this model")
+
+
+class _Progress:
+    """A one-line progress bar on stderr for long generations."""
+
+    def __init__(self, total: int) -> None:
+        import sys
+
+        self.total, self.stream, self.start = total, sys.stderr, time.monotonic()
+
+    def update(self, n: int) -> None:
+        rate = n / max(time.monotonic() - self.start, 1e-9)
+        filled = int(20 * n / self.total)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (20 - filled)}] {n}/{self.total} tokens, {rate:.2f} tok/s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+__all__ = ["Client", "ModelOwner", "NetworkError", "RequestFailed"]

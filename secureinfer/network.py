@@ -1,0 +1,220 @@
+"""The SDK's plumbing: a background event loop, mutual-TLS channels to nodes, and sessions as engine `Channel`s.
+
+A client (or model owner) session opens one `Inference.Session` stream per committee node, sends the open request,
+waits for each node's acceptance, and then speaks the engine protocol (serving.py) through a `GrpcChannel` whose
+links are those streams. The engine code runs in the caller's thread; the streams are pumped on a private event
+loop thread. Failures surface as `RequestFailed` with the gRPC status of the node that failed first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from .mpc.comm import Channel, CommError
+from .mpc.party import PARTY_NAMES
+from .mpc.models.serving import PUBLIC_WORKER
+from .nodes.certs import NODE_SAN, Identity
+from .nodes.daemon import grpc_options
+from .nodes.membership import CommitteeView
+from .nodes.transport import GrpcChannel, Link
+from .v1 import node_pb2, node_pb2_grpc
+
+T = TypeVar("T")
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
+             grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class NetworkError(RuntimeError):
+    """The network could not serve a request (no node reachable, no committee for a model)."""
+
+
+class RequestFailed(NetworkError):
+    """A node ended the request with a gRPC status; `code` says why (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, node: str = "") -> None:
+        where = f" at {node}" if node else ""
+        super().__init__(f"{code.name}{where}: {details}")
+        self.code, self.details, self.node = code, details, node
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another committee might succeed (a node died, was busy, or ran out of time)."""
+        return self.code in RETRYABLE
+
+
+class EventLoopThread:
+    """A private asyncio loop in a daemon thread; `run` executes a coroutine there and waits for its result."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="secureinfer-sdk-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a session asks of its committee (everything in OpenSession but the per-node party index)."""
+
+    task: int
+    privacy: int
+    model_id: str
+    output: str = ""
+    profile: str = ""
+    model_config_json: str = ""
+
+
+class Connector:
+    """Channels to nodes (cached per address and expected node name) on one background loop."""
+
+    def __init__(self, identity: Identity, seeds: Sequence[str], timeout_s: float) -> None:
+        if not seeds:
+            raise NetworkError("give at least one seed node address (host:port)")
+        self.identity = identity
+        self.seeds = tuple(seeds)
+        self.timeout_s = timeout_s
+        self.loop_thread = EventLoopThread()
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for channel in self._channels.values():
+                await channel.close()
+
+        try:
+            self.loop_thread.run(close_all(), timeout=5)
+        finally:
+            self.loop_thread.close()
+
+    def channel(self, address: str, node_id: str) -> grpc.aio.Channel:
+        """Only call on the loop thread."""
+        key = (address, node_id)
+        if key not in self._channels:
+            options = grpc_options(MAX_MESSAGE_BYTES) + self.identity.channel_options(node_id)
+            self._channels[key] = grpc.aio.secure_channel(address, self.identity.channel_credentials(), options)
+        return self._channels[key]
+
+    # --- membership ------------------------------------------------------------------------------------------------
+
+    def status(self) -> node_pb2.StatusReply:
+        """The membership view of the first seed that answers."""
+        errors = []
+        for seed in self.seeds:
+            try:
+                return self.loop_thread.run(self._status(seed), timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                errors.append(f"{seed}: {exc.code().name} {exc.details()}")
+        raise NetworkError("no seed node answered: " + "; ".join(errors))
+
+    async def _status(self, seed: str) -> node_pb2.StatusReply:
+        stub = node_pb2_grpc.MembershipStub(self.channel(seed, NODE_SAN))
+        return await stub.Status(node_pb2.StatusRequest(), timeout=min(self.timeout_s, 10.0))
+
+    # --- sessions --------------------------------------------------------------------------------------------------
+
+    def run_session(self, view: CommitteeView, spec: SessionSpec, program: Callable[[Channel], T],
+                    timeout_s: float | None = None) -> T:
+        """Open the session on every committee node, run `program(channel)` here, and close it cleanly."""
+        timeout = timeout_s or self.timeout_s
+        deadline = time.monotonic() + timeout
+        session_id = secrets.token_hex(16)
+        try:
+            channel, calls, pumps = self.loop_thread.run(self._open(view, spec, session_id, timeout), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:  # a write failed: the node is unreachable
+            raise RequestFailed(exc.code(), exc.details() or "") from exc
+        try:
+            result = program(channel)
+            channel.finish()
+            self.loop_thread.run(asyncio.wait_for(asyncio.gather(*pumps), max(deadline - time.monotonic(), 1.0)))
+            return result
+        except BaseException as exc:
+            channel.abort(exc if isinstance(exc, Exception) else CommError("interrupted"))
+            reported = self.loop_thread.run(_settle(calls, pumps, view), timeout=10)
+            raise _as_request_failure(exc, reported) from exc
+
+    async def _open(self, view: CommitteeView, spec: SessionSpec, session_id: str, timeout: float
+                    ) -> tuple[GrpcChannel, list[Any], list[asyncio.Future]]:
+        loop = asyncio.get_running_loop()
+        names = PARTY_NAMES if len(view.node_ids) == 3 else (PUBLIC_WORKER,)
+        committee = node_pb2.Committee(committee_id=view.committee_id, node_ids=list(view.node_ids),
+                                       addresses=list(view.addresses))
+        links: dict[str, Link] = {}
+        calls = []
+        for index, (name, node_id, address) in enumerate(zip(names, view.node_ids, view.addresses)):
+            stub = node_pb2_grpc.InferenceStub(self.channel(address, node_id))
+            call = stub.Session(timeout=timeout)
+            calls.append(call)
+            request = node_pb2.OpenSession(session_id=session_id, task=spec.task, privacy=spec.privacy,
+                                           model_id=spec.model_id, committee=committee, party_index=index,
+                                           output=spec.output, profile=spec.profile,
+                                           model_config_json=spec.model_config_json)
+            await call.write(node_pb2.ClientMessage(open=request))
+            links[name] = Link(name, loop, lambda f: node_pb2.ClientMessage(frame=f),
+                               lambda m: m.frame if m.HasField("frame") else None)
+        try:
+            for call, node_id in zip(calls, view.node_ids):
+                try:
+                    first = await call.read()
+                except grpc.aio.AioRpcError as exc:
+                    raise RequestFailed(exc.code(), exc.details() or "", node_id) from exc
+                if first is grpc.aio.EOF or not first.HasField("accepted"):
+                    raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "did not accept the session", node_id)
+        except BaseException:
+            for call in calls:
+                call.cancel()
+            raise
+        channel = GrpcChannel("client" if spec.task != node_pb2.TASK_PUBLISH else "owner", links,
+                              time.monotonic() + timeout)
+        pumps = [asyncio.ensure_future(links[name].run(call)) for name, call in zip(names, calls)]
+        return channel, calls, pumps
+
+
+async def _settle(calls: list[Any], pumps: list[asyncio.Future], view: CommitteeView, wait_s: float = 2.0
+                  ) -> RequestFailed | None:
+    """After a failure: give the nodes a moment to report their own status, cancel what is left, and return the
+    most telling status (a node's refusal such as INVALID_ARGUMENT before a knock-on UNAVAILABLE)."""
+    await asyncio.wait(pumps, timeout=wait_s)
+    failures: list[RequestFailed] = []
+    for call, node_id in zip(calls, view.node_ids):
+        if call.done():
+            code = await call.code()
+            if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+                failures.append(RequestFailed(code, await call.details() or "", node_id))
+        call.cancel()
+    for pump in pumps:
+        pump.cancel()
+    await asyncio.gather(*pumps, return_exceptions=True)
+    failures.sort(key=lambda f: f.retryable)
+    return failures[0] if failures else None
+
+
+def _as_request_failure(exc: BaseException, reported: RequestFailed | None) -> BaseException:
+    """The most telling error: a node's own status if one reported, else what the link saw."""
+    if reported is not None:
+        return reported
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RequestFailed):
+            return seen
+        if isinstance(seen, grpc.aio.AioRpcError):
+            return RequestFailed(seen.code(), seen.details() or "")
+        seen = seen.__cause__
+    if isinstance(exc, CommError):
+        return RequestFailed(grpc.StatusCode.UNAVAILABLE, str(exc))
+    return exc
