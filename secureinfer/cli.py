@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
+from . import __version__, cli_certs, cli_node
 
 DESCRIPTION = """\
 secureinfer runs Transformer inference across machines that do not trust each other.
@@ -19,6 +19,9 @@ examples:
   secureinfer bench ops                 # time the secure primitives on a 3-party in-process network
   secureinfer bench ops --json out.json # ... and write the figures as JSON
   secureinfer bench model --model minilm # a whole secure MiniLM forward: time, rounds, bytes, accuracy, breakdown
+  secureinfer certs init --dir certs     # a network CA; then `certs issue` for each node, client and owner
+  secureinfer node serve --config n.toml # run a node daemon (see `secureinfer node serve --help`)
+  secureinfer network status --seed 127.0.0.1:7001 --certs certs --name alice
 """
 
 
@@ -51,13 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
     model.add_argument("--model", action="append", choices=["minilm", "gpt2", "smollm2"],
                        help="benchmark only this model (repeatable; default: all three, each in its own process)")
-    model.add_argument("--profile", default="accurate", help="approximation profile: accurate or fast (default accurate)")
+    model.add_argument("--profile", default="accurate", help="approximation profile: accurate, fast or lean (default accurate)")
     model.add_argument("--repeat", type=int, default=1, help="sessions per model; the median is reported (default 1)")
     model.add_argument("--device", default="cpu", help="torch device for the parties, e.g. cpu or cuda (default cpu)")
     model.add_argument("--no-breakdown", action="store_true", help="skip the traced run that gives the per-op breakdown")
     model.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     model.set_defaults(handler=_bench_model)
     bench.set_defaults(handler=lambda _args: _usage(bench))
+    cli_certs.add_parser(commands)
+    cli_node.add_parsers(commands)
     parser.set_defaults(handler=lambda _args: _usage(parser))
     return parser
 

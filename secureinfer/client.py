@@ -107,8 +107,9 @@ class ModelOwner(_Member):
     """Publishes models: secret shares to committees of three secure nodes, or open weights to plaintext workers."""
 
     def publish(self, model_id: str, cfg: ModelConfig, params: dict[str, torch.Tensor], *, privacy: str = "secret",
-                committees: int = 1, nodes: Sequence[str] = ()) -> list[CommitteeView]:
-        """Publish to `committees` disjoint committees (or the given node ids); returns them."""
+                committees: int = 1, nodes: Sequence[str] = (), wait_s: float = 30.0) -> list[CommitteeView]:
+        """Publish to `committees` disjoint committees (or the given node ids) and wait up to `wait_s` until the
+        membership view shows them all (so clients find the model right away); returns them."""
         records = self.nodes()
         chosen = self._choose(records, privacy, committees, nodes)
         spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=_privacy(privacy), model_id=model_id,
@@ -128,6 +129,12 @@ class ModelOwner(_Member):
                         raise NetworkError(f"{p} did not confirm the model was stored")
 
             self.connector.run_session(view, spec, program)
+        deadline = time.monotonic() + wait_s
+        wanted = {view.committee_id for view in chosen}
+        while wanted - {view.committee_id for view in self.committees(model_id, privacy)}:
+            if time.monotonic() > deadline:
+                raise NetworkError(f"published {model_id!r}, but the nodes' records do not show it after {wait_s} s")
+            time.sleep(0.2)
         return chosen
 
     def _choose(self, records: list[node_pb2.NodeRecord], privacy: str, committees: int, nodes: Sequence[str]
@@ -161,7 +168,10 @@ class Client(_Member):
     def _run(self, model_id: str, privacy: str, output: str, profile: str,
              program: Callable[[Channel, ModelConfig, serving.TokenIO], Any], committee: CommitteeView | None,
              retry: Callable[[], bool] = lambda: True) -> Any:
-        views = [committee] if committee is not None else self.wait_for_model(model_id, privacy, timeout_s=10.0)
+        views = [committee] if committee is not None else self.committees(model_id, privacy)
+        if not views:
+            raise NetworkError(f"no {privacy} committee hosts a model named {model_id!r} (see `secureinfer network "
+                               f"status`)")
         cfg = self.model_config(model_id)
         io = serving.SECRET if privacy == "secret" else serving.PUBLIC
         spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,

@@ -1,0 +1,104 @@
+"""CLI pieces for operators: `secureinfer node serve` and `secureinfer network status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+NODE_EXAMPLE = """\
+example node.toml (paths are relative to the file):
+
+  [node]
+  node_id = "node-a"            # must equal the name in its certificate (secureinfer certs issue --role node)
+  host = "0.0.0.0"
+  port = 7001
+  advertise = "10.0.0.5:7001"   # what other nodes and clients dial
+  roles = ["secure", "plaintext"]
+  device = "auto"               # cpu, cuda, cuda:N or auto
+  certs_dir = "certs"           # ca.pem, node-a.pem, node-a.key
+  seeds = ["10.0.0.6:7001"]     # any node already in the network; none for the first node
+  metrics_port = 9101           # Prometheus text format at http://127.0.0.1:9101/metrics
+
+  [link]                        # optional software-injected link shaping (for experiments)
+  latency_s = 0.0
+"""
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    """Add `node` and `network` to the top-level subcommands."""
+    node = commands.add_parser("node", help="run a node daemon", description="Run a secureinfer node daemon.")
+    node_cmds = node.add_subparsers(dest="node_command", metavar="WHAT")
+    serve = node_cmds.add_parser(
+        "serve", help="serve until SIGTERM/SIGINT",
+        description="Start a node: load its certificate, measure its capability, join the network through its "
+        "seeds and serve secure sessions (as one party of a committee) and/or plaintext requests, over mutual TLS.",
+        epilog=NODE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--config", required=True, metavar="FILE", help="the node's TOML configuration")
+    serve.set_defaults(handler=_serve)
+    node.set_defaults(handler=lambda _args: _usage(node))
+
+    network = commands.add_parser("network", help="look at a running network",
+                                  description="Inspect a running secureinfer network through any of its nodes.")
+    net_cmds = network.add_subparsers(dest="network_command", metavar="WHAT")
+    status = net_cmds.add_parser(
+        "status", help="list the live nodes and the models they host",
+        description="Ask a seed node for its membership view: every live node's address, roles, device, measured "
+        "speed and hosted models (records are signed by each node; they are verified here against the CA).")
+    status.add_argument("--seed", required=True, action="append", metavar="HOST:PORT", help="a node to ask")
+    status.add_argument("--certs", required=True, metavar="DIR", help="directory with ca.pem and your identity")
+    status.add_argument("--name", required=True, help="your identity's name in DIR (a client, owner or node)")
+    status.set_defaults(handler=_status)
+    network.set_defaults(handler=lambda _args: _usage(network))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .nodes.certs import CertError
+    from .nodes.config import ConfigError, NodeConfig
+    from .nodes.daemon import serve
+
+    try:
+        config = NodeConfig.from_file(Path(args.config))
+        asyncio.run(serve(config))
+    except (ConfigError, CertError, OSError) as exc:
+        print(f"secureinfer node serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .client import Client
+    from .network import NetworkError
+    from .nodes.certs import CertError
+
+    try:
+        with Client.from_dir(Path(args.certs), args.name, args.seed, timeout_s=15.0) as client:
+            records = client.nodes()
+    except (NetworkError, CertError) as exc:
+        print(f"secureinfer network status: {exc}", file=sys.stderr)
+        return 2
+    print(format_status(records))
+    return 0
+
+
+def format_status(records: list) -> str:
+    """A table of node records: one line per node, then its hosted models."""
+    now = time.time()
+    lines = [f"{'NODE':<16} {'ADDRESS':<22} {'ROLES':<18} {'DEVICE':<24} {'GFLOP/s':>8} {'MEM GiB':>8} {'AGE s':>6}"]
+    for r in sorted(records, key=lambda r: r.node_id):
+        cap = r.capability
+        lines.append(f"{r.node_id:<16} {r.address:<22} {','.join(r.roles):<18} {cap.device:<24} "
+                     f"{cap.matmul_gflops:>8.1f} {cap.memory_bytes / 2**30:>8.1f} {now - r.issued_at:>6.1f}")
+        for m in r.models:
+            kind = "secret" if m.privacy == 1 else "public"
+            lines.append(f"    hosts {m.model_id} ({m.arch}, {kind}) committee {m.committee_id} "
+                         f"as party {m.party_index} of {'/'.join(m.node_ids)}")
+    lines.append(f"{len(records)} live node(s)")
+    return "\n".join(lines)
