@@ -1,0 +1,7 @@
+"""`python -m secureinfer ...` is the `secureinfer` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
