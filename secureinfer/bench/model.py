@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ import time
 from typing import Any, Callable
 
 import torch
+
+from . import write_json
 
 MODELS = ("minilm", "gpt2", "smollm2")
 MINILM_TEXT = ("Secure multi-party computation lets several servers evaluate a neural network on a private prompt "
@@ -302,14 +303,5 @@ def main(args: argparse.Namespace) -> int:
             print_result(result)
         results.append(result)
     if args.json:
-        doc = {"benchmark": "model",
-               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                           "python": sys.version.split()[0], "torch": torch.__version__},
-               "results": results}
-        text = json.dumps(doc, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as fh:
-                fh.write(text + "\n")
+        write_json(args.json, "model", results, args.device)
     return 0

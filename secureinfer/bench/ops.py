@@ -8,8 +8,6 @@ process's peak resident memory, and the largest error against float64 torch in u
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import resource
 import statistics
 import sys
@@ -20,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..mpc import runtime
+from . import write_json
 from ..mpc.party import EngineConfig, Party
 from ..mpc.protocols import compare, mul, reveal, select
 from ..mpc.shares import AShare
@@ -144,17 +143,5 @@ def main(args: argparse.Namespace) -> int:
         _print_row(result)
         results.append(result)
     if args.json:
-        doc = {
-            "benchmark": "ops",
-            "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "python": sys.version.split()[0],
-                        "torch": torch.__version__,
-                        "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None},
-            "results": [asdict(r) for r in results],
-        }
-        text = json.dumps(doc, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as fh:
-                fh.write(text + "\n")
+        write_json(args.json, "ops", [asdict(r) for r in results], args.device)
     return 0

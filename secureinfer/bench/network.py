@@ -1,0 +1,143 @@
+"""`secureinfer bench network`: the model benchmarks over a real network of node processes, against in-process.
+
+For each model, one run in-process (three party threads, bench model's figures) and one over a `LocalNetwork`:
+three node processes on loopback, mutual TLS, the same session protocol. Figures per step: the client-observed
+time (control message sent -> output reconstructed), for the network run also the whole request as a user sees it
+(session opened on three nodes -> closed), and the bytes each node sent to the other parties, read from the
+nodes' own session logs. Overhead = network step time / in-process step time, measured in the same run.
+Models: minilm (all-MiniLM-L6-v2, 128 tokens) and gpt2 (GPT-2-base shape, 32-token prefill + 1 decoded token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import write_json
+from .model import MINILM_TEXT, gpt2_base_params
+
+MODELS = ("minilm", "gpt2")
+
+
+def _node_session_bytes(log: Path, after: float) -> list[int]:
+    """bytes_sent of each 'session done' entry a node logged after `after` (unix seconds)."""
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("msg") == "session done" and entry.get("task") != "publish":
+            stamp = entry.get("ts", "")
+            if _unix(stamp) >= after:
+                out.append(int(entry.get("bytes_sent", 0)))
+    return out
+
+
+def _unix(iso: str) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _load(name: str) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    from ..mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
+
+    if name == "minilm":
+        path = packaged_checkpoint("all-MiniLM-L6-v2")
+        cfg, params = load_checkpoint(path, torch.float64)
+        enc = load_tokenizer(path)([MINILM_TEXT], truncation=True, max_length=128, return_tensors="pt")
+        return cfg, params, enc["input_ids"], enc["attention_mask"]
+    cfg, params = gpt2_base_params()
+    prompt = torch.randint(0, cfg.vocab_size, (1, 32), generator=torch.Generator().manual_seed(1))
+    return cfg, params, prompt, None
+
+
+def _in_process(name: str, cfg, params, ids, mask, profile) -> list[float]:
+    from ..mpc.models import session
+
+    if name == "minilm":
+        _, report = session.secure_encode(cfg, params, ids, mask, profile=profile)
+    else:
+        _, report = session.secure_generate(cfg, params, ids, 2, eos_token_ids=(), profile=profile)
+    return [s.seconds for s in report.steps]
+
+
+def _over_network(net, name: str, cfg, params, ids, mask, profile_name: str) -> tuple[list[float], float, Any]:
+    """Per-step client times, the whole request's wall time, and the output, through the SDK's connector."""
+    from ..mpc.models import serving
+    from ..mpc.models.sampling import SamplingConfig
+    from ..mpc.party import EngineConfig
+    from ..network import SessionSpec
+    from ..v1 import node_pb2
+
+    with net.owner() as owner, net.client() as client:
+        owner.publish(name, cfg, params)
+        view = client.committees(name)[0]
+        task = node_pb2.TASK_ENCODE if name == "minilm" else node_pb2.TASK_DECODE
+        spec = SessionSpec(task=task, privacy=node_pb2.PRIVACY_SECRET, model_id=name,
+                           output="embedding" if name == "minilm" else "last", profile=profile_name)
+
+        def program(channel):
+            if name == "minilm":
+                return serving.client_encode(channel, cfg, EngineConfig(), ids, mask, None, "embedding")
+            results, times = serving.client_generate_many(channel, cfg, EngineConfig(), [ids], 2, SamplingConfig(),
+                                                          torch.tensor([], dtype=torch.int64))
+            return results[0], times
+
+        start = time.perf_counter()
+        out, times = client.connector.run_session(view, spec, program)
+        wall = time.perf_counter() - start
+    return [t for t, _ in times], wall, out
+
+
+def bench(name: str, profile_name: str, net_config) -> dict[str, Any]:
+    """One model in-process and over the network."""
+    from ..mpc.approx import profile as profiles
+    from ..simulate import LocalNetwork
+
+    profile = profiles.get(profile_name)
+    cfg, params, ids, mask = _load(name)
+    local = _in_process(name, cfg, params, ids, mask, profile)
+    with LocalNetwork(net_config) as net:
+        started = time.time()
+        remote, wall, _ = _over_network(net, name, cfg, params, ids, mask, profile_name)
+        time.sleep(0.5)  # the nodes log 'session done' as their streams close
+        sent = [_node_session_bytes(net.log_path(n), started) for n in net.node_ids]
+    steps = ["forward"] if name == "minilm" else ["prefill", "decode"]
+    return {"model": name, "profile": profile_name,
+            "steps": {step: {"in_process_s": a, "network_s": b, "overhead": b / a if a else None}
+                      for step, a, b in zip(steps, local, remote)},
+            "in_process_s": sum(local), "network_s": sum(remote), "overhead": sum(remote) / sum(local),
+            "network_request_wall_s": wall,
+            "bytes_per_node": [sum(s) for s in sent]}
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `secureinfer bench network`."""
+    from ..simulate import SimulationConfig
+
+    latency = (args.latency_ms or 0.0) / 1000
+    bandwidth = args.bandwidth_mbit * 1e6 / 8 if args.bandwidth_mbit else None
+    net_config = SimulationConfig(n_nodes=3, latency_s=latency, bandwidth_bytes_per_s=bandwidth, log_level="INFO")
+    print(f"in-process (3 threads) vs 3 node processes on loopback with mutual TLS; profile {args.profile}; "
+          f"link latency {latency * 1000:g} ms, bandwidth {args.bandwidth_mbit or 'unlimited'} Mbit/s", flush=True)
+    results = []
+    for name in args.model or MODELS:
+        r = bench(name, args.profile, net_config)
+        results.append(r)
+        steps = "; ".join(f"{k} {v['in_process_s']:.2f} s -> {v['network_s']:.2f} s (x{v['overhead']:.2f})"
+                          for k, v in r["steps"].items())
+        print(f"{name}: {steps}; whole request over the network {r['network_request_wall_s']:.2f} s; "
+              f"bytes sent per node {'/'.join(f'{b / 1e6:,.1f}' for b in r['bytes_per_node'])} MB", flush=True)
+    if args.json:
+        write_json(args.json, "network", results, latency_ms=args.latency_ms, bandwidth_mbit=args.bandwidth_mbit)
+    return 0
