@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, cli_certs, cli_node
+from . import __version__, cli_certs, cli_node, cli_simulate
 
 DESCRIPTION = """\
 secureinfer runs Transformer inference across machines that do not trust each other.
@@ -22,6 +22,7 @@ examples:
   secureinfer certs init --dir certs     # a network CA; then `certs issue` for each node, client and owner
   secureinfer node serve --config n.toml # run a node daemon (see `secureinfer node serve --help`)
   secureinfer network status --seed 127.0.0.1:7001 --certs certs --name alice
+  secureinfer simulate                   # 3 local node processes, MiniLM published as secret shares, a secure request
 """
 
 
@@ -60,9 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--no-breakdown", action="store_true", help="skip the traced run that gives the per-op breakdown")
     model.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     model.set_defaults(handler=_bench_model)
+    network = bench_kinds.add_parser(
+        "network", help="the model benchmarks over three real node processes (mutual TLS) vs in-process",
+        description="Run the MiniLM and GPT-2-base benchmarks once on three in-process parties and once through "
+        "three node processes on loopback with mutual TLS (secureinfer simulate's network), and report each step's "
+        "time in both, the overhead ratio, and the bytes each node sent to the other parties.")
+    network.add_argument("--model", action="append", choices=["minilm", "gpt2"], help="only this model (repeatable)")
+    network.add_argument("--profile", default="accurate", help="approximation profile: accurate, fast or lean")
+    network.add_argument("--latency-ms", type=float, default=0.0, help="software-injected one-way latency per message")
+    network.add_argument("--bandwidth-mbit", type=float, default=None, help="software-injected per-link bandwidth cap")
+    network.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
+    network.set_defaults(handler=_bench_network)
     bench.set_defaults(handler=lambda _args: _usage(bench))
     cli_certs.add_parser(commands)
     cli_node.add_parsers(commands)
+    cli_simulate.add_parser(commands)
     parser.set_defaults(handler=lambda _args: _usage(parser))
     return parser
 
@@ -83,6 +96,12 @@ def _bench_model(args: argparse.Namespace) -> int:
     from .bench import model
 
     return model.main(args)
+
+
+def _bench_network(args: argparse.Namespace) -> int:
+    from .bench import network
+
+    return network.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:

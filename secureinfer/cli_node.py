@@ -60,6 +60,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .nodes.capability import CapabilityError
     from .nodes.certs import CertError
     from .nodes.config import ConfigError, NodeConfig
     from .nodes.daemon import serve
@@ -67,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = NodeConfig.from_file(Path(args.config))
         asyncio.run(serve(config))
-    except (ConfigError, CertError, OSError) as exc:
+    except (ConfigError, CertError, CapabilityError, OSError) as exc:
         print(f"secureinfer node serve: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -63,9 +63,13 @@ class EventLoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=5)
+        """Stop the loop and its thread (idempotent)."""
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)  # also works if run_forever has not begun yet
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,14 @@ class Connector:
         self.timeout_s = timeout_s
         self.loop_thread = EventLoopThread()
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._closed = False
 
     def close(self) -> None:
+        """Close every channel and stop the loop thread; later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+
         async def close_all() -> None:
             for channel in self._channels.values():
                 await channel.close()
@@ -156,18 +166,21 @@ class Connector:
                                        addresses=list(view.addresses))
         links: dict[str, Link] = {}
         calls = []
-        for index, (name, node_id, address) in enumerate(zip(names, view.node_ids, view.addresses)):
-            stub = node_pb2_grpc.InferenceStub(self.channel(address, node_id))
-            call = stub.Session(timeout=timeout)
-            calls.append(call)
-            request = node_pb2.OpenSession(session_id=session_id, task=spec.task, privacy=spec.privacy,
-                                           model_id=spec.model_id, committee=committee, party_index=index,
-                                           output=spec.output, profile=spec.profile,
-                                           model_config_json=spec.model_config_json)
-            await call.write(node_pb2.ClientMessage(open=request))
-            links[name] = Link(name, loop, lambda f: node_pb2.ClientMessage(frame=f),
-                               lambda m: m.frame if m.HasField("frame") else None)
-        try:
+        try:  # any failure while opening cancels the streams already open, so those nodes drop the session
+            for index, (name, node_id, address) in enumerate(zip(names, view.node_ids, view.addresses)):
+                stub = node_pb2_grpc.InferenceStub(self.channel(address, node_id))
+                call = stub.Session(timeout=timeout)
+                calls.append(call)
+                request = node_pb2.OpenSession(session_id=session_id, task=spec.task, privacy=spec.privacy,
+                                               model_id=spec.model_id, committee=committee, party_index=index,
+                                               output=spec.output, profile=spec.profile,
+                                               model_config_json=spec.model_config_json)
+                try:
+                    await call.write(node_pb2.ClientMessage(open=request))
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:  # e.g. the node is down
+                    raise await _open_failure(call, node_id, exc) from exc
+                links[name] = Link(name, loop, lambda f: node_pb2.ClientMessage(frame=f),
+                                   lambda m: m.frame if m.HasField("frame") else None)
             for call, node_id in zip(calls, view.node_ids):
                 try:
                     first = await call.read()
@@ -183,6 +196,13 @@ class Connector:
                               time.monotonic() + timeout)
         pumps = [asyncio.ensure_future(links[name].run(call)) for name, call in zip(names, calls)]
         return channel, calls, pumps
+
+
+async def _open_failure(call: Any, node_id: str, exc: BaseException) -> RequestFailed:
+    """The status of a stream whose open request could not be written."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return RequestFailed(exc.code(), exc.details() or "", node_id)
+    return RequestFailed(await call.code(), await call.details() or "", node_id)
 
 
 async def _settle(calls: list[Any], pumps: list[asyncio.Future], view: CommitteeView, wait_s: float = 2.0
