@@ -125,6 +125,7 @@ _NODE_KINDS: dict[str, tuple[str, bool]] = {
     "record_ttl_s": (_FLOAT, False),
     "max_sessions": (_INT, False),
     "session_timeout_s": (_FLOAT, False),
+    "peer_wait_s": (_FLOAT, False),
     "max_message_bytes": (_INT, False),
     "log_level": (_STR, False),
     "port_file": (_PATH, True),
@@ -149,6 +150,7 @@ class NodeConfig:
     record_ttl_s: float = 10.0
     max_sessions: int = 4
     session_timeout_s: float = 600.0
+    peer_wait_s: float = 30.0  # how long a session waits for its lower-index parties to dial in (and vice versa)
     max_message_bytes: int = 4 * 1024 * 1024
     link: LinkSettings = field(default_factory=LinkSettings)
     log_level: str = "INFO"
@@ -178,7 +180,7 @@ class NodeConfig:
             raise ConfigError(f"roles: duplicates in {list(self.roles)}")
         if DEVICE_PATTERN.fullmatch(self.device) is None:
             raise ConfigError(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
-        for name in ("gossip_interval_s", "session_timeout_s"):
+        for name in ("gossip_interval_s", "session_timeout_s", "peer_wait_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.record_ttl_s <= self.gossip_interval_s:

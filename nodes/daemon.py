@@ -58,8 +58,12 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
 class NodeDaemon:
     """One node: call `start()`, then `wait()` until stopped; `stop()` shuts it down gracefully."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, *, peer_wait_s: float | None = None) -> None:
+        """`peer_wait_s` overrides the config's (tests use short waits)."""
+        if peer_wait_s is not None and peer_wait_s <= 0:
+            raise ValueError(f"peer_wait_s must be > 0, got {peer_wait_s}")
         self.config = config
+        self.peer_wait_s = config.peer_wait_s if peer_wait_s is None else peer_wait_s
         self.logger = logs.configure(config.node_id, config.log_level)
         self.identity = Identity.load(config.certs_dir, config.node_id)
         self.device = config.resolved_device()
@@ -96,7 +100,8 @@ class NodeDaemon:
         self.capability = capability.measure(self.device)
         runtime = NodeRuntime(identity=self.identity, roles=cfg.roles, device=self.device, store=self.store,
                               max_sessions=cfg.max_sessions, session_timeout_s=cfg.session_timeout_s,
-                              max_payload_bytes=4 << 30, shaping=cfg.link, dial=self.dial)
+                              max_payload_bytes=4 << 30, shaping=cfg.link, dial=self.dial,
+                              peer_wait_s=self.peer_wait_s)
         server = grpc.aio.server(options=server_options(cfg.max_message_bytes))
         node_pb2_grpc.add_InferenceServicer_to_server(
             InferenceServicer(runtime, self.registry, self.metrics, self.logger), server)
@@ -138,6 +143,7 @@ class NodeDaemon:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         deadline = time.monotonic() + grace_s
         while len(self.registry) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

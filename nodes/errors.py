@@ -12,6 +12,7 @@ from ..mpc.models.serving import RequestError
 from ..mpc.models.weights import WeightsError
 from .certs import CertError
 from .frames import FrameError
+from .transport import LinkTimeout
 
 
 class NodeError(Exception):
@@ -74,6 +75,7 @@ _BY_TYPE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (CheckpointError, grpc.StatusCode.INVALID_ARGUMENT),
     (WeightsError, grpc.StatusCode.INVALID_ARGUMENT),
     (CertError, grpc.StatusCode.PERMISSION_DENIED),
+    (LinkTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (CommError, grpc.StatusCode.UNAVAILABLE),
     (asyncio.CancelledError, grpc.StatusCode.CANCELLED),
     (asyncio.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),

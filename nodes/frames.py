@@ -83,6 +83,8 @@ class Assembler:
             self._first = frame
         elif (frame.tag, frame.kind, frame.total_bytes) != (self._first.tag, self._first.kind, self._first.total_bytes):
             raise FrameError("a chunk does not belong to the payload in progress")
+        if not frame.data and not frame.last:
+            raise FrameError("an empty chunk must be the payload's last")
         self._received += len(frame.data)
         if self._received > self._first.total_bytes:
             raise FrameError("chunks exceed the announced payload size")

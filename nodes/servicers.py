@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 import grpc
 
-from ..mpc.party import PARTY_NAMES
 from ..v1 import node_pb2, node_pb2_grpc
 from . import errors
 from .certs import CertError, PeerCert, peer_from_context
 from .logs import log_event
 from .membership import MembershipTable
 from .metrics import NodeMetrics
-from .sessions import PEER_WAIT_S, NodeRuntime, NodeSession, SessionRegistry, check_open
+from .sessions import NodeRuntime, NodeSession, SessionRegistry, check_open
 
 _TASKS = {node_pb2.TASK_PUBLISH: "publish", node_pb2.TASK_ENCODE: "encode", node_pb2.TASK_DECODE: "decode"}
 _PRIVACY = {node_pb2.PRIVACY_SECRET: "secret", node_pb2.PRIVACY_PUBLIC: "public"}
@@ -32,9 +32,12 @@ async def _caller(context: grpc.aio.ServicerContext, role: str | None = None) ->
     return caller
 
 
-async def _first(context: grpc.aio.ServicerContext, field: str) -> Any:
-    """The stream's first message, which must carry `field`."""
-    message = await context.read()
+async def _first(context: grpc.aio.ServicerContext, field: str, wait_s: float) -> Any:
+    """The stream's first message, which must carry `field` and arrive within `wait_s` seconds."""
+    try:
+        message = await asyncio.wait_for(context.read(), wait_s)
+    except asyncio.TimeoutError:
+        await context.abort(*errors.status_for(errors.SessionTimeout(f"no `{field}` message within {wait_s:g} s")))
     if message is grpc.aio.EOF or not message.HasField(field):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the first message must be `{field}`")
     return getattr(message, field)
@@ -49,7 +52,7 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
 
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         caller = await _caller(context)
-        request = await _first(context, "open")
+        request = await _first(context, "open", self.runtime.peer_wait_s)
         task, privacy = _TASKS.get(request.task, "unknown"), _PRIVACY.get(request.privacy, "unknown")
         remaining = context.time_remaining()
         timeout = self.runtime.session_timeout_s if remaining is None else min(remaining, self.runtime.session_timeout_s)
@@ -66,6 +69,11 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
                 accepted=node_pb2.SessionAccepted(session_id=request.session_id, node_id=self.runtime.node_id)))
             await session.run(context)
         except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):  # gRPC ended the call: its deadline passed, or it was cancelled
+                left = context.time_remaining()
+                late = (left is not None and left <= 0.01) or (session is not None and session.remaining() <= 0)
+                exc = errors.SessionTimeout("the call's deadline passed") if late else \
+                    errors.Cancelled("the caller cancelled the call")
             code, message = errors.status_for(exc)
             status = code.name
             log_event(self.logger, "WARNING", "session failed", session=request.session_id[:8], task=task,
@@ -109,21 +117,22 @@ class PeerServicer(node_pb2_grpc.PeerServicer):
 
     async def Link(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         caller = await _caller(context, role="node")
-        hello = await _first(context, "hello")
-        session = await self.registry.wait_for(hello.session_id, PEER_WAIT_S)
+        hello = await _first(context, "hello", self.runtime.peer_wait_s)
+        session = await self.registry.wait_for(hello.session_id, self.runtime.peer_wait_s)
         if session is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no session {hello.session_id[:8]} here")
-        committee = session.request.committee
-        if not (session.secret and hello.to_party == session.index and hello.from_party < session.index):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "this link does not fit the session's committee")
-        if committee.node_ids[hello.from_party] != caller.name:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"{caller.name} is not party {PARTY_NAMES[hello.from_party]} of this committee")
+        try:
+            session.check_peer(hello, caller.name)
+        except errors.NodeError as exc:
+            await context.abort(*errors.status_for(exc))
         try:
             await session.attach_peer(hello.from_party, context)
         except BaseException as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
+            if session.error is not None:  # the session failed here: the dialling party learns it as UNAVAILABLE
+                exc = errors.PeerFailed(f"session {session.id[:8]} ended at {self.runtime.node_id}: "
+                                        f"{errors.status_for(session.error)[1]}")
             code, message = errors.status_for(exc)
             await context.abort(code, message)
 

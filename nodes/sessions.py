@@ -7,13 +7,14 @@ A session starts when a client or model owner opens an `Inference.Session` strea
   3. a worker thread runs the engine program (publish: receive weight shares; infer: `serving.serve` or
      `plain_serving.serve_public`) while the event loop pumps the links;
   4. the session ends when the worker returns (status OK once every link has drained), or fails as a whole when
-     the worker raises, any link breaks, the deadline passes or the caller cancels; the other links are then
-     cancelled so the other parties fail fast too.
+     the worker raises, any link breaks, a lower party has not dialled in within `peer_wait_s`, the deadline
+     passes or the caller cancels; the other links are then cancelled so the other parties fail fast too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import threading
 import time
@@ -32,13 +33,14 @@ from ..mpc.runtime import OWNER
 from ..v1 import node_pb2, node_pb2_grpc
 from .certs import Identity, PeerCert
 from .errors import BadRequest, Busy, Cancelled, PeerFailed, SessionExists, SessionTimeout, Unauthorized
+from .frames import FrameError
 from .store import Hosted, ModelStore, config_from_json, config_to_json, public_model
 from .config import LinkSettings
 from .transport import GrpcChannel, Link
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
-PEER_WAIT_S = 30.0  # how long an incoming peer link waits for the session to open here
+PEER_WAIT_S = 30.0  # default: how long an incoming peer link waits for its session, and a session for its peers
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class NodeRuntime:
     max_payload_bytes: int
     shaping: LinkSettings
     dial: Callable[[str, str], grpc.aio.Channel]  # (address, node_id) -> a mutual-TLS channel to that node
+    peer_wait_s: float = PEER_WAIT_S  # how long a session and an incoming peer link wait for each other
 
     @property
     def node_id(self) -> str:
@@ -94,11 +97,37 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
         raise BadRequest(f"this node ({runtime.node_id}) is not party {request.party_index} of the committee")
     if request.fractional_bits not in (0, EngineConfig().fxp.frac_bits):
         raise BadRequest(f"this node computes with {EngineConfig().fxp.frac_bits} fractional bits only")
-    if request.task != node_pb2.TASK_PUBLISH:
-        try:
-            approx_profile.get(request.profile or "accurate")
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from exc
+    if request.task == node_pb2.TASK_PUBLISH:
+        config_from_json(request.model_config_json)
+        return
+    try:
+        approx_profile.get(request.profile or "accurate")
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    hosted = runtime.store.get(request.model_id, committee.committee_id, request.privacy)
+    if list(committee.node_ids) != list(hosted.record.node_ids) or request.party_index != hosted.record.party_index:
+        # Only the nodes that hold the other shares may take part: anyone else would learn from this party's messages.
+        raise BadRequest(f"committee {committee.committee_id!r} is {list(hosted.record.node_ids)} with this node as "
+                         f"party {hosted.record.party_index}; the request names other members")
+    cfg = hosted.cfg
+    if cfg.causal != (request.task == node_pb2.TASK_DECODE):
+        raise BadRequest(f"model {request.model_id!r} is {'a decoder' if cfg.causal else 'an encoder'}: "
+                         f"use TASK_{'DECODE' if cfg.causal else 'ENCODE'}")
+    allowed = serving.DECODE_OUTPUTS if cfg.causal else serving.ENCODE_OUTPUTS
+    if _output(request, cfg) not in allowed:
+        raise BadRequest(f"unknown output {request.output!r} for {cfg.arch}; choose from {', '.join(allowed)}")
+
+
+def _describe(error: BaseException) -> str:
+    """One line for an error: a failed call's status and details rather than its multi-line repr."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return str(error) or type(error).__name__
+
+
+def _output(request: node_pb2.OpenSession, cfg: checkpoint.ModelConfig) -> str:
+    """The requested output, or the model's default (decoders: the last position; encoders: the embedding)."""
+    return request.output or ("last" if cfg.causal else "embedding")
 
 
 class NodeSession:
@@ -116,36 +145,50 @@ class NodeSession:
         self.started = time.monotonic()
         self.caller_name = _caller_link_name(request)
         self.links: dict[str, Link] = {self.caller_name: self._link(self.caller_name, node_pb2.ServerMessage)}
+        self.peers: tuple[int, ...] = ()  # the other parties this session exchanges shares with
         if self.secret and request.task != node_pb2.TASK_PUBLISH:
-            for j in range(3):
-                if j != self.index:
-                    self.links[PARTY_NAMES[j]] = self._link(PARTY_NAMES[j], node_pb2.PeerMessage)
+            self.peers = tuple(j for j in range(3) if j != self.index)
+            for j in self.peers:
+                self.links[PARTY_NAMES[j]] = self._link(PARTY_NAMES[j], node_pb2.PeerMessage)
         name = PARTY_NAMES[self.index] if self.secret else serving.PUBLIC_WORKER
         self.channel = GrpcChannel(name, self.links, deadline)
         self.result: Any = None
-        self._tasks: list[asyncio.Future] = []
+        self.error: BaseException | None = None  # why the session was aborted, once it was
+        self._attached: set[int] = set()  # lower parties whose Peer.Link has arrived
+        self._tasks: dict[asyncio.Future, str] = {}  # link pumps and the link each one serves
+        self._wake = asyncio.Event()  # set when a peer attaches or the session is aborted
 
     @property
     def id(self) -> str:
         return self.request.session_id
 
     def _link(self, name: str, message_type: Any) -> Link:
+        on_device = name in PARTY_NAMES and self.runtime.device != "cpu"  # the client's shares are placed by the engine
         return Link(name, self.loop, lambda f: message_type(frame=f), _frame_of, shaping=self.runtime.shaping,
-                    max_payload_bytes=self.runtime.max_payload_bytes)
+                    max_payload_bytes=self.runtime.max_payload_bytes, device=self.runtime.device if on_device else None)
+
+    def _pump(self, name: str, coro: Any) -> asyncio.Future:
+        task = asyncio.ensure_future(coro)
+        self._tasks[task] = name
+        return task
 
     # --- running ---------------------------------------------------------------------------------------------------
 
     async def run(self, caller_stream: Any) -> None:
         """Pump the caller's stream, dial the higher parties, run the worker; raise if anything fails."""
-        self._tasks.append(asyncio.ensure_future(self.links[self.caller_name].run(caller_stream)))
-        if self.secret and self.request.task != node_pb2.TASK_PUBLISH:
-            for j in range(self.index + 1, 3):
-                self._tasks.append(asyncio.ensure_future(self._dial(j)))
+        self._pump(self.caller_name, self.links[self.caller_name].run(caller_stream))
+        for j in self.peers:
+            if j > self.index:
+                self._pump(PARTY_NAMES[j], self._dial(j))
         worker = self._start_worker()
         try:
             await self._until_worker_done(worker)
             self.channel.finish()
-            await asyncio.wait_for(asyncio.gather(*self._tasks), timeout=max(self.remaining(), 5.0))
+            drain = asyncio.gather(*self._tasks)
+            try:
+                await asyncio.wait_for(drain, timeout=max(self.remaining(), 5.0))
+            except asyncio.TimeoutError:
+                raise SessionTimeout(f"session {self.id[:8]} did not close its links in time") from None
         except BaseException as exc:
             self.abort(exc if isinstance(exc, Exception) else Cancelled("session cancelled"))
             raise
@@ -154,44 +197,94 @@ class NodeSession:
         return self.deadline - time.monotonic()
 
     async def _until_worker_done(self, worker: asyncio.Future) -> None:
-        pending: set[asyncio.Future] = {worker, *self._tasks}
+        """Wait for the worker; raise as soon as a link fails, a peer is missing, the deadline passes or the session
+        is aborted (the worker then stops at its next message)."""
+        peer_deadline = self.started + self.runtime.peer_wait_s
         while not worker.done():
+            if self.error is not None:
+                raise self.error
+            self._check_links()
+            missing = [j for j in self.peers if j < self.index and j not in self._attached]
+            now = time.monotonic()
+            if missing and now >= peer_deadline:
+                j = missing[0]
+                raise PeerFailed(f"party {PARTY_NAMES[j]} ({self.request.committee.node_ids[j]}) did not connect "
+                                 f"within {self.runtime.peer_wait_s:g} s")
             if self.remaining() <= 0:
                 raise SessionTimeout(f"session {self.id[:8]} passed its deadline")
-            done, pending = await asyncio.wait(pending, timeout=self.remaining(), return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not worker and task.exception() is not None:
-                    raise PeerFailed(f"a link of session {self.id[:8]} failed: {task.exception()}") \
-                        from task.exception()
+            timeout = min(self.remaining(), peer_deadline - now) if missing else self.remaining()
+            self._wake.clear()
+            wake = asyncio.ensure_future(self._wake.wait())
+            running = {task for task in self._tasks if not task.done()}  # a pump that ended well is not waited on
+            try:
+                await asyncio.wait({worker, wake, *running}, timeout=max(timeout, 0.0),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()
+        if self.error is not None:  # aborted (cancelled, a shutdown): that, not the worker's knock-on error, is why
+            raise self.error
         self.result = worker.result()
+
+    def _check_links(self) -> None:
+        """Raise for the first pump that ended badly: a malformed frame from the caller is the caller's error
+        (INVALID_ARGUMENT); anything else on any link means a participant failed (UNAVAILABLE)."""
+        for task, name in list(self._tasks.items()):
+            if not task.done():
+                continue
+            if task.cancelled():
+                raise PeerFailed(f"the link to {name} of session {self.id[:8]} was cancelled")
+            exc = task.exception()
+            if exc is None:
+                continue
+            if name == self.caller_name and isinstance(exc, FrameError):
+                raise BadRequest(f"{name} sent a malformed frame: {exc}") from exc
+            raise PeerFailed(f"the link to {name} of session {self.id[:8]} failed: {_describe(exc)}") from exc
 
     async def _dial(self, j: int) -> None:
         """Open the Peer.Link stream to party j and pump it."""
         committee = self.request.committee
         channel = self.runtime.dial(committee.addresses[j], committee.node_ids[j])
         call = node_pb2_grpc.PeerStub(channel).Link(timeout=max(self.remaining(), 1.0))
-        hello = node_pb2.LinkHello(session_id=self.id, from_party=self.index, to_party=j)
-        await call.write(node_pb2.PeerMessage(hello=hello))
         try:
+            hello = node_pb2.LinkHello(session_id=self.id, from_party=self.index, to_party=j)
+            await call.write(node_pb2.PeerMessage(hello=hello))
             await self.links[PARTY_NAMES[j]].run(call)
         except BaseException:
             call.cancel()
             raise
 
+    def check_peer(self, hello: node_pb2.LinkHello, caller: str) -> None:
+        """Raise a NodeError unless `hello` is a link this session expects, from the committee's node for a lower
+        party to this one, not yet linked, while the session runs."""
+        if hello.to_party != self.index or hello.from_party not in self.peers or hello.from_party > self.index:
+            raise BadRequest("this link does not fit the session's committee")
+        if self.request.committee.node_ids[hello.from_party] != caller:
+            raise Unauthorized(f"{caller} is not party {PARTY_NAMES[hello.from_party]} of this committee")
+        if hello.from_party in self._attached:
+            raise BadRequest(f"party {PARTY_NAMES[hello.from_party]} is already linked to this session")
+        if self.error is not None:
+            raise PeerFailed(f"session {self.id[:8]} has ended: {self.error}")
+
     async def attach_peer(self, j: int, stream: Any) -> None:
-        """Pump an incoming Peer.Link stream from party j (called by the Peer servicer)."""
-        task = asyncio.ensure_future(self.links[PARTY_NAMES[j]].run(stream))
-        self._tasks.append(task)
+        """Pump an incoming Peer.Link stream from party j (called by the Peer servicer, after `check_peer`)."""
+        self._attached.add(j)
+        task = self._pump(PARTY_NAMES[j], self.links[PARTY_NAMES[j]].run(stream))
+        self._wake.set()
         await task
 
     def abort(self, error: BaseException) -> None:
-        """Fail every link and cancel every pump (the worker thread stops at its next receive)."""
+        """Fail every link and cancel every pump (the worker thread stops at its next message); first error wins."""
+        if self.error is None:
+            self.error = error
         self.channel.abort(error)
         for task in self._tasks:
             task.cancel()
+        self._wake.set()
 
     def _start_worker(self) -> asyncio.Future:
         future: asyncio.Future = self.loop.create_future()
+        # The worker's error is read by `_until_worker_done` unless the session failed first: never leave it unread.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
         def settle(fn: Callable[[], Any]) -> None:
             if not future.done():
@@ -201,12 +294,18 @@ class NodeSession:
             try:
                 result = self._work()
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-                self.loop.call_soon_threadsafe(settle, lambda: future.set_exception(exc))
+                self._settle_from_thread(settle, functools.partial(future.set_exception, exc))
             else:
-                self.loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+                self._settle_from_thread(settle, functools.partial(future.set_result, result))
 
         threading.Thread(target=target, name=f"session-{self.id[:8]}", daemon=True).start()
         return future
+
+    def _settle_from_thread(self, settle: Callable[[Callable[[], Any]], None], fn: Callable[[], Any]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(settle, fn)
+        except RuntimeError:  # the loop is closed: the node has shut down and nobody waits for this result
+            pass
 
     # --- the engine programs (worker thread) ---------------------------------------------------------------------
 
@@ -219,10 +318,9 @@ class NodeSession:
             return self._publish()
         hosted = self.runtime.store.get(request.model_id, request.committee.committee_id, request.privacy)
         if not self.secret:
-            return plain_serving.serve_public(self.channel, hosted.model, request.output or "last",
+            return plain_serving.serve_public(self.channel, hosted.model, _output(request, hosted.cfg),
                                               device=self.runtime.device)
-        step, with_meta = serving.step_function(hosted.cfg, request.output or ("last" if hosted.cfg.causal
-                                                                                else "embedding"))
+        step, with_meta = serving.step_function(hosted.cfg, _output(request, hosted.cfg))
         party = Party.connect(self.index, self.channel, self._engine())
         model = serving.with_profile(hosted.model, approx_profile.get(request.profile or "accurate"))
         return serving.serve(party, model, step, with_meta, client=serving.CLIENT)

@@ -4,7 +4,9 @@ The engine is synchronous (a session's party program runs in its own thread) whi
 asyncio loop. A `Link` owns one bidirectional stream: `send` (any thread) encodes a message into frames and hands
 them to the loop, whose writer task writes them in order; the reader task reassembles incoming frames and puts
 each message in a thread-safe inbox that `recv` blocks on. A link may be created before its stream exists
-(a peer that has not dialled yet): sends queue up and are written once the stream attaches.
+(a peer that has not dialled yet): sends queue up and are written once the stream attaches. Shaping (latency,
+bandwidth) gives each message a due time; the writer holds it until then, so order is kept and `finish` never
+overtakes a delayed message. When the remote half-closes, receives beyond what already arrived fail at once.
 
 Streams are duck-typed: a client-side call (`read`, `write`, `done_writing`) or a server-side context (`read`,
 `write`); `wrap` turns a Frame into the stream's message type and `unwrap` takes it back out.
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import torch
 
 from ..mpc.comm import Channel, CommError, Message, payload_bytes
 from ..v1 import node_pb2
@@ -29,13 +32,18 @@ from .config import LinkSettings
 _FINISH = object()  # outbox sentinel: no more messages on this link
 
 
+class LinkTimeout(CommError):
+    """No message arrived from the remote participant before the session's deadline."""
+
+
 class Link:
     """One remote participant of a session, reached over one gRPC stream."""
 
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop, wrap: Callable[[node_pb2.Frame], Any],
                  unwrap: Callable[[Any], node_pb2.Frame | None], *, shaping: LinkSettings = LinkSettings(),
-                 max_payload_bytes: int = frames.DEFAULT_MAX_PAYLOAD) -> None:
+                 max_payload_bytes: int = frames.DEFAULT_MAX_PAYLOAD, device: str | None = None) -> None:
         self.name = name
+        self.device = device  # received tensors are moved here (a CUDA party's peers' shares); None: left on CPU
         self.loop = loop
         self.wrap, self.unwrap = wrap, unwrap
         self.shaping = shaping
@@ -54,18 +62,22 @@ class Link:
         if self.error is not None:
             raise CommError(f"link to {self.name} is down: {self.error}")
         batch = [self.wrap(f) for f in frames.encode(message.payload, message.tag, message.clock)]
-        delay = self._delay(payload_bytes(message.payload))
-        if delay > 0:
-            self.loop.call_soon_threadsafe(self.loop.call_later, delay, self.outbox.put_nowait, batch)
-        else:
-            self.loop.call_soon_threadsafe(self.outbox.put_nowait, batch)
+        due = time.monotonic() + self._delay(payload_bytes(message.payload))
+        self._post((due, batch))
+
+    def _post(self, item: Any) -> None:
+        """Hand an outbox item to the event loop (thread-safe); a closed loop means the link is gone."""
+        try:
+            self.loop.call_soon_threadsafe(self.outbox.put_nowait, item)
+        except RuntimeError as exc:  # the loop was closed: the node or the SDK is shutting down
+            raise CommError(f"link to {self.name} is closed: {exc}") from exc
 
     def receive(self, deadline: float) -> Message:
         """Block until the next message arrives, the link fails, or the monotonic `deadline` passes."""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise CommError(f"timed out waiting for {self.name}")
+                raise LinkTimeout(f"timed out waiting for {self.name}")
             try:
                 item = self.inbox.get(timeout=min(remaining, 0.5))
             except queue.Empty:
@@ -73,6 +85,8 @@ class Link:
             if isinstance(item, BaseException):
                 self.inbox.put(item)  # every later receive fails the same way
                 raise CommError(f"link to {self.name} failed: {item}") from item
+            if self.device is not None and isinstance(item.payload, torch.Tensor):
+                return Message(item.payload.to(self.device, non_blocking=True), item.clock, item.tag)
             return item
 
     def _delay(self, size: int) -> float:
@@ -96,14 +110,19 @@ class Link:
 
     def finish(self) -> None:
         """No more messages will be sent (thread-safe); the writer closes its half once the queue drains."""
-        self.loop.call_soon_threadsafe(self.outbox.put_nowait, _FINISH)
+        self._post(_FINISH)
 
     async def write_loop(self, stream: Any) -> None:
-        """Write queued frames in order until `finish`; a client-side call then half-closes."""
+        """Write queued frames in order, each batch not before its due time, until `finish`; a client-side call
+        then half-closes."""
         while True:
-            batch = await self.outbox.get()
-            if batch is _FINISH:
+            item = await self.outbox.get()
+            if item is _FINISH:
                 break
+            due, batch = item
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             for message in batch:
                 await stream.write(message)
         done_writing = getattr(stream, "done_writing", None)
@@ -116,6 +135,9 @@ class Link:
         while True:
             message = await stream.read()
             if message is grpc.aio.EOF:
+                # Receives after the messages already in the inbox fail at once instead of waiting for the deadline;
+                # sending stays allowed (the remote only closed its half).
+                self.inbox.put(CommError(f"{self.name} closed its side of the link"))
                 return
             frame = self.unwrap(message)
             if frame is None:
