@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--profile", default="accurate", help="approximation profile: accurate, fast or lean")
     network.add_argument("--latency-ms", type=float, default=0.0, help="software-injected one-way latency per message")
     network.add_argument("--bandwidth-mbit", type=float, default=None, help="software-injected per-link bandwidth cap")
+    network.add_argument("--device", default="cpu", help="torch device of the parties and nodes (default cpu)")
+    network.add_argument("--torch-threads", type=int, default=1,
+                         help="torch threads per node process (default 1: three nodes share this machine's cores)")
     network.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
     network.set_defaults(handler=_bench_network)
     bench.set_defaults(handler=lambda _args: _usage(bench))

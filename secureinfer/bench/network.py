@@ -61,13 +61,15 @@ def _load(name: str) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor, torch.
     return cfg, params, prompt, None
 
 
-def _in_process(name: str, cfg, params, ids, mask, profile) -> list[float]:
+def _in_process(name: str, cfg, params, ids, mask, profile, device: str) -> list[float]:
     from ..mpc.models import session
+    from ..mpc.party import EngineConfig
 
+    config = EngineConfig(device=device)
     if name == "minilm":
-        _, report = session.secure_encode(cfg, params, ids, mask, profile=profile)
+        _, report = session.secure_encode(cfg, params, ids, mask, profile=profile, config=config)
     else:
-        _, report = session.secure_generate(cfg, params, ids, 2, eos_token_ids=(), profile=profile)
+        _, report = session.secure_generate(cfg, params, ids, 2, eos_token_ids=(), profile=profile, config=config)
     return [s.seconds for s in report.steps]
 
 
@@ -106,14 +108,14 @@ def bench(name: str, profile_name: str, net_config) -> dict[str, Any]:
 
     profile = profiles.get(profile_name)
     cfg, params, ids, mask = _load(name)
-    local = _in_process(name, cfg, params, ids, mask, profile)
+    local = _in_process(name, cfg, params, ids, mask, profile, net_config.device)
     with LocalNetwork(net_config) as net:
         started = time.time()
         remote, wall, _ = _over_network(net, name, cfg, params, ids, mask, profile_name)
         time.sleep(0.5)  # the nodes log 'session done' as their streams close
         sent = [_node_session_bytes(net.log_path(n), started) for n in net.node_ids]
     steps = ["forward"] if name == "minilm" else ["prefill", "decode"]
-    return {"model": name, "profile": profile_name,
+    return {"model": name, "profile": profile_name, "device": net_config.device,
             "steps": {step: {"in_process_s": a, "network_s": b, "overhead": b / a if a else None}
                       for step, a, b in zip(steps, local, remote)},
             "in_process_s": sum(local), "network_s": sum(remote), "overhead": sum(remote) / sum(local),
@@ -127,8 +129,10 @@ def main(args: argparse.Namespace) -> int:
 
     latency = (args.latency_ms or 0.0) / 1000
     bandwidth = args.bandwidth_mbit * 1e6 / 8 if args.bandwidth_mbit else None
-    net_config = SimulationConfig(n_nodes=3, latency_s=latency, bandwidth_bytes_per_s=bandwidth, log_level="INFO")
-    print(f"in-process (3 threads) vs 3 node processes on loopback with mutual TLS; profile {args.profile}; "
+    net_config = SimulationConfig(n_nodes=3, latency_s=latency, bandwidth_bytes_per_s=bandwidth, log_level="INFO",
+                                  device=args.device, torch_threads=args.torch_threads)
+    print(f"in-process (3 threads) vs 3 node processes on loopback with mutual TLS; device {args.device}, profile "
+          f"{args.profile}; "
           f"link latency {latency * 1000:g} ms, bandwidth {args.bandwidth_mbit or 'unlimited'} Mbit/s", flush=True)
     results = []
     for name in args.model or MODELS:
@@ -139,5 +143,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"{name}: {steps}; whole request over the network {r['network_request_wall_s']:.2f} s; "
               f"bytes sent per node {'/'.join(f'{b / 1e6:,.1f}' for b in r['bytes_per_node'])} MB", flush=True)
     if args.json:
-        write_json(args.json, "network", results, latency_ms=args.latency_ms, bandwidth_mbit=args.bandwidth_mbit)
+        write_json(args.json, "network", results, args.device, latency_ms=args.latency_ms,
+                   bandwidth_mbit=args.bandwidth_mbit, node_torch_threads=args.torch_threads)
     return 0
