@@ -99,6 +99,7 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
         raise BadRequest(f"this node computes with {EngineConfig().fxp.frac_bits} fractional bits only")
     if request.task == node_pb2.TASK_PUBLISH:
         config_from_json(request.model_config_json)
+        runtime.store.check_replace(request.model_id, committee.committee_id, caller.name)
         return
     try:
         approx_profile.get(request.profile or "accurate")
@@ -341,7 +342,7 @@ class NodeSession:
             params = checkpoint.check_parameters(cfg, weights.receive_public(self.channel, OWNER),
                                                  torch.float64)
             model = public_model(cfg, params, self.runtime.device)
-        self.runtime.store.put(Hosted(record, cfg, model))
+        self.runtime.store.put(Hosted(record, cfg, model, owner=self.caller.name))
         self.channel.send(OWNER, b"stored", "stored")
         return len(self.runtime.store)
 

@@ -13,7 +13,7 @@ import torch
 from ..mpc.models.checkpoint import ModelConfig
 from ..mpc.models.plain_serving import PublicModel
 from ..v1 import node_pb2
-from .errors import BadRequest, UnknownModel
+from .errors import BadRequest, Unauthorized, UnknownModel
 
 
 def config_to_json(cfg: ModelConfig) -> str:
@@ -48,6 +48,7 @@ class Hosted:
     record: node_pb2.HostedModel
     cfg: ModelConfig
     model: Any  # a built secure model on this party's shares, or a PublicModel
+    owner: str = ""  # the certificate name that published it: only it may replace it
 
 
 class ModelStore:
@@ -58,8 +59,16 @@ class ModelStore:
         self._models: dict[tuple[str, str], Hosted] = {}
         self._lock = threading.Lock()
 
+    def check_replace(self, model_id: str, committee_id: str, owner: str) -> None:
+        """Raise Unauthorized if another owner already published this model to this committee."""
+        with self._lock:
+            existing = self._models.get((model_id, committee_id))
+        if existing is not None and existing.owner != owner:
+            raise Unauthorized(f"model {model_id!r} of committee {committee_id!r} belongs to another owner")
+
     def put(self, hosted: Hosted) -> None:
         key = (hosted.record.model_id, hosted.record.committee_id)
+        self.check_replace(*key, hosted.owner)
         with self._lock:
             if key not in self._models and len(self._models) >= self.max_models:
                 raise BadRequest(f"this node already hosts {self.max_models} models")

@@ -25,7 +25,7 @@ from secureinfer.v1 import node_pb2, node_pb2_grpc
 T = TypeVar("T")
 NODES = ("n0", "n1", "n2", "n3", "n4", "g0", "g1", "g2", "g3")
 CLIENTS = ("alice", "bob")
-OWNERS = ("olivia",)
+OWNERS = ("olivia", "oscar")
 CALL_S = 20.0  # the bound on any one helper call: nothing in these tests may hang
 
 

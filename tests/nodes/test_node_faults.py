@@ -246,6 +246,15 @@ def test_client_cannot_publish(net: Net) -> None:
     assert_alive(net, ("n0",))
 
 
+def test_another_owner_cannot_replace_a_published_model(net: Net) -> None:
+    message = open_message(net.cluster, PUBLIC, 0, task=node_pb2.TASK_PUBLISH, committee_id="c-public",
+                           model_config_json=config_to_json(net.cfg))
+    out = net.run(refused_open(net, "n0", message, who="oscar"))
+    assert out.code == Code.PERMISSION_DENIED, out
+    assert "another owner" in out.details
+    assert_alive(net, ("n0",))
+
+
 def test_client_cannot_use_peer_or_gossip(net: Net) -> None:
     async def go() -> tuple[Outcome, Outcome]:
         call = net.cluster.peer("alice", "n1").Link(timeout=5)
