@@ -174,12 +174,13 @@ def _minilm(network: Any, args: argparse.Namespace) -> str:
     cfg, params = load_checkpoint(path, torch.float64)
     _publish(network, "MiniLM", "all-minilm-l6-v2", cfg, params)
     sentences = [args.prompt] if args.prompt else list(SENTENCES)
-    enc = load_tokenizer(path)(sentences, padding=True, return_tensors="pt")
+    tokenizer = load_tokenizer(path)
+    enc = tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    _say(f"tokenized {len(sentences)} sentence(s) at the client ({ids.shape[1]} tokens each, padded); "
+    _say(f"tokenizing {len(sentences)} sentence(s) at the client ({ids.shape[1]} tokens each, padded); "
          "secure embeddings through the network...")
     start = time.perf_counter()
-    emb = network.client(timeout_s=args.timeout).embed("all-minilm-l6-v2", ids, mask)
+    emb = network.client(timeout_s=args.timeout).embed_texts("all-minilm-l6-v2", sentences, tokenizer)
     seconds = time.perf_counter() - start
     want = plaintext.sentence_embedding(cfg, params, ids, mask)
     cos = torch.nn.functional.cosine_similarity(emb, want, dim=-1)

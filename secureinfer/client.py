@@ -199,6 +199,14 @@ class Client(_Member):
 
         return self._run(model_id, privacy, output, profile, program, committee)
 
+    def embed_texts(self, model_id: str, texts: Sequence[str], tokenizer: Any, *, max_length: int = 128,
+                    **kwargs: Any) -> torch.Tensor:
+        """Tokenize `texts` here, with the model's Hugging Face tokenizer, and embed them (see `embed`)."""
+        if isinstance(texts, str) or not texts:
+            raise ValueError("texts must be a non-empty list of strings")
+        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return self.embed(model_id, enc["input_ids"], enc["attention_mask"], **kwargs)
+
     def classify(self, model_id: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:
         """Sequence-classification logits (B, num_labels) of a BERT model with a classification head."""
