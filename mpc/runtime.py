@@ -63,11 +63,12 @@ def simulate(
     timeout_s: float = 120.0,
 ) -> Simulation:
     """Run `program(party, *input_shares)` on three parties; `owner(channel)` and `client(channel)`, if given, run
-    beside them (the client on a fifth channel named CLIENT)."""
+    beside them (the client on a fifth channel named CLIENT). `link` shapes the links between the parties and the
+    client; the owner's links are not shaped (its inputs and weights are set-up, outside the measured figures)."""
     config = config or EngineConfig()
     encoded = [_encode_input(x, config) for x in inputs]
     names = [*PARTY_NAMES, OWNER] + ([CLIENT] if client is not None else [])
-    network = MemoryNetwork(names, link=link, timeout_s=timeout_s)
+    network = MemoryNetwork(names, link=link, timeout_s=timeout_s, unshaped=(OWNER,))
     outputs: list[Any] = [None] * 3
     stats: list[CommStats] = [CommStats()] * 3
     owner_output: list[Any] = [None]

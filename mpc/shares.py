@@ -169,6 +169,14 @@ def stack(shares: list, dim: int = 0):
     return type(first)(torch.stack([s.lo for s in shares], dim), torch.stack([s.hi for s in shares], dim), first.party)
 
 
+def add(x: AShare, y: AShare | torch.Tensor | None) -> AShare:
+    """x + y for y secret (an AShare), public (a ring tensor, added to component x_0 as `add_public` does) or None
+    (x itself). Model code whose weights may be secret or public (open models) adds biases and tables with this."""
+    if y is None:
+        return x
+    return x + y if isinstance(y, AShare) else x.add_public(y)
+
+
 def public_component(party: int, c: torch.Tensor, kind: type = AShare) -> _Replicated:
     """A replicated sharing of a public value c: component x_0 = c, x_1 = x_2 = 0 (no randomness needed)."""
     zero = torch.zeros_like(c)

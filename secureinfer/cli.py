@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--repeat", type=int, default=1, help="sessions per model; the median is reported (default 1)")
     model.add_argument("--device", default="cpu", help="torch device for the parties, e.g. cpu or cuda (default cpu)")
     model.add_argument("--no-breakdown", action="store_true", help="skip the traced run that gives the per-op breakdown")
+    model.add_argument("--public-weights", action="store_true",
+                       help="also run each model with public weights (open models: weights in the clear at every "
+                            "party, activations secret) and report both and the secret/public bytes and time ratios")
     model.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     model.set_defaults(handler=_bench_model)
     network = bench_kinds.add_parser(

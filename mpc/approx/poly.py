@@ -42,8 +42,11 @@ def encode(c: float, bits: int) -> int:
     return int(v)
 
 
-def cross(x: AShare, y: AShare) -> torch.Tensor:
-    """This party's 3-out-of-3 term of the ring product x*y (broadcasting): x_i y_i + x_i y_{i+1} + x_{i+1} y_i."""
+def cross(x: AShare, y: AShare | torch.Tensor) -> torch.Tensor:
+    """This party's 3-out-of-3 term of the ring product x*y (broadcasting): x_i y_i + x_i y_{i+1} + x_{i+1} y_i;
+    for a public ring tensor y (e.g. an open model's LayerNorm gain), x_i y."""
+    if not isinstance(y, AShare):
+        return x.lo * y
     return x.lo * (y.lo + y.hi) + x.hi * y.lo
 
 

@@ -28,8 +28,8 @@ from ..approx.reciprocal import reciprocal
 from ..nn import activations
 from ..party import Party
 from ..protocols import b2a, compare
-from ..shares import AShare
-from .blocks import AttentionBlock, Dense, Table, attention, dense, embed, normalize, query_scale
+from ..shares import AShare, add
+from .blocks import AttentionBlock, Dense, Table, Weight, attention, dense, embed, normalize, query_scale
 from .checkpoint import ModelConfig
 from .trace import op
 
@@ -50,16 +50,17 @@ def owner_params(cfg: ModelConfig, params: dict[str, torch.Tensor]) -> dict[str,
 @dataclass(frozen=True)
 class _Layer:
     attn: AttentionBlock
-    ln1: tuple[AShare, AShare]
+    ln1: tuple[Weight, Weight]
     fc1: Dense
     fc2: Dense
-    ln2: tuple[AShare, AShare]
+    ln2: tuple[Weight, Weight]
 
 
 class SecureBert:
-    """A BERT encoder on one party's weight shares (keyed by the checkpoint's names, as `weights.receive` gives)."""
+    """A BERT encoder on one party's weight shares (keyed by the checkpoint's names, as `weights.receive` gives),
+    or on public ring weights (open models: `weights.encode_public`)."""
 
-    def __init__(self, cfg: ModelConfig, shares: dict[str, AShare], profile: ApproxProfile, *,
+    def __init__(self, cfg: ModelConfig, shares: dict[str, Weight], profile: ApproxProfile, *,
                  norm_shift_bits: int = 0) -> None:
         """Consumes `shares` (entries are popped as they are prepared, so peak memory stays ~ one copy);
         `norm_shift_bits` > 0 widens the LayerNorms' domain (blocks.normalize)."""
@@ -76,10 +77,10 @@ class SecureBert:
         self.classifier = self._dense(w, "classifier") if "classifier.weight" in w else None
 
     @staticmethod
-    def _dense(w: dict[str, AShare], prefix: str) -> Dense:
+    def _dense(w: dict[str, Weight], prefix: str) -> Dense:
         return Dense.from_share(w.pop(f"{prefix}.weight"), w.pop(f"{prefix}.bias"), out_in=True)
 
-    def _layer(self, w: dict[str, AShare], p: str) -> _Layer:
+    def _layer(self, w: dict[str, Weight], p: str) -> _Layer:
         c = self.cfg
         qkv = Dense.fuse([self._dense(w, f"{p}.attention.self.{s}") for s in ("query", "key", "value")])
         attn = AttentionBlock(qkv, self._dense(w, f"{p}.attention.output.dense"), c.n_heads, c.n_heads, c.head_dim)
@@ -87,7 +88,7 @@ class SecureBert:
         ln2 = (w.pop(f"{p}.output.LayerNorm.weight"), w.pop(f"{p}.output.LayerNorm.bias"))
         return _Layer(attn, ln1, self._dense(w, f"{p}.intermediate.dense"), self._dense(w, f"{p}.output.dense"), ln2)
 
-    def _ln(self, party: Party, x: AShare, gb: tuple[AShare, AShare]) -> AShare:
+    def _ln(self, party: Party, x: AShare, gb: tuple[Weight, Weight]) -> AShare:
         with op(party, "layernorm"):
             return normalize(party, x, gb[0], gb[1], self.profile, eps=self.cfg.norm_eps, center=True,
                              shift_bits=self.norm_shift_bits)
@@ -100,7 +101,7 @@ class SecureBert:
         types = torch.zeros(b, t, dtype=torch.int64) if token_type_ids is None else token_type_ids.long()
         with op(party, "embed"):
             x = embed(party, onehot, self.word)  # (B, T, C)
-            x = x + self.position[: t] + self.token_type[types.to(x.device)]
+            x = add(add(x, self.position[: t]), self.token_type[types.to(x.device)])
         return self._ln(party, x, self.emb_ln)
 
     def hidden(self, party: Party, onehot: AShare, attention_mask: torch.Tensor | None = None,

@@ -15,8 +15,16 @@ residual stream reaches |x| ~ 2.3e4, S ~ 5e8): (1) one truncation call makes d /
 (at 2^(2f - k)); (2) one call truncates S * 2^(2f - k) = sum d (d / 2^k) and d * gamma by f - k bits, so S arrives at
 f bits without ever exceeding 2^61 (S < 2^(25 + k)); (3) rsqrt on the window [2^-f, 2^(25 + k)); (4) the product.
 One truncation call (2 rounds) more than nn.norm; S's relative error stays ~2^-f (unbiased rounding).
+Public weights (open models, `SecureStrategy(public_weights=True)`): every weight may instead be a public ring
+tensor (fixed point at f bits, the same at every party). `Dense` and `Table` then keep the matrix itself, and the
+products are local: x @ W is (x_i @ W, x_{i+1} @ W), a replicated share with no message; `dense` and `lm_head`
+truncate it with `trunc.trunc_replicated` (2 rounds, 43 bytes per output element over the parties at f = 18,
+against 59 for the secret-weight term), and `embed` needs no message at all (the one-hot product is exact).
+Public biases, tables and norm gains are added to component x_0 / multiplied locally (`shares.add`, `poly.cross`).
+Only weights are public: activations, token ids and the cache stay secret shares.
 Nothing here opens a value. Public: positions, token types, padding masks and
-sequence lengths (they shape the computation); secret: token ids (one-hot shares), weights, activations, cache.
+sequence lengths (they shape the computation); secret: token ids (one-hot shares), weights (unless public),
+activations, cache.
 """
 
 from __future__ import annotations
@@ -33,38 +41,54 @@ from ..approx.rsqrt import rsqrt
 from ..nn import attention as nn_attention
 from ..nn import norm as nn_norm
 from ..party import Party
-from ..protocols import mul
-from ..shares import AShare, cat
+from ..protocols import mul, trunc
+from ..shares import AShare, add, cat
 from .trace import op
 
 _MV_ROWS = 16  # x @ W^T for at most this many rows runs as matrix-vector products (fast on a (N, K) layout)
 
 
+Weight = AShare | torch.Tensor  # a secret share, or a public ring tensor (fixed point at f bits)
+
+
 @dataclass(frozen=True)
 class Dense:
-    """A secret linear layer prepared for x @ W + b: this party's W_i and W_i + W_{i+1}, both (in, out)."""
+    """A linear layer prepared for x @ W + b, W (in, out). Secret W: this party's W_i (`lo`) and W_i + W_{i+1}
+    (`total`); public W: the ring matrix itself as `lo`, `total` None. The bias is secret, public or None."""
 
     lo: torch.Tensor
-    total: torch.Tensor
-    bias: AShare | None = None
+    total: torch.Tensor | None
+    bias: Weight | None = None
 
     @classmethod
-    def from_share(cls, weight: AShare, bias: AShare | None = None, *, out_in: bool = False) -> "Dense":
-        """From a weight share (in, out), or (out, in) nn.Linear layout when `out_in` (transposed once here)."""
-        if out_in:
-            weight = weight.transpose(0, 1)
-        return cls(weight.lo.contiguous(), (weight.lo + weight.hi).contiguous(), bias)
+    def from_share(cls, weight: Weight, bias: Weight | None = None, *, out_in: bool = False) -> "Dense":
+        """From a weight share or public ring matrix (in, out), or (out, in) nn.Linear layout when `out_in`
+        (transposed once here)."""
+        if isinstance(weight, AShare):
+            if out_in:
+                weight = weight.transpose(0, 1)
+            return cls(weight.lo.contiguous(), (weight.lo + weight.hi).contiguous(), bias)
+        if isinstance(bias, AShare):
+            raise ValueError("a public weight needs a public bias (or none)")
+        return cls((weight.t() if out_in else weight).contiguous(), None, bias)
+
+    @property
+    def public(self) -> bool:
+        return self.total is None
 
     @classmethod
     def fuse(cls, layers: list["Dense"]) -> "Dense":
         """Several layers of one input side by side (e.g. Q, K, V): one matmul and one truncation for all."""
+        if len({d.public for d in layers}) != 1:
+            raise ValueError("fuse needs every layer secret or every layer public")
         biases = [d.bias for d in layers]
         bias = None
         if any(b is not None for b in biases):
             if any(b is None for b in biases):
                 raise ValueError("fuse needs every layer with a bias or none")
-            bias = cat(biases, dim=0)
-        return cls(torch.cat([d.lo for d in layers], 1), torch.cat([d.total for d in layers], 1), bias)
+            bias = torch.cat(biases, dim=0) if layers[0].public else cat(biases, dim=0)
+        lo = torch.cat([d.lo for d in layers], 1)
+        return cls(lo, None if layers[0].public else torch.cat([d.total for d in layers], 1), bias)
 
     @property
     def out_features(self) -> int:
@@ -72,34 +96,48 @@ class Dense:
 
 
 def dense_term(x: AShare, d: Dense) -> torch.Tensor:
-    """This party's 3-out-of-3 term of x @ W at scale 2^(2f)."""
+    """This party's 3-out-of-3 term of x @ W at scale 2^(2f) (secret W)."""
     return ring.matmul(x.lo, d.total) + ring.matmul(x.hi, d.lo)
 
 
 def dense(party: Party, x: AShare, d: Dense) -> AShare:
-    """x (..., in) @ W + b -> (..., out): one truncation. 2 rounds."""
+    """x (..., in) @ W + b -> (..., out): one truncation. 2 rounds. Public W: the product is local (a replicated
+    share) and only the truncation sends anything."""
     if x.shape[-1] != d.lo.shape[0]:
         raise ValueError(f"dense: x has {x.shape[-1]} features, weight expects {d.lo.shape[0]}")
-    y = poly.truncate_terms(party, [dense_term(x, d)], party.fxp.frac_bits)[0]
-    return y + d.bias if d.bias is not None else y
+    if d.public:
+        y = trunc.trunc_replicated(party, x.matmul_public(d.lo), party.fxp.frac_bits)
+    else:
+        y = poly.truncate_terms(party, [dense_term(x, d)], party.fxp.frac_bits)[0]
+    return add(y, d.bias)
 
 
 @dataclass(frozen=True)
 class Table:
-    """A secret (V, C) table (token embeddings, possibly tied to the LM head): T_i and T_i + T_{i+1}."""
+    """A (V, C) table (token embeddings, possibly tied to the LM head): secret, T_i and T_i + T_{i+1}; public, the
+    ring table itself as `lo` and `total` None."""
 
     lo: torch.Tensor
-    total: torch.Tensor
+    total: torch.Tensor | None
 
     @classmethod
-    def from_share(cls, table: AShare) -> "Table":
-        return cls(table.lo.contiguous(), (table.lo + table.hi).contiguous())
+    def from_share(cls, table: Weight) -> "Table":
+        if isinstance(table, AShare):
+            return cls(table.lo.contiguous(), (table.lo + table.hi).contiguous())
+        return cls(table.contiguous(), None)
+
+    @property
+    def public(self) -> bool:
+        return self.total is None
 
 
 def embed(party: Party, onehot: AShare, table: Table) -> AShare:
-    """One-hot rows (..., V) of ring 0/1 @ table (V, C) -> (..., C) at the table's scale. 1 round, no truncation."""
+    """One-hot rows (..., V) of ring 0/1 @ table (V, C) -> (..., C) at the table's scale, no truncation. Secret
+    table: 1 round (a resharing); public table: local, no message."""
     if onehot.shape[-1] != table.lo.shape[0]:
         raise ValueError(f"one-hot width {onehot.shape[-1]} does not match the table's {table.lo.shape[0]} rows")
+    if table.public:
+        return onehot.matmul_public(table.lo)
     z = ring.matmul(onehot.lo, table.total) + ring.matmul(onehot.hi, table.lo)
     return mul.reshare(party, z + party.zero_share(z.shape), tag="embed")
 
@@ -115,7 +153,10 @@ def _times_transpose(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def lm_head(party: Party, x: AShare, table: Table) -> AShare:
-    """Logits x (..., C) @ table^T -> (..., V): one truncation. 2 rounds."""
+    """Logits x (..., C) @ table^T -> (..., V): one truncation. 2 rounds (public table: a local product)."""
+    if table.public:
+        y = x.map(lambda t: _times_transpose(t, table.lo))
+        return trunc.trunc_replicated(party, y, party.fxp.frac_bits)
     term = _times_transpose(x.lo, table.total) + _times_transpose(x.hi, table.lo)
     return poly.truncate_terms(party, [term], party.fxp.frac_bits)[0]
 
@@ -185,14 +226,14 @@ def attention(party: Party, x: AShare, blk: AttentionBlock, profile: ApproxProfi
         return dense(party, nn_attention.merge_heads(o), blk.out)
 
 
-def normalize(party: Party, x: AShare, gamma: AShare | None, beta: AShare | None, profile: ApproxProfile, *,
+def normalize(party: Party, x: AShare, gamma: Weight | None, beta: Weight | None, profile: ApproxProfile, *,
               eps: float, center: bool, shift_bits: int = 0) -> AShare:
-    """LayerNorm (`center`) or RMSNorm over the last axis; `shift_bits` > 0 widens the domain (module docstring)."""
+    """LayerNorm (`center`) or RMSNorm over the last axis; `shift_bits` > 0 widens the domain (module docstring).
+    gamma and beta: secret, public or None."""
     if shift_bits == 0:
         if center:
             return nn_norm.layernorm(party, x, gamma, beta, profile, eps=eps)
-        y = nn_norm.rmsnorm(party, x, gamma, profile, eps=eps)
-        return y + beta if beta is not None else y
+        return add(nn_norm.rmsnorm(party, x, gamma, profile, eps=eps), beta)
     f, c, k = party.fxp.frac_bits, x.shape[-1], shift_bits
     if not 0 < k < f:
         raise ValueError(f"shift_bits must be in (0, {f}), got {k}")
@@ -203,7 +244,7 @@ def normalize(party: Party, x: AShare, gamma: AShare | None, beta: AShare | None
     s = s.add_public(poly.encode(c * eps, f))  # (..., 1) = S + C eps at f bits
     r = rsqrt(party, s, profile, lo=-f, hi=nn_norm.SUMSQ_HI + k, scale=math.sqrt(c), out_bits=nn_norm.RSQRT_OUT_BITS)
     y = poly.products(party, [(dg, r)], nn_norm.RSQRT_OUT_BITS)[0]
-    return y + beta if beta is not None else y
+    return add(y, beta)
 
 
 def query_scale(head_dim: int) -> float:

@@ -24,9 +24,9 @@ import torch
 from ..approx.profile import ApproxProfile, EvenSplit
 from ..nn import activations
 from ..party import Party
-from ..shares import AShare
-from .blocks import (AttentionBlock, Dense, SecretKVCache, Table, attention, dense, embed, lm_head, normalize,
-                     query_scale)
+from ..shares import AShare, add
+from .blocks import (AttentionBlock, Dense, SecretKVCache, Table, Weight, attention, dense, embed, lm_head,
+                     normalize, query_scale)
 from .checkpoint import ModelConfig
 from .trace import op
 
@@ -69,17 +69,17 @@ def owner_params(cfg: ModelConfig, params: dict[str, torch.Tensor]) -> dict[str,
 
 @dataclass(frozen=True)
 class _Block:
-    ln1: tuple[AShare, AShare]
+    ln1: tuple[Weight, Weight]
     attn: AttentionBlock
-    ln2: tuple[AShare, AShare]
+    ln2: tuple[Weight, Weight]
     fc: Dense
     proj: Dense
 
 
 class SecureGPT2:
-    """A GPT-2 decoder on one party's weight shares (keyed by the checkpoint's names)."""
+    """A GPT-2 decoder on one party's weight shares (keyed by the checkpoint's names), or on public ring weights."""
 
-    def __init__(self, cfg: ModelConfig, shares: dict[str, AShare], profile: ApproxProfile, *,
+    def __init__(self, cfg: ModelConfig, shares: dict[str, Weight], profile: ApproxProfile, *,
                  norm_shift_bits: int = 0) -> None:
         """Consumes `shares` (entries are popped as they are prepared, so peak memory stays ~ one copy);
         `norm_shift_bits` > 0 widens the LayerNorms' domain (blocks.normalize)."""
@@ -94,7 +94,7 @@ class SecureGPT2:
         self.ln_f = (w.pop("transformer.ln_f.weight"), w.pop("transformer.ln_f.bias"))
         self.head = self.wte if cfg.tie_word_embeddings else Table.from_share(w.pop("lm_head.weight"))
 
-    def _block(self, w: dict[str, AShare], p: str) -> _Block:
+    def _block(self, w: dict[str, Weight], p: str) -> _Block:
         c = self.cfg
 
         def conv(prefix: str) -> Dense:
@@ -105,7 +105,7 @@ class SecureGPT2:
                       (w.pop(f"{p}.ln_2.weight"), w.pop(f"{p}.ln_2.bias")), conv(f"{p}.mlp.c_fc"),
                       conv(f"{p}.mlp.c_proj"))
 
-    def _ln(self, party: Party, x: AShare, gb: tuple[AShare, AShare]) -> AShare:
+    def _ln(self, party: Party, x: AShare, gb: tuple[Weight, Weight]) -> AShare:
         with op(party, "layernorm"):
             return normalize(party, x, gb[0], gb[1], self.profile, eps=self.cfg.norm_eps, center=True,
                              shift_bits=self.norm_shift_bits)
@@ -118,7 +118,7 @@ class SecureGPT2:
         if past + t > self.cfg.max_positions:
             raise ValueError(f"sequence length {past + t} exceeds max_positions {self.cfg.max_positions}")
         with op(party, "embed"):
-            x = embed(party, onehot, self.wte) + self.wpe[past: past + t]  # (B, T, C)
+            x = add(embed(party, onehot, self.wte), self.wpe[past: past + t])  # (B, T, C)
         for n, blk in enumerate(self.blocks):
             last = last_only and n == len(self.blocks) - 1
             a = attention(party, self._ln(party, x, blk.ln1), blk.attn, self.profile, causal=True, cache=cache,

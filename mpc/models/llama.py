@@ -27,8 +27,8 @@ from ..approx.profile import ApproxProfile
 from ..nn import activations
 from ..party import Party
 from ..shares import AShare
-from .blocks import (AttentionBlock, Dense, SecretKVCache, Table, attention, dense, embed, lm_head, normalize,
-                     query_scale)
+from .blocks import (AttentionBlock, Dense, SecretKVCache, Table, Weight, attention, dense, embed, lm_head,
+                     normalize, query_scale)
 from .checkpoint import ModelConfig
 from .plaintext import rope_cos_sin
 from .trace import op
@@ -50,17 +50,17 @@ def owner_params(cfg: ModelConfig, params: dict[str, torch.Tensor]) -> dict[str,
 
 @dataclass(frozen=True)
 class _Layer:
-    ln1: AShare
+    ln1: Weight
     attn: AttentionBlock
-    ln2: AShare
+    ln2: Weight
     gate_up: Dense
     down: Dense
 
 
 class SecureLlama:
-    """A LLaMA decoder on one party's weight shares (keyed by the checkpoint's names)."""
+    """A LLaMA decoder on one party's weight shares (keyed by the checkpoint's names), or on public ring weights."""
 
-    def __init__(self, cfg: ModelConfig, shares: dict[str, AShare], profile: ApproxProfile, *,
+    def __init__(self, cfg: ModelConfig, shares: dict[str, Weight], profile: ApproxProfile, *,
                  norm_shift_bits: int = NORM_SHIFT_BITS) -> None:
         """Consumes `shares` (entries are popped as they are prepared, so peak memory stays ~ one copy)."""
         if cfg.arch != "llama":
@@ -74,7 +74,7 @@ class SecureLlama:
         self.norm = w.pop("model.norm.weight")
         self.head = self.embed if cfg.tie_word_embeddings else Table.from_share(w.pop("lm_head.weight"))
 
-    def _layer(self, w: dict[str, AShare], p: str) -> _Layer:
+    def _layer(self, w: dict[str, Weight], p: str) -> _Layer:
         c = self.cfg
 
         def linear(prefix: str) -> Dense:
@@ -86,7 +86,7 @@ class SecureLlama:
         return _Layer(w.pop(f"{p}.input_layernorm.weight"), attn, w.pop(f"{p}.post_attention_layernorm.weight"),
                       gate_up, linear(f"{p}.mlp.down_proj"))
 
-    def _rms(self, party: Party, x: AShare, gamma: AShare) -> AShare:
+    def _rms(self, party: Party, x: AShare, gamma: Weight) -> AShare:
         with op(party, "rmsnorm"):
             return normalize(party, x, gamma, None, self.profile, eps=self.cfg.norm_eps, center=False,
                              shift_bits=self.norm_shift_bits)

@@ -27,7 +27,8 @@ from ..comm import Channel, CommError, CommStats
 from ..nn.embedding import one_hot
 from ..party import PARTY_NAMES, EngineConfig, Party
 from ..protocols import reveal, sharing
-from . import bert, gpt2, llama, trace
+from ..shares import AShare
+from . import bert, gpt2, llama, trace, weights
 from .blocks import SecretKVCache
 from .checkpoint import ModelConfig
 from .sampling import SamplingConfig, next_token
@@ -43,8 +44,16 @@ class RequestError(ValueError):
     """A client's step that cannot be served: wrong token width, too many positions, malformed metadata."""
 
 
-def build_model(cfg: ModelConfig, shares: dict, profile: ApproxProfile):
-    """The family's secure model on one party's weight shares (the dict is consumed)."""
+def build_model(cfg: ModelConfig, shares: dict, profile: ApproxProfile, *, config: EngineConfig | None = None):
+    """The family's secure model on one party's weights (the dict is consumed): its secret shares (AShare values,
+    from `weights.receive`), or, for an open model in public-weights mode, the parameters in the clear as the owner
+    publishes them (`owner_params` output, floating-point tensors, from `weights.receive_public`), encoded here in
+    `config`'s fixed point on its device. Public weights make the matmuls local; activations stay secret."""
+    values = list(shares.values())
+    if values and all(isinstance(v, torch.Tensor) for v in values):
+        shares = weights.encode_public(shares, config or EngineConfig())
+    elif not all(isinstance(v, AShare) for v in values):
+        raise ValueError("a model's weights must be all secret shares or all public tensors")
     return _FAMILIES[cfg.arch][0](cfg, shares, profile)
 
 

@@ -6,7 +6,12 @@ client's steps with the protocol in serving.py (the same one the gRPC nodes spea
 Entry points: `secure_encode` (BERT: embeddings, hidden states, classifier logits), `secure_logits` (decoders: every
 position's logits, optionally fed through the cache in chunks), `secure_generate` / `secure_generate_many`.
 Figures: each step's client-observed wall time (control message to reconstructed output), the parties' forward time,
-rounds and bytes sent per party in the step, and, with `traced`, a per-party op breakdown (trace.py).
+rounds and bytes sent per party in the step, and, with `traced`, a per-party op breakdown (trace.py). Every entry
+point takes `link=LinkModel(...)` to simulate link latency and bandwidth between the parties and the client (the
+owner's one-time weight publishing is not shaped), and `public_weights=True` for open models
+(`SecureStrategy(public_weights=True)`): the owner sends the folded parameters in the clear to each party
+(`weights.publish_public`), the parties build the same models on public ring weights (local matmuls, blocks.py),
+and the client's tokens and every activation stay secret shares.
 Weight loading and the parties' set-up happen before the client's clock starts (the parties send b"ready").
 """
 
@@ -22,8 +27,8 @@ import torch
 
 from .. import runtime
 from ..approx.profile import ACCURATE, ApproxProfile
-from ..comm import Channel
-from ..party import EngineConfig, Party
+from ..comm import Channel, LinkModel
+from ..party import PARTY_NAMES, EngineConfig, Party
 from . import serving, trace, weights
 from .checkpoint import ModelConfig
 from .sampling import SamplingConfig
@@ -81,12 +86,18 @@ def release_memory() -> None:
         pass
 
 
-def _party_program(cfg: ModelConfig, profile: ApproxProfile, step: serving.Step, with_meta: bool, traced: bool):
-    """The parties' side: load the weights shares, then serve steps until the client says stop."""
+def _party_program(cfg: ModelConfig, profile: ApproxProfile, step: serving.Step, with_meta: bool, traced: bool,
+                   public_weights: bool = False):
+    """The parties' side: load the weights (shares, or public tensors), then serve steps until the client says stop."""
 
     def program(party: Party):
         t0 = time.perf_counter()
-        model = build_model(cfg, weights.receive(party, runtime.OWNER), profile)
+        if public_weights:
+            received = weights.receive_public(party.channel, runtime.OWNER)
+        else:
+            received = weights.receive(party, runtime.OWNER)
+        model = build_model(cfg, received, profile, config=party.config)
+        del received
         release_memory()
         load = time.perf_counter() - t0
         served = serving.serve(party, model, step, with_meta, client=runtime.CLIENT, traced=traced)
@@ -96,17 +107,25 @@ def _party_program(cfg: ModelConfig, profile: ApproxProfile, step: serving.Step,
 
 
 def _run(cfg: ModelConfig, params: dict[str, torch.Tensor], client: Callable[[Channel], Any], output: str,
-         *, profile: ApproxProfile, config: EngineConfig | None, traced: bool
-         ) -> tuple[Any, SessionReport]:
-    """Run one session. `client(channel)` returns (result, [(seconds, tokens) per step])."""
+         *, profile: ApproxProfile, config: EngineConfig | None, traced: bool, link: LinkModel | None = None,
+         public_weights: bool = False) -> tuple[Any, SessionReport]:
+    """Run one session. `client(channel)` returns (result, [(seconds, tokens) per step]). `link` simulates every
+    link's latency and bandwidth (comm/memory.py) except the owner's (publishing is set-up). `public_weights`: the
+    owner sends the (folded) parameters in the clear to each party instead of sharing them."""
     config = config or EngineConfig()
     step, with_meta = serving.step_function(cfg, output)
     published = owner_params(cfg, params)
+
+    def owner(channel: Channel) -> int:
+        if public_weights:
+            return sum(weights.publish_public(channel, published, p) for p in PARTY_NAMES)
+        return weights.publish(channel, published, config.fxp)
+
     ctx = trace.instrument() if traced else contextlib.nullcontext()
     with ctx:
-        sim = runtime.simulate(_party_program(cfg, profile, step, with_meta, traced),
-                               owner=lambda ch: weights.publish(ch, published, config.fxp), client=client,
-                               config=config, timeout_s=_TIMEOUT_S)
+        sim = runtime.simulate(_party_program(cfg, profile, step, with_meta, traced, public_weights),
+                               owner=owner, client=client,
+                               config=config, link=link, timeout_s=_TIMEOUT_S)
     release_memory()
     result, client_steps = sim.client_output
     steps = []
@@ -125,9 +144,11 @@ def _run(cfg: ModelConfig, params: dict[str, torch.Tensor], client: Callable[[Ch
 def secure_encode(cfg: ModelConfig, params: dict[str, torch.Tensor], input_ids: torch.Tensor,
                   attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None, *,
                   output: str = "embedding", profile: ApproxProfile = ACCURATE, config: EngineConfig | None = None,
-                  traced: bool = False) -> tuple[torch.Tensor, SessionReport]:
+                  traced: bool = False, link: LinkModel | None = None, public_weights: bool = False
+                  ) -> tuple[torch.Tensor, SessionReport]:
     """One secure BERT forward; the client gets `output`: "embedding" (mean-pooled then L2-normalised, (B, C)),
-    "pooled" (mean-pooled, unnormalised), "hidden" (last hidden states (B, T, C)) or "logits" (classifier)."""
+    "pooled" (mean-pooled, unnormalised), "hidden" (last hidden states (B, T, C)) or "logits" (classifier).
+    `public_weights` (open models): the weights are in the clear at every party, only activations are secret."""
     if cfg.arch != "bert":
         raise ValueError(f"secure_encode needs a BERT config, got {cfg.arch}")
     if output not in serving.ENCODE_OUTPUTS:
@@ -139,14 +160,17 @@ def secure_encode(cfg: ModelConfig, params: dict[str, torch.Tensor], input_ids: 
     def client(channel: Channel):
         return serving.client_encode(channel, cfg, engine, input_ids, attention_mask, token_type_ids, output)
 
-    return _run(cfg, params, client, output, profile=profile, config=config, traced=traced)
+    return _run(cfg, params, client, output, profile=profile, config=config, traced=traced, link=link,
+                public_weights=public_weights)
 
 
 def secure_logits(cfg: ModelConfig, params: dict[str, torch.Tensor], input_ids: torch.Tensor, *,
                   chunks: tuple[int, ...] | None = None, profile: ApproxProfile = ACCURATE,
-                  config: EngineConfig | None = None, traced: bool = False) -> tuple[torch.Tensor, SessionReport]:
+                  config: EngineConfig | None = None, traced: bool = False, link: LinkModel | None = None,
+                  public_weights: bool = False) -> tuple[torch.Tensor, SessionReport]:
     """Decoder logits (B, T, V) for every position, opened to the client. `chunks` (lengths summing to T) feeds the
-    tokens in several steps through the secret KV cache (e.g. (T - 2, 1, 1): prefill then two decode steps)."""
+    tokens in several steps through the secret KV cache (e.g. (T - 2, 1, 1): prefill then two decode steps).
+    `public_weights` as in `secure_encode`."""
     if not cfg.causal:
         raise ValueError("secure_logits is for decoders (gpt2, llama)")
     chunks = chunks or (input_ids.shape[1],)
@@ -157,14 +181,15 @@ def secure_logits(cfg: ModelConfig, params: dict[str, torch.Tensor], input_ids: 
     def client(channel: Channel):
         return serving.client_logits(channel, cfg, engine, input_ids, chunks)
 
-    return _run(cfg, params, client, "all", profile=profile, config=config, traced=traced)
+    return _run(cfg, params, client, "all", profile=profile, config=config, traced=traced, link=link,
+                public_weights=public_weights)
 
 
 def secure_generate_many(cfg: ModelConfig, params: dict[str, torch.Tensor], prompts: list[torch.Tensor],
                          max_new_tokens: int, *, sampling: SamplingConfig = SamplingConfig(),
                          eos_token_ids: tuple[int, ...] | None = None, profile: ApproxProfile = ACCURATE,
-                         config: EngineConfig | None = None, traced: bool = False
-                         ) -> tuple[list[Generation], SessionReport]:
+                         config: EngineConfig | None = None, traced: bool = False, link: LinkModel | None = None,
+                         public_weights: bool = False) -> tuple[list[Generation], SessionReport]:
     """Several generations in one session (the weights are published once; b"reset" clears the cache between
     prompts). Each prompt (B, T): prefill, then one token per step with the parties' secret KV cache; the client
     samples each token locally from the opened last-position logits. Rows that emitted an EOS repeat it, and a
@@ -176,7 +201,8 @@ def secure_generate_many(cfg: ModelConfig, params: dict[str, torch.Tensor], prom
     def client(channel: Channel):
         return serving.client_generate_many(channel, cfg, engine, prompts, max_new_tokens, sampling, eos)
 
-    return _run(cfg, params, client, "last", profile=profile, config=config, traced=traced)
+    return _run(cfg, params, client, "last", profile=profile, config=config, traced=traced, link=link,
+                public_weights=public_weights)
 
 
 def secure_generate(cfg: ModelConfig, params: dict[str, torch.Tensor], prompt_ids: torch.Tensor,

@@ -59,6 +59,18 @@ class SecureStrategy:
                  (["batched"] if self.batch_requests else [])
         return "-".join(["secure", self.profile, *extras, self.device.replace(":", "")])
 
+    def session_options(self) -> dict[str, Any]:
+        """Keyword arguments of the in-process sessions (session.secure_encode / secure_logits / secure_generate*)
+        that execute this strategy: approximation profile, engine configuration (fractional bits, device) and weight
+        mode. `batch_requests` is about how a node groups concurrent requests, not one session's options."""
+        from ..approx import profile as profiles
+        from ..party import EngineConfig
+        from ..ring import FixedPoint
+
+        return {"profile": profiles.get(self.profile),
+                "config": EngineConfig(fxp=FixedPoint(self.frac_bits), device=self.device),
+                "public_weights": self.public_weights}
+
 
 @dataclass(frozen=True)
 class PlaintextStrategy:

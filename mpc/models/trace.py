@@ -138,6 +138,7 @@ INSTRUMENTED: tuple[tuple[str, str, str], ...] = (
     ("secureinfer.mpc.approx.segments", "select_bits", "select"),
     ("secureinfer.mpc.approx.normalise", "highest_bit", "highest_bit"),
     ("secureinfer.mpc.protocols.trunc", "from_additive", "trunc"),
+    ("secureinfer.mpc.protocols.trunc", "trunc_replicated", "trunc"),
     ("secureinfer.mpc.protocols.compare", "msb", "msb"),
     ("secureinfer.mpc.protocols.b2a", "mul_bit", "mul_bit"),
     ("secureinfer.mpc.protocols.b2a", "bit_to_arith", "b2a"),

@@ -3,6 +3,9 @@
 The owner encodes every parameter in the session's fixed point and shares it with `sharing.send_input` (two of the
 six components travel as seeds). Names travel first so parties key the shares by the checkpoint's own parameter
 names. Parameters arrive in sorted name order; the parties learn names and shapes (the architecture), never values.
+Open models may instead travel in the clear (`publish_public` / `receive_public`): to one plaintext worker, or to
+each of the three parties of a secure session with public weights (`encode_public` turns them into the ring
+tensors the secure models take; activations stay secret).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import struct
 import torch
 
 from ..comm import Channel, CommError
-from ..party import PARTY_NAMES, Party
+from ..party import PARTY_NAMES, EngineConfig, Party
 from ..protocols import sharing
 from ..ring import FixedPoint
 from ..shares import AShare
@@ -99,4 +102,16 @@ def receive_public(channel: Channel, owner: str, tag: str = "weights") -> dict[s
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise CommError(f"parameter {name!r} from {owner} is not a floating-point tensor")
         out[name.decode()] = value
+    return out
+
+
+def encode_public(params: dict[str, torch.Tensor], config: EngineConfig) -> dict[str, torch.Tensor]:
+    """Party side of a public-weights secure session: every floating-point parameter as a public ring tensor in
+    the session's fixed point on its device. Consumes `params` (entries are popped as they are encoded)."""
+    out: dict[str, torch.Tensor] = {}
+    for name in sorted(params):
+        value = params.pop(name)
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise WeightsError(f"public parameter {name!r} must be a floating-point tensor")
+        out[name] = config.fxp.encode(value.detach().to(torch.float64), config.torch_device)
     return out

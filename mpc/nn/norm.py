@@ -15,17 +15,21 @@ plus up to about |gamma| + 0.11 (measured): the mean's stochastic rounding leave
 seen in ~8% of such rows, which no eps below 1 ulp^2 can tell from a real variance. Rounds: 2 (mean) + 2 + rsqrt + 2. Bytes: two truncations per element plus per-row work (A2B,
 prefix-OR, B2A of 43 bits, a few truncations). At (128, 384): 34 rounds (accurate) and 1.7 MB for the busiest party.
 Follows PUMA's LayerNorm (Dong et al. 2023, Sec. 4.3).
+gamma and beta are secret shares, or public ring tensors at f fractional bits (open models' weights in the clear):
+the same steps and costs, with the products by gamma local (x_i gamma) and beta added to component x_0.
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
+
 from ..approx import poly
 from ..approx.profile import ApproxProfile
 from ..approx.rsqrt import rsqrt
 from ..party import Party
-from ..shares import AShare
+from ..shares import AShare, add
 
 MEAN_BOUND_BITS = 12  # |mean| < 2^12
 SUMSQ_HI = 25  # S = sum of squares < 2^25 (S * 2^(2f) stays below 2^61 at f = 18)
@@ -40,7 +44,8 @@ def _row_mean(party: Party, x: AShare) -> AShare:
     return poly.truncate_terms(party, [term], g)[0]
 
 
-def _normalise(party: Party, d: AShare, gamma: AShare | None, profile: ApproxProfile, eps: float) -> AShare:
+def _normalise(party: Party, d: AShare, gamma: AShare | torch.Tensor | None, profile: ApproxProfile, eps: float
+               ) -> AShare:
     """d * gamma / sqrt(mean(d^2) + eps) over the last axis (gamma None: no scaling)."""
     f, c = party.fxp.frac_bits, d.shape[-1]
     sumsq = poly.cross(d, d).sum(-1, keepdim=True)  # (..., 1) 3-out-of-3 term at 2^(2f)
@@ -55,15 +60,14 @@ def _normalise(party: Party, d: AShare, gamma: AShare | None, profile: ApproxPro
     return poly.products(party, [(dg, r)], RSQRT_OUT_BITS)[0]
 
 
-def layernorm(party: Party, x: AShare, gamma: AShare | None, beta: AShare | None, profile: ApproxProfile, *,
-              eps: float = 1e-12) -> AShare:
-    """LayerNorm over the last axis with secret gamma, beta (C,) (None: 1 and 0)."""
+def layernorm(party: Party, x: AShare, gamma: AShare | torch.Tensor | None, beta: AShare | torch.Tensor | None,
+              profile: ApproxProfile, *, eps: float = 1e-12) -> AShare:
+    """LayerNorm over the last axis with gamma, beta (C,) secret or public (None: 1 and 0)."""
     d = x - _row_mean(party, x).expand(*x.shape)
-    y = _normalise(party, d, gamma, profile, eps)
-    return y + beta if beta is not None else y
+    return add(_normalise(party, d, gamma, profile, eps), beta)
 
 
-def rmsnorm(party: Party, x: AShare, gamma: AShare | None, profile: ApproxProfile, *, eps: float = 1e-6
-            ) -> AShare:
-    """RMSNorm over the last axis with secret gamma (C,) (None: 1)."""
+def rmsnorm(party: Party, x: AShare, gamma: AShare | torch.Tensor | None, profile: ApproxProfile, *,
+            eps: float = 1e-6) -> AShare:
+    """RMSNorm over the last axis with gamma (C,) secret or public (None: 1)."""
     return _normalise(party, x, gamma, profile, eps)

@@ -15,6 +15,9 @@ own when several are asked for), accuracy, and a per-op breakdown of party 0 fro
 adds ~20-30% time): inclusive figures per model op (embed, attn.*, layernorm, mlp.*, lm_head) and exclusive
 figures per protocol (trunc, msb, mul_bit, a2b, b2a, ...), the latter saying where time and bytes actually go.
 Timings are medians over --repeat sessions.
+--public-weights: each model also runs with public weights (open models: the weights in the clear at every party,
+the tokens and every activation still secret shares) in the same invocation; the result gains a "public_weights"
+entry with the same figures (and its own breakdown) and "public_vs_secret" with the bytes and time ratios.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def _repeat(run: Callable[[bool], tuple[Any, Any]], repeats: int, breakdown: boo
 # ---------------------------------------------------------------------------------------------------- models
 
 
-def bench_minilm(profile, config, repeats: int, breakdown: bool) -> dict[str, Any]:
+def bench_minilm(profile, config, repeats: int, breakdown: bool, public_weights: bool = False) -> dict[str, Any]:
     """all-MiniLM-L6-v2, one 128-token sentence embedding."""
     from ..mpc.models import plaintext, session
     from ..mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
@@ -105,7 +108,8 @@ def bench_minilm(profile, config, repeats: int, breakdown: bool) -> dict[str, An
         raise RuntimeError(f"the benchmark text should fill 128 tokens, got {ids.shape[1]}")
 
     def run(traced: bool):
-        return session.secure_encode(cfg, params, ids, mask, profile=profile, config=config, traced=traced)
+        return session.secure_encode(cfg, params, ids, mask, profile=profile, config=config, traced=traced,
+                                     public_weights=public_weights)
 
     emb, reports, traced = _repeat(run, repeats, breakdown)
     want = plaintext.sentence_embedding(cfg, params, ids, mask)
@@ -136,7 +140,7 @@ def gpt2_base_params(seed: int = 0) -> tuple[Any, dict[str, torch.Tensor]]:
     return cfg, params
 
 
-def bench_gpt2(profile, config, repeats: int, breakdown: bool) -> dict[str, Any]:
+def bench_gpt2(profile, config, repeats: int, breakdown: bool, public_weights: bool = False) -> dict[str, Any]:
     """GPT-2-base shape, random weights: 32-token prefill + 1 decoded token."""
     from ..mpc.models import plaintext, session
 
@@ -145,7 +149,7 @@ def bench_gpt2(profile, config, repeats: int, breakdown: bool) -> dict[str, Any]
 
     def run(traced: bool):
         return session.secure_generate(cfg, params, prompt, 2, eos_token_ids=(), profile=profile, config=config,
-                                       traced=traced)
+                                       traced=traced, public_weights=public_weights)
 
     gen, reports, traced = _repeat(run, repeats, breakdown)
     cache = plaintext.KVCache.empty(cfg.n_layers)
@@ -161,7 +165,8 @@ def bench_gpt2(profile, config, repeats: int, breakdown: bool) -> dict[str, Any]
                           "decode": _breakdown(list(traced.steps[1].recordings[:1]))} if traced else None}
 
 
-def bench_smollm2(profile, config, repeats: int, breakdown: bool, decode_steps: int = 8) -> dict[str, Any]:
+def bench_smollm2(profile, config, repeats: int, breakdown: bool, public_weights: bool = False,
+                  decode_steps: int = 8) -> dict[str, Any]:
     """SmolLM2-135M-Instruct: 32-token prompt prefill + `decode_steps` decode steps, greedy."""
     from ..mpc.models import plaintext, session
     from ..mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
@@ -174,7 +179,7 @@ def bench_smollm2(profile, config, repeats: int, breakdown: bool, decode_steps: 
 
     def run(traced: bool):
         return session.secure_generate(cfg, params, prompt, decode_steps + 1, eos_token_ids=(), profile=profile,
-                                       config=config, traced=traced)
+                                       config=config, traced=traced, public_weights=public_weights)
 
     gen, reports, traced = _repeat(run, repeats, breakdown)
     cache = plaintext.KVCache.empty(cfg.n_layers)
@@ -225,9 +230,35 @@ def _total(bd: dict[str, Any]) -> float:
     return sum(s["seconds"] for s in bd["by_model_op"].values())
 
 
+def _phases(r: dict[str, Any]) -> list[str]:
+    return ["forward"] if "forward" in r else ["prefill", "decode"]
+
+
+def weight_ratios(secret: dict[str, Any], public: dict[str, Any]) -> dict[str, Any]:
+    """Secret-weights figure / public-weights figure per phase: bytes of the busiest party, and time."""
+    out = {}
+    for phase in _phases(secret):
+        s, p = secret[phase], public[phase]
+        out[phase] = {"bytes_ratio": max(s["bytes_per_party"]) / max(max(p["bytes_per_party"]), 1),
+                      "seconds_ratio": s["seconds"] / p["seconds"] if p["seconds"] else 0.0,
+                      "rounds_secret": s["rounds"], "rounds_public": p["rounds"]}
+    return out
+
+
 def print_result(r: dict[str, Any]) -> None:
-    """Human-readable summary of one model's figures."""
-    print(f"\n== {r['model']}: {r['what']} (profile {r['profile']}) ==")
+    """Human-readable summary of one model's figures (and of its public-weights run, when there is one)."""
+    _print_one(r, "secret weights" if "public_weights" in r else None)
+    if "public_weights" in r:
+        _print_one({**r, **r["public_weights"]}, "public weights")
+        print("\n  public vs secret weights (secret / public):")
+        for phase, q in r["public_vs_secret"].items():
+            print(f"    {phase}: bytes of the busiest party x{q['bytes_ratio']:.3f}, time x{q['seconds_ratio']:.3f}, "
+                  f"rounds {q['rounds_secret']} -> {q['rounds_public']}")
+
+
+def _print_one(r: dict[str, Any], weights: str | None) -> None:
+    label = f", {weights}" if weights else ""
+    print(f"\n== {r['model']}: {r['what']} (profile {r['profile']}{label}) ==")
     if "forward" in r:
         f = r["forward"]
         print(f"  forward {f['seconds']:.2f} s, {f['rounds']} rounds, sent per party "
@@ -259,6 +290,10 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     config = EngineConfig(device=args.device)
     start = time.perf_counter()
     result = BENCHES[name](profile, config, args.repeat, not args.no_breakdown)
+    if getattr(args, "public_weights", False):
+        public = BENCHES[name](profile, config, args.repeat, not args.no_breakdown, public_weights=True)
+        result["public_weights"] = {k: v for k, v in public.items() if k not in ("model", "what")}
+        result["public_vs_secret"] = weight_ratios(result, public)
     result.update({"profile": profile.name, "device": args.device, "repeats": args.repeat,
                    "peak_rss_mb": _peak_rss_mb(), "bench_seconds": time.perf_counter() - start})
     return result
@@ -272,6 +307,8 @@ def _in_subprocess(name: str, args: argparse.Namespace) -> dict[str, Any]:
                "--profile", args.profile, "--repeat", str(args.repeat), "--device", args.device]
         if args.no_breakdown:
             cmd.append("--no-breakdown")
+        if getattr(args, "public_weights", False):
+            cmd.append("--public-weights")
         subprocess.run(cmd, check=True)
         with open(out) as fh:
             return json.load(fh)["results"][0]

@@ -353,6 +353,8 @@ def ring_const(value: int, shape=(N,)) -> torch.Tensor:
     return torch.full(shape, value, dtype=torch.int64)
 
 
+PUBLIC_W = (torch.arange(8 * 32, dtype=torch.int64).reshape(8, 32) % 7 - 3) << 18  # a public weight matrix
+
 CASES = {
     # name: (program, inputs under secret A = all zero, inputs under secret B = all large)
     "mul": (lambda p, x, y: mul.mul(p, x, y), [ring_const(0)] * 2, [ring_const(LARGE), ring_const(-LARGE)]),
@@ -365,6 +367,10 @@ CASES = {
     "trunc": (lambda p, x: trunc.trunc(p, x, 18), [ring_const(0)], [ring_const((1 << 62) - 1)]),
     "trunc_x3": (lambda p, x: trunc.trunc(p, trunc.trunc(p, trunc.trunc(p, x, 5), 7), 18),
                  [ring_const(0)], [ring_const(-(1 << 62) + 1)]),
+    "trunc_replicated": (lambda p, x: trunc.trunc_replicated(p, x, 18), [ring_const(0)],
+                         [ring_const((1 << 62) - 1)]),
+    "matmul_public_weight": (lambda p, x: trunc.trunc_replicated(p, x.matmul_public(PUBLIC_W), 18),
+                             [torch.zeros(4, 32, 8)], [torch.full((4, 32, 8), 900.0)]),
     "matmul": (lambda p, x, y: mul.matmul(p, x, y), [ring_const(0, (4, 32, 8)), ring_const(0, (8, 32))],
                [ring_const(LARGE, (4, 32, 8)), ring_const(-LARGE, (8, 32))]),
     "matmul_fixed": (lambda p, x, y: mul.matmul_fixed(p, x, y), [torch.zeros(4, 32, 8), torch.zeros(8, 32)],

@@ -151,3 +151,41 @@ def test_trunc_thrifty_rounds(config):
     sim = runtime.simulate(lambda p, s: trunc.from_additive(p, s.lo + p.zero_share(s.shape), 18, thrifty=True),
                            inputs=[x], config=config)
     assert sim.max_rounds == 3
+
+
+@pytest.mark.parametrize("thrifty", [False, True])
+@pytest.mark.parametrize("bits", [1, 18, 36, 61])
+def test_trunc_replicated_same_guarantee_fewer_bytes(config, bits, thrifty):
+    """trunc_replicated (the helper's term is zero and not sent): the exact guarantee over the whole range, the
+    same rounds, and bytes_per_element(bits, thrifty, replicated=True) = 40 (thrifty 33) + ceil(bits/8) bytes."""
+    n = 30_000
+    x = wide_inputs(n, seed=200 + bits)
+
+    def program(p, s):
+        before = p.channel.stats.snapshot()
+        out = trunc.trunc_replicated(p, s, bits, thrifty=thrifty)
+        stats = p.channel.stats.since(before)
+        return reveal.reveal(p, out), stats
+
+    sim = runtime.simulate(program, inputs=[x], config=config)
+    diff = sim.outputs[0][0].cpu() - (x >> bits)
+    failures = int(((diff != 0) & (diff != 1)).sum())
+    sent = [o[1].bytes_sent for o in sim.outputs]
+    print(f"trunc_replicated bits={bits} thrifty={thrifty}: {failures} failures, bytes per party {sent}")
+    assert failures == 0
+    assert 0.0 < float((diff == 1).double().mean()) < 1.0
+    per_element = trunc.bytes_per_element(bits, thrifty=thrifty, replicated=True)
+    assert per_element == (33 if thrifty else 40) + (bits + 7) // 8
+    assert per_element == trunc.bytes_per_element(bits, thrifty=thrifty) - (8 if thrifty else 16)
+    assert sum(sent) == per_element * n
+    assert max(sent) - min(sent) <= 24, f"unbalanced: {sent}"
+    assert max(o[1].rounds for o in sim.outputs) == (3 if thrifty else 2)
+
+
+def test_trunc_replicated_small_and_empty_batches(config):
+    for n in (0, 1, 2, 5):
+        x = wide_inputs(max(n, 1), seed=n)[:n]
+        sim = runtime.simulate(lambda p, s: reveal.reveal(p, trunc.trunc_replicated(p, s, 18)), inputs=[x],
+                               config=config)
+        diff = sim.outputs[0].cpu() - (x >> 18)
+        assert sim.outputs[0].shape == x.shape and torch.all((diff == 0) | (diff == 1))
