@@ -19,10 +19,34 @@ examples:
   secureinfer bench ops                 # time the secure primitives on a 3-party in-process network
   secureinfer bench ops --json out.json # ... and write the figures as JSON
   secureinfer bench model --model minilm # a whole secure MiniLM forward: time, rounds, bytes, accuracy, breakdown
+  secureinfer bench sweep --dry-run      # the grid of requests x strategies x links for the performance store
+  secureinfer bench plaintext --device cuda # fast plaintext decoding vs transformers generate
   secureinfer certs init --dir certs     # a network CA; then `certs issue` for each node, client and owner
   secureinfer node serve --config n.toml # run a node daemon (see `secureinfer node serve --help`)
   secureinfer network status --seed 127.0.0.1:7001 --certs certs --name alice
   secureinfer simulate                   # 3 local node processes, MiniLM published as secret shares, a secure request
+"""
+
+# Kept in step with secureinfer/bench/sweep.py's MODELS and LINKS (tests/test_sweep.py checks); written out here so
+# that building the parser does not import torch.
+SWEEP_EPILOG = """\
+models:
+  tiny-gpt2     GPT-2 shape, 2 layers, hidden 64, 4 heads, vocab 256, random weights
+  tiny-llama    LLaMA shape, 2 layers, hidden 64, 8 heads / 2 KV heads (GQA), vocab 256, random weights
+  tiny-bert     BERT shape, 2 layers, hidden 64, 4 heads, vocab 256, random weights
+  gpt2-base-2L  GPT-2-base shape (hidden 768, 12 heads, vocab 50257) cut to its first 2 of 12 layers, random weights
+  gpt2-base     GPT-2-base shape, 12 layers, random GPT-2-style weights
+  minilm        all-MiniLM-L6-v2 (real weights), sentence embedding
+  smollm2       SmolLM2-135M-Instruct (real weights, GGUF Q4_1 dequantized)
+links (secure runs, between the parties and the client):
+  local         no shaping
+  lan           0.1 ms one way, 1000 Mbit/s
+  metro         2 ms one way, 100 Mbit/s
+  wan           20 ms one way, 100 Mbit/s
+examples:
+  secureinfer bench sweep --dry-run
+  secureinfer bench sweep --grid small --csv benchmarks/sweep/sweep.csv
+  secureinfer bench sweep --grid medium --device cuda --models minilm,smollm2 --store gpu.sqlite
 """
 
 
@@ -78,6 +102,63 @@ def build_parser() -> argparse.ArgumentParser:
                          help="torch threads per node process (default 1: three nodes share this machine's cores)")
     network.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
     network.set_defaults(handler=_bench_network)
+    sweep = bench_kinds.add_parser(
+        "sweep", help="measure a grid of requests x strategies x devices x links into the performance store",
+        description="Run a grid of (model, seq_len, batch, gen_tokens) x strategies (secure profiles, fractional "
+        "bits and public weights; plaintext precisions and the fast engine's strategies) x devices x simulated "
+        "links, and write one row per run (request, node and link features, strategy, latency, rounds, bytes per "
+        "party, peak memory, accuracy vs float64 plaintext) into the SQLite performance store the selector learns "
+        "from. Resumable: rows already in the store are skipped.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SWEEP_EPILOG)
+    sweep.add_argument("--grid", choices=["small", "medium", "full"], default="small",
+                       help="grid size (default small)")
+    sweep.add_argument("--models", action="append", metavar="M[,M...]",
+                       help="only these models (repeatable or comma-separated; names below)")
+    sweep.add_argument("--case", action="append", metavar="MODEL:SEQ:BATCH:GEN",
+                       help="measure these cases instead of the grid's (repeatable; GEN 0 for encoders)")
+    sweep.add_argument("--device", action="append", metavar="DEV",
+                       help="devices (repeatable or comma-separated; default cpu, plus cuda where available)")
+    sweep.add_argument("--link", action="append", metavar="NAME",
+                       help="links for secure runs (repeatable or comma-separated; names below; default: the grid's)")
+    sweep.add_argument("--strategy", action="append", metavar="SUBSTR",
+                       help="only strategies whose name contains SUBSTR (repeatable), e.g. secure-lean or plain-")
+    sweep.add_argument("--repeat", type=int, default=1, help="repetitions of each grid point (default 1)")
+    sweep.add_argument("--store", default="benchmarks/sweep/sweep.sqlite",
+                       help="SQLite performance store (default benchmarks/sweep/sweep.sqlite)")
+    sweep.add_argument("--csv", metavar="FILE", help="export the whole store as CSV to FILE afterwards")
+    sweep.add_argument("--limit", type=int, metavar="N", help="measure at most N new runs")
+    sweep.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                       help="skip runs already in the store (default on; --no-resume re-measures and replaces)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the grid and exit")
+    sweep.add_argument("--host", help="host label stored with each row and part of its key (default: hostname)")
+    sweep.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=_bench_sweep)
+    plain = bench_kinds.add_parser(
+        "plaintext", help="the fast plaintext decoder vs Hugging Face generate (SmolLM2, batch 1 and 32)",
+        description="Decode SmolLM2-135M with Hugging Face transformers' generate and with secureinfer's fast "
+        "plaintext decoder (static KV cache, CUDA graphs, continuous batching) on the same device and precision, "
+        "in one run: per-step latency, tokens/s, speedup, and greedy token agreement.")
+    plain.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    plain.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                        help="both engines' precision (default: bf16 on cuda, fp32 on cpu)")
+    plain.add_argument("--concurrency", type=int, default=None, help="rows / concurrent requests (default 32)")
+    plain.add_argument("--new-tokens", type=int, default=None, help="tokens generated per row (default 128)")
+    plain.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per row (default 32)")
+    plain.add_argument("--repeat", type=int, default=None, help="timed runs per figure, median (default 3)")
+    plain.add_argument("--quick", action="store_true",
+                        help="a short run for CPUs: 8 rows, 16-token prompts, 8 new tokens, 1 repeat")
+    plain.add_argument("--weights", choices=["packaged", "random"], default="packaged",
+                        help="the packaged SmolLM2 GGUF (default) or random weights of its shape")
+    plain.add_argument("--checkpoint", help="a SmolLM2 .gguf file or HF directory instead of the packaged one")
+    plain.add_argument("--variant", action="append", choices=["eager", "compile", "int8", "spec"],
+                        help="also run the fast decoder this way (repeatable): eager (no graphs), compile, int8, spec")
+    plain.add_argument("--speculation-tokens", type=int, default=4, help="drafted tokens per round for --variant spec")
+    plain.add_argument("--draft-layers", type=int, default=None, help="early-exit draft depth (default half)")
+    plain.add_argument("--spec-batched", action="store_true", help="run --variant spec at the batched case too")
+    plain.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    plain.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
+    plain.set_defaults(handler=_bench_plaintext)
     bench.set_defaults(handler=lambda _args: _usage(bench))
     cli_certs.add_parser(commands)
     cli_node.add_parsers(commands)
@@ -104,10 +185,22 @@ def _bench_model(args: argparse.Namespace) -> int:
     return model.main(args)
 
 
+def _bench_plaintext(args: argparse.Namespace) -> int:
+    from .bench import plaintext
+
+    return plaintext.main(args)
+
+
 def _bench_network(args: argparse.Namespace) -> int:
     from .bench import network
 
     return network.main(args)
+
+
+def _bench_sweep(args: argparse.Namespace) -> int:
+    from .bench import sweep
+
+    return sweep.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,349 @@
+"""FastDecoder: the plaintext GPT-2 / LLaMA decoder run the way torch runs fast, configured by a PlaintextStrategy.
+
+The math is plaintext.py's (same op order, same parameter names); what changes is how it executes:
+  precision   weights converted once to fp64 / fp32 / bf16 / fp16 (RMSNorm statistics in fp32 for half types);
+  int8        weight-only, per-output-channel scales, dequantized inside each block matmul (weights.py);
+  fused       q|k|v and gate|up are single matmuls; attention is torch's scaled_dot_product_attention;
+  GQA         queries regrouped to (B, KV, T*g, d) so each KV head is read once (no repeat of keys and values);
+  KV cache    slots (cache.py): static (preallocated max_len) or dynamic (torch.cat growth), per-row positions;
+  graphs      with cuda_graphs, one decode step per batch bucket is captured at construction (graphs.py);
+  compile     torch.compile of the decode step (mode "reduce-overhead" on CUDA without our own graphs, default
+              mode otherwise; with cuda_graphs the compiled step is what gets captured);
+  speculation early_exit (the first draft_layers layers draft) or draft (a separate model) propose tokens, the full
+              model verifies them in one forward; greedy output unchanged (speculative.py; runs without graphs).
+Rows of different prompt lengths are right-padded and prefilled in one forward with per-row positions: a row's
+padding lands past its length, where it is never attended (cache.py), and its first token comes from its own last
+real position. Decoding then keeps one position per row, so ragged rows decode together exactly.
+The decode step keeps its inputs in device buffers (token ids, positions) and updates them itself (next token,
+position + 1), so a generation loop is "replay, read the token" with no host work between steps.
+Not thread-safe: one caller at a time (BatchingWorker serializes concurrent requests onto one thread).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import ModelConfig
+from ..strategy import PlaintextStrategy, StrategyError
+from .cache import KVSlots
+from .graphs import StepGraphs, default_buckets
+from .weights import DTYPES, activation, pack, rope_tables
+
+Prompts = torch.Tensor | Sequence[Sequence[int] | torch.Tensor]
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x*cos + rotate_half(x)*sin on x (B, T, n, d) with cos, sin (B, T, 1, d)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def finish_eos(tokens: torch.Tensor, eos: Sequence[int]) -> torch.Tensor:
+    """greedy_generate's EOS semantics on (B, n) tokens: finished rows repeat their EOS; stop once all finished."""
+    if not eos or tokens.shape[1] == 0:
+        return tokens
+    is_eos = torch.isin(tokens, torch.tensor(list(eos), dtype=tokens.dtype, device=tokens.device))  # (B, n)
+    has = is_eos.any(1)  # (B,)
+    first = is_eos.int().argmax(1)  # (B,) first EOS (0 where none)
+    after = (torch.arange(tokens.shape[1], device=tokens.device)[None, :] > first[:, None]) & has[:, None]
+    tokens = torch.where(after, tokens.gather(1, first[:, None]), tokens)
+    n = int(first.max()) + 1 if bool(has.all()) else tokens.shape[1]
+    return tokens[:, :n]
+
+
+class FastDecoder:
+    """A GPT-2 or LLaMA decoder for fast plaintext generation; see the module docstring for what each knob does."""
+
+    def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor],
+                 strategy: PlaintextStrategy | None = None, *, max_batch: int = 32, max_len: int | None = None,
+                 graph_batch_sizes: Sequence[int] | None = None, draft_layers: int | None = None,
+                 draft: "FastDecoder | None" = None, check_every: int | None = None) -> None:
+        strategy = PlaintextStrategy() if strategy is None else strategy
+        if not isinstance(strategy, PlaintextStrategy):
+            raise StrategyError(f"FastDecoder runs plaintext strategies, got {type(strategy).__name__}")
+        if cfg.arch not in ("gpt2", "llama"):
+            raise ValueError(f"the fast decoder runs GPT-2 and LLaMA decoders, not {cfg.arch}")
+        self.cfg, self.strategy = cfg, strategy
+        self.device = torch.device(strategy.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise StrategyError(f"strategy {strategy.name} needs CUDA, which this machine does not have")
+        if strategy.compile and not strategy.static_cache:
+            raise StrategyError("compile needs static_cache here (a growing cache recompiles every step)")
+        self.dtype = DTYPES[strategy.precision]
+        self.max_len = min(cfg.max_positions, 1024) if max_len is None else int(max_len)
+        if not 1 <= self.max_len <= cfg.max_positions:
+            raise ValueError(f"max_len must be in [1, {cfg.max_positions}] (the model's max_positions)")
+        if strategy.speculation == "draft":
+            if draft is None:
+                raise StrategyError("speculation='draft' needs the draft model: FastDecoder(..., draft=FastDecoder("
+                                    "small_cfg, small_params, strategy_without_speculation))")
+            if draft.cfg.vocab_size != cfg.vocab_size or draft.strategy.speculation != "none":
+                raise StrategyError("the draft model must share the vocabulary and must not speculate itself")
+            if draft.max_len < self.max_len or draft.device != self.device:
+                raise StrategyError("the draft model must be on the same device, with max_len at least this one's")
+        self.draft = draft if strategy.speculation == "draft" else None
+        self.max_batch = int(max_batch)
+        self.draft_layers = max(1, cfg.n_layers // 2) if draft_layers is None else int(draft_layers)
+        if not 1 <= self.draft_layers <= cfg.n_layers:
+            raise ValueError(f"draft_layers must be in [1, {cfg.n_layers}]")
+        self.check_every = (8 if self.device.type == "cuda" else 1) if check_every is None else int(check_every)
+        self.weights = pack(cfg, params, self.dtype, self.device, int8=strategy.quantization == "int8")
+        self._cos = self._sin = None
+        if cfg.arch == "llama":
+            self._cos, self._sin = rope_tables(cfg, self.max_len, self.dtype, self.device)  # (max_len, d)
+        self._arange = torch.arange(self.max_len, device=self.device)
+        self.cache: KVSlots | None = None
+        self._ids = self._pos = None  # step inputs (slots, 1) int64, updated by the step itself
+        self._decode = self._decode_impl
+        if strategy.compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" and not strategy.cuda_graphs else None
+            self._decode = torch.compile(self._decode_impl, mode=mode, dynamic=False)
+        self.last_speculation: dict[str, int] | None = None  # rounds / drafted / accepted of the last generate
+        self.graphs: StepGraphs | None = None
+        if strategy.cuda_graphs:
+            self.reset(self.max_batch)
+            sizes = list(graph_batch_sizes) if graph_batch_sizes else default_buckets(self.max_batch)
+            if max(sizes) > self.max_batch:
+                raise ValueError(f"graph batch sizes {sizes} exceed max_batch={self.max_batch}")
+            with torch.no_grad():
+                self.graphs = StepGraphs(self._decode, sizes, self.max_len, self.device)
+            self.reset(self.max_batch)
+
+    # ------------------------------------------------------------------------------------------------ forward
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, cache: KVSlots, rows: slice | torch.Tensor,
+                 key_len: int, n_layers: int, out_index: torch.Tensor | None) -> torch.Tensor:
+        """Logits for tokens ids (B, T) at positions pos (B, T) of cache `rows`: (B, T, V), or (B, 1, V) at
+        out_index (B,)."""
+        cfg, w = self.cfg, self.weights
+        b, t = ids.shape
+        nh, nkv, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        g = nh // nkv
+        x = F.embedding(ids, w.embed)  # (B, T, C)
+        if w.positions is not None:
+            x = x + F.embedding(pos, w.positions)
+        else:
+            cos, sin = self._cos[pos][:, :, None], self._sin[pos][:, :, None]  # (B, T, 1, d)
+        visible = self._arange[:key_len] <= pos[:, None, :, None]  # (B, 1, T, S): key j seen from position pos
+        if g > 1:
+            visible = visible[:, :, :, None].expand(b, 1, t, g, key_len).reshape(b, 1, t * g, key_len)
+        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
+        for n in range(n_layers):
+            blk = w.blocks[n]
+            q, k, v = blk.qkv(blk.norm1(x)).split([nh * d, nkv * d, nkv * d], dim=-1)
+            q, k, v = q.view(b, t, nh, d), k.view(b, t, nkv, d), v.view(b, t, nkv, d)
+            if w.positions is None:
+                q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            kk, vv = cache.write_read(n, rows, pos, k.transpose(1, 2), v.transpose(1, 2), key_len)  # (B, KV, S, d)
+            if g == 1:
+                a = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, attn_mask=mask)  # (B, H, T, d)
+                a = a.transpose(1, 2).reshape(b, t, nh * d)
+            else:  # query head kv*g + j reads KV head kv: rows (t, j) of group kv
+                qg = q.view(b, t, nkv, g, d).permute(0, 2, 1, 3, 4).reshape(b, nkv, t * g, d)
+                a = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask)  # (B, KV, T*g, d)
+                a = a.view(b, nkv, t, g, d).permute(0, 2, 1, 3, 4).reshape(b, t, nh * d)
+            x = x + blk.out(a)
+            u = blk.up(blk.norm2(x))  # (B, T, I) or (B, T, 2I)
+            if cfg.arch == "llama":
+                gate, up = u.chunk(2, dim=-1)
+                u = activation(cfg.act, gate) * up
+            else:
+                u = activation(cfg.act, u)
+            x = x + blk.down(u)
+        if out_index is not None:
+            x = x[torch.arange(b, device=x.device), out_index][:, None]  # (B, 1, C)
+        return F.linear(w.final_norm(x), w.head)  # (B, T, V)
+
+    def _decode_impl(self, g: int, key_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step of slots 0..g-1 from the step buffers; returns (logits (g, V), next tokens (g,))."""
+        ids = self._ids[:g]  # (g, 1)
+        pos = self._pos[:g].clamp(max=key_len - 1)  # (g, 1): parked rows write inside their own free slot
+        logits = self._forward(ids, pos, self.cache, slice(0, g), key_len, self.cfg.n_layers, None)[:, 0]  # (g, V)
+        nxt = logits.argmax(-1)  # (g,)
+        self._ids[:g, 0].copy_(nxt)
+        self._pos[:g].add_(1)
+        return logits, nxt
+
+    # ------------------------------------------------------------------------------------------------ state
+
+    def reset(self, batch: int) -> None:
+        """Start `batch` fresh sequences (slots 0..batch-1): static caches are reused, dynamic ones made anew."""
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        if self.graphs is not None and batch > self.max_batch:
+            raise ValueError(f"batch {batch} exceeds max_batch={self.max_batch} (the captured graphs' slots)")
+        c = self.cfg
+        if self.strategy.static_cache and self.cache is not None and self.cache.slots >= batch:
+            self.cache.reset()
+        else:
+            slots = max(batch, self.max_batch) if self.strategy.cuda_graphs else batch
+            self.cache = KVSlots(c.n_layers, slots, c.n_kv_heads, c.head_dim, self.max_len, self.dtype,
+                                 self.device, static=self.strategy.static_cache)
+        if self._ids is None or self._ids.shape[0] < self.cache.slots:
+            self._ids = torch.zeros(self.cache.slots, 1, dtype=torch.int64, device=self.device)
+            self._pos = torch.zeros_like(self._ids)
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        """Token ids must be inside the vocabulary."""
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
+            raise ValueError(f"token id outside the vocabulary [0, {self.cfg.vocab_size})")
+
+    def pad(self, prompts: Prompts) -> tuple[torch.Tensor, list[int]]:
+        """Right-pad prompts into ids (B, T) on the device; returns them with each row's real length."""
+        if isinstance(prompts, torch.Tensor):
+            if prompts.dim() != 2 or prompts.shape[1] == 0 or prompts.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"prompt_ids must be a non-empty (B, T) integer tensor, got "
+                                 f"{tuple(prompts.shape)} {prompts.dtype}")
+            ids = prompts.to(self.device, torch.int64)
+            lengths = [ids.shape[1]] * ids.shape[0]
+        else:
+            rows = [torch.as_tensor(p, dtype=torch.int64).reshape(-1) for p in prompts]
+            if not rows or min(r.numel() for r in rows) == 0:
+                raise ValueError("prompts must be a non-empty list of non-empty token sequences")
+            lengths = [r.numel() for r in rows]
+            ids = torch.zeros(len(rows), max(lengths), dtype=torch.int64)
+            for i, r in enumerate(rows):
+                ids[i, :r.numel()] = r
+            ids = ids.to(self.device)
+        self._check_ids(ids)
+        return ids, lengths
+
+    # ------------------------------------------------------------------------------------------------ entry points
+
+    @torch.no_grad()
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) of a whole sequence in the compute dtype, on a scratch cache (no decoder state)."""
+        ids, _ = self.pad(ids)
+        b, t = ids.shape
+        if t > self.max_len:
+            raise ValueError(f"sequence of {t} tokens exceeds max_len={self.max_len}")
+        c = self.cfg
+        scratch = KVSlots(c.n_layers, b, c.n_kv_heads, c.head_dim, t, self.dtype, self.device, static=True)
+        pos = self._arange[:t].expand(b, t)
+        return self._forward(ids, pos, scratch, slice(0, b), t, c.n_layers, None)
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor, rows: slice | torch.Tensor | Sequence[int] | None = None,
+                lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """Start sequences ids (B, T) (right-padded to `lengths`) in cache `rows`; logits (B, V) at each last token."""
+        b, t = ids.shape
+        self._check_ids(ids)
+        lengths = [t] * b if lengths is None else list(lengths)
+        if len(lengths) != b or min(lengths) < 1 or max(lengths) > t:
+            raise ValueError("lengths must give each row's real length in [1, T]")
+        if self.cache is None:
+            self.reset(b)
+        rows, slots = self._rows(rows, b)
+        self.cache.ensure(t)
+        pos = self._arange[:t].expand(b, t)  # (B, T)
+        last = torch.tensor(lengths, device=self.device) - 1  # (B,)
+        logits = self._forward(ids, pos, self.cache, rows, t, self.cfg.n_layers, last)[:, 0]  # (B, V)
+        for s, n in zip(slots, lengths):
+            self.cache.lengths[s] = n
+        return logits
+
+    @torch.no_grad()
+    def extend(self, ids: torch.Tensor, rows: slice | None = None, n_layers: int | None = None) -> torch.Tensor:
+        """Append ids (B, T) after each row's cached positions; logits (B, T, V) of the first n_layers (early exit)."""
+        b, t = ids.shape
+        rows, slots = self._rows(rows, b)
+        base = [self.cache.lengths[s] for s in slots]
+        need = max(base) + t
+        self.cache.ensure(need)
+        pos = torch.tensor(base, device=self.device)[:, None] + self._arange[:t]  # (B, T)
+        logits = self._forward(ids, pos, self.cache, rows, need, n_layers or self.cfg.n_layers, None)
+        for s in slots:
+            self.cache.lengths[s] += t
+        return logits
+
+    @torch.no_grad()
+    def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B,) to slots 0..B-1 at their next positions; logits (B, V) (a copy)."""
+        b = tokens.shape[0]
+        self.load_rows(list(range(b)), tokens)
+        logits, _ = self.step_rows(list(range(b)))
+        return logits[:b].clone()
+
+    def load_rows(self, slots: Sequence[int], tokens: torch.Tensor) -> None:
+        """Set the next step's input token (n,) of each slot, at the slot's next position."""
+        idx = torch.tensor(list(slots), device=self.device)
+        self._ids[idx, 0] = tokens.to(self.device, torch.int64).reshape(-1)
+        self._pos[idx, 0] = torch.tensor([self.cache.lengths[s] for s in slots], device=self.device)
+
+    @torch.no_grad()
+    def step_rows(self, active: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step of the active slots (graph replay or eager); (logits (G, V), next (G,)) over slots
+        0..G-1, G >= max(active)+1; rows not active are padding. The step buffers advance themselves."""
+        need_rows = max(active) + 1
+        if self.graphs is not None:
+            out = self.graphs.run(self.graphs.bucket(need_rows))
+        else:
+            if self.strategy.static_cache and (self.strategy.compile or self.device.type == "cuda"):
+                key_len = self.max_len  # fixed shapes: one compilation, and on CUDA the graphs' very kernels
+            else:
+                key_len = max(self.cache.lengths[a] for a in active) + 1
+                self.cache.ensure(key_len)
+            out = self._decode(need_rows, key_len)
+        for a in active:
+            self.cache.lengths[a] += 1
+            if self.cache.lengths[a] > self.max_len:
+                raise ValueError(f"slot {a} ran past max_len={self.max_len}")
+        return out
+
+    def _rows(self, rows: slice | torch.Tensor | Sequence[int] | None, b: int) -> tuple[slice | torch.Tensor,
+                                                                                        list[int]]:
+        """Normalize a rows argument to a slice or a device index tensor, plus the slot numbers."""
+        if rows is None:
+            rows = slice(0, b)
+        if isinstance(rows, slice):
+            slots = list(range(*rows.indices(self.cache.slots)))
+        else:
+            slots = [int(s) for s in (rows.tolist() if isinstance(rows, torch.Tensor) else rows)]
+            if len(set(slots)) != len(slots):
+                raise ValueError("rows must name distinct slots")
+            contiguous = slots == list(range(slots[0], slots[0] + len(slots))) if slots else False
+            rows = slice(slots[0], slots[0] + len(slots)) if contiguous else torch.tensor(slots, device=self.device)
+        if len(slots) != b or max(slots) >= self.cache.slots:
+            raise ValueError(f"rows name {len(slots)} slots of {self.cache.slots} for a batch of {b}")
+        return rows, slots
+
+    # ------------------------------------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Prompts, max_new_tokens: int,
+                 eos_token_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """Greedy decoding: new token ids (B, <= max_new_tokens) on the CPU, with greedy_generate's EOS semantics.
+
+        prompt_ids is a (B, T) tensor or a list of rows of different lengths (right-padded, see the module
+        docstring); with speculation the output is the same, drafted by the first draft_layers layers
+        ("early_exit") or by the draft model ("draft").
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        eos = tuple(self.cfg.eos_token_ids if eos_token_ids is None else eos_token_ids)
+        ids, lengths = self.pad(prompt_ids)
+        if max(lengths) + max_new_tokens - 1 > self.max_len:
+            raise ValueError(f"prompt of {max(lengths)} + {max_new_tokens} new tokens exceeds max_len={self.max_len}")
+        b = ids.shape[0]
+        self.reset(b)
+        if self.strategy.speculation != "none":
+            from .speculative import speculative_generate  # local import: speculative.py builds on this module
+
+            return speculative_generate(self, ids, lengths, max_new_tokens, eos)
+        first = self.prefill(ids, slice(0, b), lengths).argmax(-1)  # (B,)
+        out = [first]
+        rows = list(range(b))
+        self.load_rows(rows, first)
+        eos_t = torch.tensor(list(eos), dtype=torch.int64, device=self.device)
+        done = torch.isin(first, eos_t)  # (B,)
+        for i in range(1, max_new_tokens):
+            if i % self.check_every == 0 and bool(done.all()):
+                break
+            _, nxt = self.step_rows(rows)
+            tok = nxt[:b].clone()  # the graph's output buffer is overwritten by the next replay
+            out.append(tok)
+            done |= torch.isin(tok, eos_t)
+        return finish_eos(torch.stack(out, dim=1).cpu(), eos)
