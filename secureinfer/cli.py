@@ -27,7 +27,7 @@ examples:
   secureinfer simulate                   # 3 local node processes, MiniLM published as secret shares, a secure request
 """
 
-# Kept in step with secureinfer/bench/sweep.py's MODELS and LINKS (tests/test_sweep.py checks); written out here so
+# Kept in step with secureinfer.bench.sweep's MODELS and LINKS (tests/test_sweep.py checks); written out here so
 # that building the parser does not import torch.
 SWEEP_EPILOG = """\
 models:

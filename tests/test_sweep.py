@@ -1,4 +1,4 @@
-"""`secureinfer bench sweep` (secureinfer/bench/sweep.py): a tiny grid into a temporary performance store."""
+"""`secureinfer bench sweep` (secureinfer/bench/sweep/): a tiny grid into a temporary performance store."""
 
 from __future__ import annotations
 
