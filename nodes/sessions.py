@@ -26,7 +26,7 @@ import grpc
 import torch
 
 from ..mpc.approx import profile as approx_profile
-from ..mpc.models import checkpoint, plain_serving, serving, weights
+from ..mpc.models import checkpoint, plain_serving, serving, strategy, weights
 from ..mpc.models.session import release_memory
 from ..mpc.party import PARTY_NAMES, EngineConfig, Party
 from ..mpc.runtime import OWNER
@@ -98,6 +98,8 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
     if request.fractional_bits not in (0, EngineConfig().fxp.frac_bits):
         raise BadRequest(f"this node computes with {EngineConfig().fxp.frac_bits} fractional bits only")
     if request.task == node_pb2.TASK_PUBLISH:
+        if request.strategy_json:
+            raise BadRequest("publishing takes no execution strategy")
         config_from_json(request.model_config_json)
         runtime.store.check_replace(request.model_id, committee.committee_id, caller.name)
         return
@@ -117,6 +119,46 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
     allowed = serving.DECODE_OUTPUTS if cfg.causal else serving.ENCODE_OUTPUTS
     if _output(request, cfg) not in allowed:
         raise BadRequest(f"unknown output {request.output!r} for {cfg.arch}; choose from {', '.join(allowed)}")
+    _check_strategy(runtime, request, cfg)
+
+
+def _strategy(request: node_pb2.OpenSession) -> strategy.Strategy | None:
+    """The request's execution strategy, or None for the node's default; BadRequest if malformed."""
+    if not request.strategy_json:
+        return None
+    try:
+        return strategy.from_json(request.strategy_json)
+    except strategy.StrategyError as exc:
+        raise BadRequest(f"bad strategy_json: {exc}") from exc
+
+
+def _check_strategy(runtime: NodeRuntime, request: node_pb2.OpenSession, cfg: checkpoint.ModelConfig) -> None:
+    """BadRequest unless the request's strategy (if any) fits its privacy, its model and this node's device."""
+    chosen = _strategy(request)
+    if chosen is None:
+        return
+    secret = request.privacy == node_pb2.PRIVACY_SECRET
+    try:
+        strategy.check_allowed(chosen, secret_prompt=secret, open_model=not secret)
+    except strategy.StrategyError as exc:
+        raise BadRequest(f"strategy {chosen.name} is not allowed for a {'secret' if secret else 'public'} "
+                         f"session: {exc}") from exc
+    if not secret and not isinstance(chosen, strategy.PlaintextStrategy):
+        raise BadRequest(f"a public session runs in the clear on one worker: give a PlaintextStrategy, not "
+                         f"{chosen.name}")
+    if secret:
+        if not plain_serving.same_device_class(chosen.device, runtime.device):
+            raise BadRequest(f"strategy {chosen.name} asks for device {chosen.device!r}, but this node computes on "
+                             f"{runtime.device!r}")
+        if chosen.frac_bits != EngineConfig().fxp.frac_bits:
+            raise BadRequest(f"this node computes with {EngineConfig().fxp.frac_bits} fractional bits only")
+        if request.profile and request.profile != chosen.profile:
+            raise BadRequest(f"profile {request.profile!r} contradicts the strategy's {chosen.profile!r}")
+        return
+    try:
+        plain_serving.check_strategy(cfg, chosen, runtime.device)
+    except serving.RequestError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 def _describe(error: BaseException) -> str:
@@ -318,12 +360,14 @@ class NodeSession:
         if request.task == node_pb2.TASK_PUBLISH:
             return self._publish()
         hosted = self.runtime.store.get(request.model_id, request.committee.committee_id, request.privacy)
+        chosen = _strategy(request)
         if not self.secret:
             return plain_serving.serve_public(self.channel, hosted.model, _output(request, hosted.cfg),
-                                              device=self.runtime.device)
+                                              device=self.runtime.device, strategy=chosen)
         step, with_meta = serving.step_function(hosted.cfg, _output(request, hosted.cfg))
         party = Party.connect(self.index, self.channel, self._engine())
-        model = serving.with_profile(hosted.model, approx_profile.get(request.profile or "accurate"))
+        profile = request.profile or (chosen.profile if chosen is not None else "accurate")
+        model = serving.with_profile(hosted.model, approx_profile.get(profile))
         return serving.serve(party, model, step, with_meta, client=serving.CLIENT)
 
     def _publish(self) -> int:

@@ -30,6 +30,7 @@ from .mpc.models import serving, weights
 from .mpc.models.checkpoint import ModelConfig
 from .mpc.models.sampling import SamplingConfig
 from .mpc.models.serving import Generation
+from .mpc.models.strategy import Strategy, to_json as strategy_to_json
 from .mpc.party import EngineConfig, PARTY_NAMES
 from .network import Connector, NetworkError, RequestFailed, SessionSpec
 from .nodes.certs import Identity
@@ -167,7 +168,7 @@ class Client(_Member):
 
     def _run(self, model_id: str, privacy: str, output: str, profile: str,
              program: Callable[[Channel, ModelConfig, serving.TokenIO], Any], committee: CommitteeView | None,
-             retry: Callable[[], bool] = lambda: True) -> Any:
+             retry: Callable[[], bool] = lambda: True, strategy: Strategy | None = None) -> Any:
         views = [committee] if committee is not None else self.committees(model_id, privacy)
         if not views:
             raise NetworkError(f"no {privacy} committee hosts a model named {model_id!r} (see `secureinfer network "
@@ -175,7 +176,9 @@ class Client(_Member):
         cfg = self.model_config(model_id)
         io = serving.SECRET if privacy == "secret" else serving.PUBLIC
         spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
-                           privacy=_privacy(privacy), model_id=model_id, output=output, profile=profile)
+                           privacy=_privacy(privacy), model_id=model_id, output=output,
+                           profile=profile if strategy is None else "",  # a strategy carries its own profile
+                           strategy_json=strategy_to_json(strategy) if strategy is not None else "")
         last: RequestFailed | None = None
         for view in views:
             try:
@@ -213,9 +216,10 @@ class Client(_Member):
         return self.embed(model_id, input_ids, attention_mask, output="logits", **kwargs)
 
     def logits(self, model_id: str, input_ids: torch.Tensor, *, chunks: tuple[int, ...] | None = None,
-               privacy: str = "secret", profile: str = "accurate", committee: CommitteeView | None = None
-               ) -> torch.Tensor:
-        """Decoder logits (B, T, V) of every position."""
+               privacy: str = "secret", profile: str = "accurate", committee: CommitteeView | None = None,
+               strategy: Strategy | None = None) -> torch.Tensor:
+        """Decoder logits (B, T, V) of every position; `strategy` is sent to the nodes, which check it (every
+        position's logits are computed by the standard forward whatever the strategy)."""
         ids = _ids(input_ids)
         parts = chunks or (ids.shape[1],)
 
@@ -224,13 +228,17 @@ class Client(_Member):
             out, _ = serving.client_logits(channel, cfg, EngineConfig(), ids, parts, io)
             return out
 
-        return self._run(model_id, privacy, "all", profile, program, committee)
+        return self._run(model_id, privacy, "all", profile, program, committee, strategy=strategy)
 
     def generate(self, model_id: str, prompt_ids: torch.Tensor, max_new_tokens: int, *,
                  sampling: SamplingConfig = SamplingConfig(), privacy: str = "secret", profile: str = "accurate",
                  committee: CommitteeView | None = None, on_token: Callable[[torch.Tensor], None] | None = None,
-                 progress: bool = False) -> Generation:
-        """Generate up to `max_new_tokens` tokens after `prompt_ids` (B, T); `on_token` sees each step's tokens."""
+                 progress: bool = False, strategy: Strategy | None = None) -> Generation:
+        """Generate up to `max_new_tokens` tokens after `prompt_ids` (B, T); `on_token` sees each step's tokens.
+
+        `strategy`: how the nodes execute it, e.g. PlaintextStrategy(precision="bf16", static_cache=True) for a
+        public request (the worker then decodes on its fast plaintext decoder); nodes refuse one that does not fit
+        the request (a PlaintextStrategy for a secret prompt) with INVALID_ARGUMENT."""
         ids = _ids(prompt_ids)
         emitted = [0]
         bar = _Progress(max_new_tokens) if progress else None
@@ -250,7 +258,8 @@ class Client(_Member):
             return results[0]
 
         try:  # a retry after tokens were shown would show them twice: retry only before the first token
-            return self._run(model_id, privacy, "last", profile, program, committee, retry=lambda: emitted[0] == 0)
+            return self._run(model_id, privacy, "last", profile, program, committee, retry=lambda: emitted[0] == 0,
+                             strategy=strategy)
         finally:
             if bar is not None:
                 bar.close()

@@ -82,6 +82,7 @@ class SessionSpec:
     output: str = ""
     profile: str = ""
     model_config_json: str = ""
+    strategy_json: str = ""  # an execution strategy (strategy.to_json); empty = the nodes' default
 
 
 class Connector:
@@ -174,7 +175,8 @@ class Connector:
                 request = node_pb2.OpenSession(session_id=session_id, task=spec.task, privacy=spec.privacy,
                                                model_id=spec.model_id, committee=committee, party_index=index,
                                                output=spec.output, profile=spec.profile,
-                                               model_config_json=spec.model_config_json)
+                                               model_config_json=spec.model_config_json,
+                                               strategy_json=spec.strategy_json)
                 try:
                     await call.write(node_pb2.ClientMessage(open=request))
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:  # e.g. the node is down

@@ -3,10 +3,15 @@
 For open models and non-private prompts: one worker runs the plaintext forward (plaintext.py, with its KV cache
 for decoders) on its device. Control messages, metadata and step order are those of `serving.serve`, so the
 client code is shared (`serving.PUBLIC`).
+
+With a PlaintextStrategy, a GPT-2 / LLaMA decoder asked for "last" runs on a FastDecoder (fast/decoder.py) built
+once per session on the worker's device: the first step after ready / reset prefills the prompt rows, each later
+step extends them (one new token per row: a decode step). Outputs keep their shape and dtype ((B, 1, V) float64).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -16,6 +21,9 @@ from ..comm import Channel
 from . import plaintext
 from .checkpoint import ModelConfig
 from .serving import CLIENT, DECODE_OUTPUTS, ENCODE_OUTPUTS, RequestError
+from .strategy import PlaintextStrategy, StrategyError
+
+FAST_ARCHS = ("gpt2", "llama")  # the decoders FastDecoder runs
 
 
 @dataclass(frozen=True)
@@ -51,13 +59,78 @@ def _check_ids(cfg: ModelConfig, ids: object, seen: int) -> torch.Tensor:
     return ids
 
 
+def same_device_class(a: str, b: str) -> bool:
+    """Whether two device names are of one kind ("cpu" vs "cuda" / "cuda:N")."""
+    return torch.device(a).type == torch.device(b).type
+
+
+def check_strategy(cfg: ModelConfig, strategy: PlaintextStrategy, device: str) -> None:
+    """Raise RequestError unless this worker (on `device`) can serve `cfg` with `strategy`."""
+    if not isinstance(strategy, PlaintextStrategy):
+        raise RequestError(f"a public session runs plaintext strategies, not {type(strategy).__name__}")
+    if cfg.arch not in FAST_ARCHS:
+        raise RequestError(f"plaintext strategies run {', '.join(FAST_ARCHS)} decoders, not {cfg.arch}")
+    if not same_device_class(strategy.device, device):
+        raise RequestError(f"strategy {strategy.name} asks for device {strategy.device!r}, but this worker computes "
+                           f"on {device!r}")
+    if strategy.speculation != "none":
+        raise RequestError("speculative decoding is not available to step-by-step sessions (the client samples "
+                           "each token); use speculation='none'")
+
+
+class _FastSteps:
+    """A session's steps on a FastDecoder: prefill after ready / reset, then one extension per step."""
+
+    def __init__(self, model: PublicModel, strategy: PlaintextStrategy, device: str) -> None:
+        from .fast import FastDecoder  # local import: only sessions with a strategy need it
+
+        try:
+            self.decoder = FastDecoder(model.cfg, model.params, dataclasses.replace(strategy, device=device))
+        except (StrategyError, ValueError) as exc:
+            raise RequestError(f"strategy {strategy.name}: {exc}") from exc
+        self.rows = 0  # 0: the next step prefills
+
+    def reset(self) -> None:
+        self.rows = 0
+
+    @property
+    def length(self) -> int:
+        return self.decoder.cache.lengths[0] if self.rows else 0
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1, V) at the last of the new tokens ids (B, T)."""
+        dec = self.decoder
+        b, t = ids.shape
+        if self.length + t > dec.max_len:
+            raise RequestError(f"{self.length} cached + {t} new positions exceed this decoder's "
+                               f"max_len={dec.max_len}")
+        if not self.rows:
+            if dec.graphs is not None and b > dec.max_batch:
+                raise RequestError(f"a batch of {b} exceeds the captured graphs' max_batch={dec.max_batch}")
+            dec.reset(b)
+            out = dec.prefill(ids)[:, None]
+            self.rows = b
+        elif b != self.rows:
+            raise RequestError(f"a step of {b} rows in a session of {self.rows}; reset first")
+        elif t == 1:
+            out = dec.decode_step(ids[:, 0])[:, None]
+        else:
+            out = dec.extend(ids)[:, -1:]
+        return out
+
+
 def serve_public(channel: Channel, model: PublicModel, output: str, *, client: str = CLIENT,
-                 device: str = "cpu") -> list[float]:
-    """Say ready, then serve the client's steps in the clear until it says stop; returns each step's seconds."""
+                 device: str = "cpu", strategy: PlaintextStrategy | None = None) -> list[float]:
+    """Say ready, then serve the client's steps in the clear until it says stop; returns each step's seconds.
+
+    `strategy` (decoders, output "last"): run the steps on a FastDecoder configured by it, on `device`."""
     cfg = model.cfg
     allowed = DECODE_OUTPUTS if cfg.causal else ENCODE_OUTPUTS
     if output not in allowed:
         raise RequestError(f"unknown output {output!r} for {cfg.arch}; choose from {', '.join(allowed)}")
+    if strategy is not None:
+        check_strategy(cfg, strategy, device)
+    fast = _FastSteps(model, strategy, device) if strategy is not None and cfg.causal and output == "last" else None
     forward = plaintext.causal_lm_forward(cfg) if cfg.causal else None
     channel.send(client, b"ready", "ready")
     cache = plaintext.KVCache.empty(cfg.n_layers) if cfg.causal else None
@@ -68,15 +141,19 @@ def serve_public(channel: Channel, model: PublicModel, output: str, *, client: s
             return steps
         if ctrl == b"reset":
             cache = plaintext.KVCache.empty(cfg.n_layers) if cfg.causal else None
+            if fast is not None:
+                fast.reset()
             continue
         if ctrl != b"step":
             raise RequestError("unexpected control message from the client")
         meta = None if cfg.causal else channel.recv(client, "meta")
-        seen = cache.length if cache is not None else 0
+        seen = fast.length if fast is not None else cache.length if cache is not None else 0
         ids = _check_ids(cfg, channel.recv(client, "tokens"), seen).to(device)
         start = time.perf_counter()
         with torch.no_grad():
-            if forward is None:
+            if fast is not None:
+                out = fast.step(ids)
+            elif forward is None:
                 out = _encode(model, ids, meta.to(device) if isinstance(meta, torch.Tensor) else meta, output)
             else:
                 out = forward(cfg, model.params, ids, cache)

@@ -85,7 +85,7 @@ class Committee(_message.Message):
     def __init__(self, committee_id: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "task", "privacy", "model_id", "committee", "party_index", "output", "profile", "model_config_json", "fractional_bits")
+    __slots__ = ("session_id", "task", "privacy", "model_id", "committee", "party_index", "output", "profile", "model_config_json", "fractional_bits", "strategy_json")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class OpenSession(_message.Message):
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     MODEL_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     FRACTIONAL_BITS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_JSON_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     task: Task
     privacy: Privacy
@@ -106,7 +107,8 @@ class OpenSession(_message.Message):
     profile: str
     model_config_json: str
     fractional_bits: int
-    def __init__(self, session_id: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., privacy: _Optional[_Union[Privacy, str]] = ..., model_id: _Optional[str] = ..., committee: _Optional[_Union[Committee, _Mapping]] = ..., party_index: _Optional[int] = ..., output: _Optional[str] = ..., profile: _Optional[str] = ..., model_config_json: _Optional[str] = ..., fractional_bits: _Optional[int] = ...) -> None: ...
+    strategy_json: str
+    def __init__(self, session_id: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., privacy: _Optional[_Union[Privacy, str]] = ..., model_id: _Optional[str] = ..., committee: _Optional[_Union[Committee, _Mapping]] = ..., party_index: _Optional[int] = ..., output: _Optional[str] = ..., profile: _Optional[str] = ..., model_config_json: _Optional[str] = ..., fractional_bits: _Optional[int] = ..., strategy_json: _Optional[str] = ...) -> None: ...
 
 class SessionAccepted(_message.Message):
     __slots__ = ("session_id", "node_id")
