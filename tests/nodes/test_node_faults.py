@@ -19,60 +19,20 @@ import torch
 from grpc_health.v1 import health_pb2
 
 from secureinfer.mpc.comm import Channel
-from secureinfer.mpc.models import plaintext, serving, weights
+from secureinfer.mpc.models import plaintext, serving
 from secureinfer.mpc.models.checkpoint import ModelConfig
-from secureinfer.mpc.party import PARTY_NAMES, EngineConfig
-from secureinfer.network import Connector, RequestFailed, SessionSpec
+from secureinfer.mpc.party import EngineConfig
+from secureinfer.network import RequestFailed, SessionSpec
 from secureinfer.nodes.membership import CommitteeView
 from secureinfer.nodes.store import config_to_json
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
+from .committee import PUBLIC, SECRET, Net, publish, running_committee
 from .netutil import (Cluster, LoopThread, Outcome, Pki, finish, open_message, open_stream, session_id, tiny_config,
-                      tiny_params, unary_outcome, wait_until)
+                      unary_outcome, wait_until)
 
-SECRET = ("n0", "n1", "n2")
-PUBLIC = ("n0",)
 PEER_WAIT_S = 2.0
 Code = grpc.StatusCode
-
-
-@dataclasses.dataclass
-class Net:
-    """The running committee, its tiny model, and SDK connectors for a client (alice) and the owner (olivia)."""
-
-    cluster: Cluster
-    cfg: ModelConfig
-    params: dict[str, torch.Tensor]
-    alice: Connector
-    olivia: Connector
-
-    def view(self, nodes: tuple[str, ...] = SECRET, committee_id: str | None = None) -> CommitteeView:
-        secret = len(nodes) == 3
-        return CommitteeView(committee_id or ("c-secret" if secret else "c-public"), nodes,
-                             tuple(self.cluster.address(n) for n in nodes),
-                             node_pb2.PRIVACY_SECRET if secret else node_pb2.PRIVACY_PUBLIC)
-
-    def run(self, coro: Any, timeout: float = 20.0) -> Any:
-        return self.cluster.run(coro, timeout)
-
-
-def publish(owner: Connector, view: CommitteeView, cfg: ModelConfig, params: dict[str, torch.Tensor],
-            timeout_s: float = 30.0) -> None:
-    """Publish `params` to `view` (secret shares or open weights) and wait for every party's confirmation."""
-    secret = view.privacy == node_pb2.PRIVACY_SECRET
-    spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=view.privacy, model_id="tiny",
-                       model_config_json=config_to_json(cfg))
-
-    def program(channel: Channel) -> None:
-        if secret:
-            weights.publish(channel, serving.owner_params(cfg, params), EngineConfig().fxp)
-        else:
-            weights.publish_public(channel, params, serving.PUBLIC_WORKER)
-        for p in PARTY_NAMES if secret else (serving.PUBLIC_WORKER,):
-            if channel.recv(p, "stored") != b"stored":
-                raise AssertionError(f"{p} did not store the model")
-
-    owner.run_session(view, spec, program, timeout_s=timeout_s)
 
 
 def logits(net: Net, view: CommitteeView, ids: torch.Tensor, cfg: ModelConfig | None = None,
@@ -92,25 +52,8 @@ def logits(net: Net, view: CommitteeView, ids: torch.Tensor, cfg: ModelConfig | 
 
 @pytest.fixture(scope="module")
 def net(pki: Pki, loop: LoopThread) -> Iterator[Net]:
-    cluster = Cluster(pki, loop)
-    alice = olivia = None
-    try:
-        for name in SECRET:
-            cluster.start(name, peer_wait_s=PEER_WAIT_S)
-        seeds = [cluster.address("n0")]
-        alice = Connector(pki.identity("alice"), seeds, timeout_s=60)
-        olivia = Connector(pki.identity("olivia"), seeds, timeout_s=60)
-        cfg = tiny_config()
-        params = tiny_params(cfg)
-        result = Net(cluster, cfg, params, alice, olivia)
-        publish(olivia, result.view(SECRET), cfg, params)
-        publish(olivia, result.view(PUBLIC), cfg, params)
-        yield result
-    finally:
-        for connector in (alice, olivia):
-            if connector is not None:
-                connector.close()
-        cluster.close()
+    with running_committee(pki, loop, PEER_WAIT_S) as running:
+        yield running
 
 
 IDS = torch.tensor([[2, 5, 7, 3]])

@@ -17,76 +17,25 @@ from grpc_health.v1 import health_pb2
 
 from secureinfer.client import Client
 from secureinfer.mpc.comm import Channel
-from secureinfer.mpc.models import plain_serving, plaintext, serving, strategy, weights
-from secureinfer.mpc.models.checkpoint import ModelConfig
+from secureinfer.mpc.models import plain_serving, plaintext, serving, strategy
 from secureinfer.mpc.models.sampling import SamplingConfig
-from secureinfer.mpc.party import PARTY_NAMES, EngineConfig
-from secureinfer.network import Connector, RequestFailed, SessionSpec
+from secureinfer.mpc.party import EngineConfig
+from secureinfer.network import RequestFailed, SessionSpec
 from secureinfer.nodes.membership import CommitteeView
-from secureinfer.nodes.store import config_to_json
 from secureinfer.v1 import node_pb2
 
-from .netutil import Cluster, LoopThread, Pki, finish, open_message, tiny_config, tiny_params
+from .committee import PUBLIC, SECRET, Net, running_committee
+from .netutil import LoopThread, Pki, finish, open_message
 
-SECRET = ("n0", "n1", "n2")
-PUBLIC = ("n0",)
 Code = grpc.StatusCode
 FAST = strategy.PlaintextStrategy(precision="fp32", static_cache=True)
 PROMPT = torch.tensor([[2, 5, 7], [4, 3, 9]])
 
 
-@dataclasses.dataclass
-class Net:
-    cluster: Cluster
-    cfg: ModelConfig
-    params: dict[str, torch.Tensor]
-    alice: Connector
-    olivia: Connector
-
-    def view(self, nodes: tuple[str, ...]) -> CommitteeView:
-        secret = len(nodes) == 3
-        return CommitteeView("c-secret" if secret else "c-public", nodes,
-                             tuple(self.cluster.address(n) for n in nodes),
-                             node_pb2.PRIVACY_SECRET if secret else node_pb2.PRIVACY_PUBLIC)
-
-
-def _publish(owner: Connector, view: CommitteeView, cfg: ModelConfig, params: dict[str, torch.Tensor]) -> None:
-    secret = view.privacy == node_pb2.PRIVACY_SECRET
-    spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=view.privacy, model_id="tiny",
-                       model_config_json=config_to_json(cfg))
-
-    def program(channel: Channel) -> None:
-        if secret:
-            weights.publish(channel, serving.owner_params(cfg, params), EngineConfig().fxp)
-        else:
-            weights.publish_public(channel, params, serving.PUBLIC_WORKER)
-        for p in PARTY_NAMES if secret else (serving.PUBLIC_WORKER,):
-            assert channel.recv(p, "stored") == b"stored"
-
-    owner.run_session(view, spec, program, timeout_s=30)
-
-
 @pytest.fixture(scope="module")
 def net(pki: Pki, loop: LoopThread) -> Iterator[Net]:
-    cluster = Cluster(pki, loop)
-    alice = olivia = None
-    try:
-        for name in SECRET:
-            cluster.start(name, peer_wait_s=2.0)
-        seeds = [cluster.address("n0")]
-        alice = Connector(pki.identity("alice"), seeds, timeout_s=60)
-        olivia = Connector(pki.identity("olivia"), seeds, timeout_s=60)
-        cfg = tiny_config()
-        params = tiny_params(cfg)
-        result = Net(cluster, cfg, params, alice, olivia)
-        _publish(olivia, result.view(SECRET), cfg, params)
-        _publish(olivia, result.view(PUBLIC), cfg, params)
-        yield result
-    finally:
-        for connector in (alice, olivia):
-            if connector is not None:
-                connector.close()
-        cluster.close()
+    with running_committee(pki, loop, peer_wait_s=2.0) as running:
+        yield running
 
 
 def generate(net: Net, view: CommitteeView, prompt: torch.Tensor, max_new_tokens: int,

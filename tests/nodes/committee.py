@@ -1,0 +1,88 @@
+"""A running committee for node tests: three daemons hosting a tiny GPT-2 as secret shares (n0, n1, n2) and in the
+clear (n0), with SDK connectors for a client (alice) and the model owner (olivia)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from secureinfer.mpc.comm import Channel
+from secureinfer.mpc.models import serving, weights
+from secureinfer.mpc.models.checkpoint import ModelConfig
+from secureinfer.mpc.party import PARTY_NAMES, EngineConfig
+from secureinfer.network import Connector, SessionSpec
+from secureinfer.nodes.membership import CommitteeView
+from secureinfer.nodes.store import config_to_json
+from secureinfer.v1 import node_pb2
+
+from .netutil import Cluster, LoopThread, Pki, tiny_config, tiny_params
+
+SECRET = ("n0", "n1", "n2")
+PUBLIC = ("n0",)
+
+
+@dataclasses.dataclass
+class Net:
+    """The running committee, its tiny model, and SDK connectors for a client (alice) and the owner (olivia)."""
+
+    cluster: Cluster
+    cfg: ModelConfig
+    params: dict[str, torch.Tensor]
+    alice: Connector
+    olivia: Connector
+
+    def view(self, nodes: tuple[str, ...] = SECRET, committee_id: str | None = None) -> CommitteeView:
+        secret = len(nodes) == 3
+        return CommitteeView(committee_id or ("c-secret" if secret else "c-public"), nodes,
+                             tuple(self.cluster.address(n) for n in nodes),
+                             node_pb2.PRIVACY_SECRET if secret else node_pb2.PRIVACY_PUBLIC)
+
+    def run(self, coro: Any, timeout: float = 20.0) -> Any:
+        return self.cluster.run(coro, timeout)
+
+
+def publish(owner: Connector, view: CommitteeView, cfg: ModelConfig, params: dict[str, torch.Tensor],
+            timeout_s: float = 30.0) -> None:
+    """Publish `params` as "tiny" to `view` (secret shares or open weights) and wait for every party's confirmation."""
+    secret = view.privacy == node_pb2.PRIVACY_SECRET
+    spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=view.privacy, model_id="tiny",
+                       model_config_json=config_to_json(cfg))
+
+    def program(channel: Channel) -> None:
+        if secret:
+            weights.publish(channel, serving.owner_params(cfg, params), EngineConfig().fxp)
+        else:
+            weights.publish_public(channel, params, serving.PUBLIC_WORKER)
+        for p in PARTY_NAMES if secret else (serving.PUBLIC_WORKER,):
+            if channel.recv(p, "stored") != b"stored":
+                raise AssertionError(f"{p} did not store the model")
+
+    owner.run_session(view, spec, program, timeout_s=timeout_s)
+
+
+@contextlib.contextmanager
+def running_committee(pki: Pki, loop: LoopThread, peer_wait_s: float) -> Iterator[Net]:
+    """Start n0-n2, publish the tiny model to them (secret) and to n0 (public); stop everything afterwards."""
+    cluster = Cluster(pki, loop)
+    alice = olivia = None
+    try:
+        for name in SECRET:
+            cluster.start(name, peer_wait_s=peer_wait_s)
+        seeds = [cluster.address("n0")]
+        alice = Connector(pki.identity("alice"), seeds, timeout_s=60)
+        olivia = Connector(pki.identity("olivia"), seeds, timeout_s=60)
+        cfg = tiny_config()
+        params = tiny_params(cfg)
+        net = Net(cluster, cfg, params, alice, olivia)
+        publish(olivia, net.view(SECRET), cfg, params)
+        publish(olivia, net.view(PUBLIC), cfg, params)
+        yield net
+    finally:
+        for connector in (alice, olivia):
+            if connector is not None:
+                connector.close()
+        cluster.close()
