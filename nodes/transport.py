@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import grpc
 import torch
 
-from ..mpc.comm import Channel, CommError, Message, payload_bytes
+from ..mpc.comm import Channel, CommError, LinkSchedule, Message, payload_bytes
 from ..v1 import node_pb2
 from . import frames
 from .config import LinkSettings
@@ -52,8 +51,7 @@ class Link:
         self.outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.error: BaseException | None = None
         self.bytes_received = 0
-        self._free_at = 0.0
-        self._shaping_lock = threading.Lock()
+        self._schedule = LinkSchedule(shaping.latency_s, shaping.bandwidth_bytes_per_s)
 
     # --- the worker thread's side ----------------------------------------------------------------------------------
 
@@ -91,14 +89,8 @@ class Link:
 
     def _delay(self, size: int) -> float:
         """Seconds to hold a message back so the link behaves like the configured one (FIFO per link)."""
-        if self.shaping.latency_s == 0 and self.shaping.bandwidth_bytes_per_s is None:
-            return 0.0
         now = time.monotonic()
-        with self._shaping_lock:
-            start = max(now, self._free_at)
-            rate = self.shaping.bandwidth_bytes_per_s
-            self._free_at = start + (size / rate if rate else 0.0)
-            return self._free_at - now + self.shaping.latency_s
+        return self._schedule.arrival(size, now) - now
 
     # --- the event loop's side -------------------------------------------------------------------------------------
 

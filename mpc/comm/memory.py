@@ -34,6 +34,30 @@ class LinkModel:
         return cls(latency_s=0.02, bandwidth_bytes_per_s=12.5e6)
 
 
+class LinkSchedule:
+    """When messages sent on one shaped link arrive: FIFO, each waits for the previous one's transfer (thread-safe)."""
+
+    def __init__(self, latency_s: float = 0.0, bandwidth_bytes_per_s: float | None = None) -> None:
+        self.latency_s = latency_s
+        self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        """False for an unshaped link (no latency, unlimited bandwidth): messages arrive at once."""
+        return self.latency_s > 0 or self.bandwidth_bytes_per_s is not None
+
+    def arrival(self, size: int, now: float) -> float:
+        """The monotonic time a message of `size` bytes sent at `now` arrives."""
+        if not self.active:
+            return now
+        with self._lock:
+            start = max(now, self._free_at)
+            self._free_at = start + (size / self.bandwidth_bytes_per_s if self.bandwidth_bytes_per_s else 0.0)
+            return self._free_at + self.latency_s
+
+
 class MemoryNetwork:
     """Queues between every ordered pair of named parties; `channel(name)` is that party's endpoint.
 
@@ -48,9 +72,8 @@ class MemoryNetwork:
         self.link = link or LinkModel()
         self.timeout_s = timeout_s
         self._queues = {(a, b): queue.Queue() for a in names for b in names if a != b}
-        self._link_free_at = {key: 0.0 for key in self._queues}
-        self._link_lock = threading.Lock()
-        self._unshaped = frozenset(unshaped)
+        self._schedules = {(a, b): LinkSchedule(self.link.latency_s, self.link.bandwidth_bytes_per_s)
+                           for a, b in self._queues if a not in unshaped and b not in unshaped}
         self._aborted: BaseException | None = None
 
     def channel(self, name: str) -> "MemoryChannel":
@@ -66,14 +89,8 @@ class MemoryNetwork:
     def deliver_at(self, frm: str, to: str, size: int) -> float:
         """When a message of `size` bytes sent now on link frm->to arrives (serialised per link)."""
         now = time.monotonic()
-        if (self.link.latency_s == 0 and self.link.bandwidth_bytes_per_s is None) or \
-                frm in self._unshaped or to in self._unshaped:
-            return now
-        with self._link_lock:
-            start = max(now, self._link_free_at[(frm, to)])
-            transfer = size / self.link.bandwidth_bytes_per_s if self.link.bandwidth_bytes_per_s else 0.0
-            self._link_free_at[(frm, to)] = start + transfer
-        return start + transfer + self.link.latency_s
+        schedule = self._schedules.get((frm, to))
+        return now if schedule is None else schedule.arrival(size, now)
 
     def put(self, frm: str, to: str, message: Message) -> None:
         if (frm, to) not in self._queues:
