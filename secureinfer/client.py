@@ -70,18 +70,21 @@ class _Member:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def _view(self) -> MembershipTable:
+        """A seed's membership view, its signed records verified here against the network CA (one Status call)."""
+        table = MembershipTable(self.identity.ca_pem, self_id="")
+        table.merge(list(self.connector.status().records))
+        return table
+
     def nodes(self) -> list[node_pb2.NodeRecord]:
         """The live node records a seed knows (signed; verified here against the network CA)."""
-        table = MembershipTable(self.identity.ca_pem, self_id="")
-        table.merge(list(self.connector.status().records))
-        return table.live()
+        return self._view().live()
 
-    def committees(self, model_id: str, privacy: str = "secret") -> list[CommitteeView]:
-        """The committees (or, public, the workers) hosting `model_id`, fastest first."""
-        table = MembershipTable(self.identity.ca_pem, self_id="")
-        table.merge(list(self.connector.status().records))
+    def committees(self, model_id: str, privacy: str = "secret", *, view: MembershipTable | None = None
+                   ) -> list[CommitteeView]:
+        """The committees (or, public, the workers) hosting `model_id`, fastest first (in `view`, else a fresh one)."""
         wanted = _privacy(privacy)
-        return [view for view in table.choose_committees(model_id) if view.privacy == wanted]
+        return [c for c in (view or self._view()).choose_committees(model_id) if c.privacy == wanted]
 
     def wait_for_model(self, model_id: str, privacy: str = "secret", timeout_s: float = 30.0) -> list[CommitteeView]:
         """Wait until the membership view shows a committee hosting `model_id` (records spread by gossip)."""
@@ -95,9 +98,9 @@ class _Member:
             raise NetworkError(f"no {privacy} committee hosts {model_id!r} after {timeout_s:.0f} s")
         return views
 
-    def model_config(self, model_id: str) -> ModelConfig:
-        """The public architecture of a hosted model, from any node's record."""
-        for record in self.nodes():
+    def model_config(self, model_id: str, *, view: MembershipTable | None = None) -> ModelConfig:
+        """The public architecture of a hosted model, from any node's record (in `view`, else a fresh one)."""
+        for record in (view or self._view()).live():
             for hosted in record.models:
                 if hosted.model_id == model_id and hosted.config_json:
                     return config_from_json(hosted.config_json)
@@ -169,11 +172,12 @@ class Client(_Member):
     def _run(self, model_id: str, privacy: str, output: str, profile: str,
              program: Callable[[Channel, ModelConfig, serving.TokenIO], Any], committee: CommitteeView | None,
              retry: Callable[[], bool] = lambda: True, strategy: Strategy | None = None) -> Any:
-        views = [committee] if committee is not None else self.committees(model_id, privacy)
+        membership = self._view()
+        views = [committee] if committee is not None else self.committees(model_id, privacy, view=membership)
         if not views:
             raise NetworkError(f"no {privacy} committee hosts a model named {model_id!r} (see `secureinfer network "
                                f"status`)")
-        cfg = self.model_config(model_id)
+        cfg = self.model_config(model_id, view=membership)
         io = serving.SECRET if privacy == "secret" else serving.PUBLIC
         spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
                            privacy=_privacy(privacy), model_id=model_id, output=output,
