@@ -194,6 +194,18 @@ def test_node_killed_mid_generation_fails_fast_and_survivors_stay_healthy(networ
         time.sleep(0.25)
 
 
+def _wait_until_every_node_sees(network, model_id: str, committee_ids: list[str], within_s: float = 15.0) -> None:
+    """Gossip has spread both committees to every node, in the client's order: whichever seed answers after the kill,
+    the client sees the dead node's committee first (else it would rightly never try it)."""
+    identity = Identity.load(network.certs_dir, "client")
+    for address in network.addresses:
+        with Client(identity, [address], timeout_s=10.0) as one_seed:
+            deadline = time.monotonic() + within_s
+            while [v.committee_id for v in one_seed.committees(model_id)] != committee_ids:
+                assert time.monotonic() < deadline, f"{address} does not show {committee_ids} after {within_s} s"
+                time.sleep(0.2)
+
+
 def test_dead_committee_member_makes_the_client_retry_on_the_next_committee(network_factory, tiny_models):
     # records outlive the killed node (ttl 30 s), so the client still sees its committee and has to retry
     network = network_factory(6, record_ttl_s=30.0)
@@ -203,6 +215,7 @@ def test_dead_committee_member_makes_the_client_retry_on_the_next_committee(netw
     client = network.client(timeout_s=300.0)
     order = client.committees("tiny-gpt2")
     assert {v.committee_id for v in order} == {v.committee_id for v in views}
+    _wait_until_every_node_sees(network, "tiny-gpt2", [v.committee_id for v in order])
     network.kill(order[0].node_ids[0])
     tried: list[str] = []
     run_session = client.connector.run_session
