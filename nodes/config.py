@@ -120,12 +120,15 @@ _NODE_KINDS: dict[str, tuple[str, bool]] = {
     "certs_dir": (_PATH, False),
     "seeds": (_STRS, False),
     "data_dir": (_PATH, True),
+    "perf_store": (_PATH, True),
     "metrics_port": (_INT, True),
     "gossip_interval_s": (_FLOAT, False),
     "record_ttl_s": (_FLOAT, False),
     "max_sessions": (_INT, False),
     "session_timeout_s": (_FLOAT, False),
     "peer_wait_s": (_FLOAT, False),
+    "batch_window_s": (_FLOAT, False),
+    "batch_max_rows": (_INT, False),
     "max_message_bytes": (_INT, False),
     "log_level": (_STR, False),
     "port_file": (_PATH, True),
@@ -145,12 +148,15 @@ class NodeConfig:
     certs_dir: Path  # ca.pem, {node_id}.pem, {node_id}.key
     seeds: tuple[str, ...] = ()  # host:port of seed peers
     data_dir: Path | None = None
+    perf_store: Path | None = None  # the performance store (SQLite); None: data_dir/perf.sqlite, or in memory
     metrics_port: int | None = None  # None: no metrics endpoint; 0: bind a free port
     gossip_interval_s: float = 1.0
     record_ttl_s: float = 10.0
     max_sessions: int = 4
     session_timeout_s: float = 600.0
     peer_wait_s: float = 30.0  # how long a session waits for its lower-index parties to dial in (and vice versa)
+    batch_window_s: float = 0.05  # batched secure requests: how long a group waits for partners after its first step
+    batch_max_rows: int = 32  # batched secure requests: the most rows (sequences) one batched forward takes
     max_message_bytes: int = 4 * 1024 * 1024
     link: LinkSettings = field(default_factory=LinkSettings)
     log_level: str = "INFO"
@@ -189,6 +195,10 @@ class NodeConfig:
             )
         if self.max_sessions < 1:
             raise ConfigError(f"max_sessions: must be >= 1, got {self.max_sessions}")
+        if not 0.0 <= self.batch_window_s <= 10.0:
+            raise ConfigError(f"batch_window_s: must be in [0, 10], got {self.batch_window_s}")
+        if self.batch_max_rows < 1:
+            raise ConfigError(f"batch_max_rows: must be >= 1, got {self.batch_max_rows}")
         if self.max_message_bytes < MIN_MESSAGE_BYTES:
             raise ConfigError(f"max_message_bytes: must be >= {MIN_MESSAGE_BYTES}, got {self.max_message_bytes}")
         level = self.log_level.upper()
@@ -212,6 +222,13 @@ class NodeConfig:
             return self.advertise
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{bound_port}"
+
+    def perf_store_path(self) -> Path | None:
+        """Where the node keeps its performance records: `perf_store`, else perf.sqlite in `data_dir`; None (no
+        data_dir either): in memory, lost when the node stops."""
+        if self.perf_store is not None:
+            return self.perf_store
+        return None if self.data_dir is None else self.data_dir / "perf.sqlite"
 
     @property
     def ca_path(self) -> Path:

@@ -2,9 +2,11 @@
 
     secureinfer node serve --config node.toml
 
-Start-up: load the identity (certs_dir), measure the capability record, bind the port (written to `port_file`),
-sign this node's record and gossip it to the seeds and known peers every `gossip_interval_s`. SIGTERM or SIGINT
-stops accepting new sessions, gives running ones a grace period, then cancels the rest and exits.
+Start-up: load the identity (certs_dir), measure the capability record, open the performance store, bind the port
+(written to `port_file`), sign this node's record and gossip it to the seeds and known peers every
+`gossip_interval_s`; each round also pulls the performance records of one random peer that are new here
+(nodes/records.py). SIGTERM or SIGINT stops accepting new sessions, gives running ones a grace period, then cancels
+the rest and exits.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from . import capability, logs
 from .certs import NODE_SAN, Identity
 from .config import NodeConfig
 from .errors import Cancelled
+from .batching import Batcher, BatchSettings
 from .logs import log_event
 from .membership import MembershipTable, sign_record
 from .metrics import NodeMetrics
-from .servicers import InferenceServicer, MembershipServicer, PeerServicer
+from .perfstore import Store, open_store
+from .records import RecordBook, RecordSync
+from .servicers import InferenceServicer, MembershipServicer, PeerServicer, RecordsServicer
 from .sessions import NodeRuntime, SessionRegistry
 from .store import ModelStore
 
@@ -78,6 +83,8 @@ class NodeDaemon:
         self._tasks: list[asyncio.Task] = []
         self._rng = random.Random()
         self.capability: node_pb2.Capability | None = None
+        self.records: RecordBook | None = None  # the performance store, opened by start()
+        self._sync: RecordSync | None = None
         self.address = ""
         self.port = 0
 
@@ -98,16 +105,21 @@ class NodeDaemon:
         """Measure, bind, serve; returns the bound port."""
         cfg = self.config
         self.capability = capability.measure(self.device)
+        self.records = RecordBook(self._open_perf_store())
+        self._sync = RecordSync(self.records, self.dial, timeout_s=GOSSIP_TIMEOUT_S)
         runtime = NodeRuntime(identity=self.identity, roles=cfg.roles, device=self.device, store=self.store,
                               max_sessions=cfg.max_sessions, session_timeout_s=cfg.session_timeout_s,
                               max_payload_bytes=4 << 30, shaping=cfg.link, dial=self.dial,
-                              peer_wait_s=self.peer_wait_s)
+                              peer_wait_s=self.peer_wait_s,
+                              batcher=Batcher(BatchSettings(cfg.batch_window_s, cfg.batch_max_rows), self.registry,
+                                              self.metrics, self.logger))
         server = grpc.aio.server(options=server_options(cfg.max_message_bytes))
         node_pb2_grpc.add_InferenceServicer_to_server(
             InferenceServicer(runtime, self.registry, self.metrics, self.logger), server)
         node_pb2_grpc.add_PeerServicer_to_server(PeerServicer(runtime, self.registry, self.logger), server)
         node_pb2_grpc.add_MembershipServicer_to_server(
             MembershipServicer(self.table, self.registry, cfg.node_id, self.metrics), server)
+        node_pb2_grpc.add_RecordsServicer_to_server(RecordsServicer(self.records, self.logger), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.port = server.add_secure_port(f"{cfg.host}:{cfg.port}", self.identity.server_credentials())
         if self.port == 0:
@@ -126,6 +138,14 @@ class NodeDaemon:
         log_event(self.logger, "INFO", "node serving", address=self.address, roles=list(cfg.roles),
                   device=self.capability.device, gflops=round(self.capability.matmul_gflops, 1))
         return self.port
+
+    def _open_perf_store(self) -> Store:
+        """The performance store at the config's path (created if new), or a private in-memory one."""
+        path = self.config.perf_store_path()
+        if path is None:
+            log_event(self.logger, "INFO", "performance records kept in memory (set data_dir or perf_store to keep "
+                      "them across restarts)")
+        return open_store(":memory:" if path is None else path)
 
     async def _set_health(self, status: int) -> None:
         result = self.health.set("", status)
@@ -152,6 +172,8 @@ class NodeDaemon:
             await self._server.stop(1.0)
         for channel in self._channels.values():
             await channel.close()
+        if self.records is not None:
+            self.records.store.close()
         self.metrics.close()
         self._stopped.set()
 
@@ -175,6 +197,12 @@ class NodeDaemon:
                 raise
             except Exception as exc:  # noqa: BLE001 - gossip must survive anything a peer does
                 log_event(self.logger, "WARNING", "gossip round failed", reason=str(exc))
+            try:
+                await self.sync_records_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as above: a peer's bad reply must not stop the loop
+                log_event(self.logger, "WARNING", "record sync failed", reason=str(exc))
             await asyncio.sleep(self.config.gossip_interval_s * self._rng.uniform(0.8, 1.2))
 
     async def gossip_once(self) -> None:
@@ -195,6 +223,22 @@ class NodeDaemon:
                 self.metrics.record_rejected(self.table.rejected - before)
         self.metrics.gossip_round()
         self.metrics.set_known_nodes(len(self.table.live()))
+
+
+    async def sync_records_once(self) -> int:
+        """Anti-entropy with one random live peer: fetch the performance records it has and this node lacks;
+        returns how many were new here."""
+        if self._sync is None:
+            return 0
+        peers = self.table.sample_peers(1, self._rng)
+        if not peers:
+            return 0
+        try:
+            return await self._sync.pull_from(peers[0].address, peers[0].node_id)
+        except grpc.aio.AioRpcError as exc:
+            log_event(self.logger, "DEBUG", "record sync: peer did not answer", peer=peers[0].node_id,
+                      status=exc.code().name)
+            return 0
 
 
 def _write_atomic(path: Path, text: str) -> None:

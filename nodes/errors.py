@@ -45,6 +45,12 @@ class Busy(NodeError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class StoreFull(NodeError):
+    """The node's performance store holds its maximum number of records."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class SessionExists(NodeError):
     """A session with this id is already open."""
 

@@ -30,12 +30,14 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class CommitteeView:
-    """A committee that hosts a model: its nodes and addresses in party order, and its privacy (a Privacy value)."""
+    """A committee that hosts a model: its nodes and addresses in party order, its privacy (a Privacy value), and
+    whether a secure committee holds the model's open weights in the clear (public-weights sessions run there)."""
 
     committee_id: str
     node_ids: tuple[str, ...]
     addresses: tuple[str, ...]
     privacy: int
+    public_weights: bool = False
 
 
 def _signed_bytes(record: NodeRecord) -> bytes:
@@ -177,7 +179,7 @@ class MembershipTable:
     def choose_committees(self, model_id: str) -> list[CommitteeView]:
         """The committees whose every member is live, healthy and hosts model_id, fastest (slowest member) first."""
         healthy = {r.node_id: r for r in self.live() if r.healthy}
-        secret: dict[str, dict[int, tuple[str, ...]]] = {}
+        secret: dict[str, dict[int, tuple[tuple[str, ...], bool]]] = {}
         views: list[tuple[float, CommitteeView]] = []
         for record in healthy.values():
             for hosted in record.models:
@@ -191,15 +193,18 @@ class MembershipTable:
                     members = tuple(hosted.node_ids)
                     if len(members) == PARTIES and hosted.party_index < PARTIES \
                             and members[hosted.party_index] == record.node_id:
-                        secret.setdefault(hosted.committee_id, {})[hosted.party_index] = members
+                        claim = (members, hosted.public_weights)
+                        secret.setdefault(hosted.committee_id, {})[hosted.party_index] = claim
         for committee_id, claims in secret.items():
-            members = claims.get(0)
-            if members is None or len(set(members)) != PARTIES:
+            first = claims.get(0)
+            if first is None or len(set(first[0])) != PARTIES:
                 continue
-            if any(claims.get(i) != members for i in range(PARTIES)):
-                continue  # a party missing, or the parties disagree on who is in the committee
+            if any(claims.get(i) != first for i in range(PARTIES)):
+                continue  # a party missing, or the parties disagree on who is in the committee or on the weights
+            members, public_weights = first
             records = [healthy[n] for n in members]
-            view = CommitteeView(committee_id, members, tuple(r.address for r in records), node_pb2.PRIVACY_SECRET)
+            view = CommitteeView(committee_id, members, tuple(r.address for r in records), node_pb2.PRIVACY_SECRET,
+                                 public_weights)
             views.append((min(r.capability.matmul_gflops for r in records), view))
         views.sort(key=lambda item: (-item[0], item[1].committee_id, item[1].node_ids))
         return [view for _, view in views]

@@ -41,6 +41,10 @@ class NodeMetrics:
             "secureinfer_bytes_sent", "Payload bytes sent, by kind of peer.", ["peer_kind"], registry=reg
         )
         self.rounds = Counter("secureinfer_rounds", "Communication rounds of finished sessions.", registry=reg)
+        self.batches = Counter("secureinfer_batches", "Batched secure forwards run, by outcome.", ["status"],
+                               registry=reg)
+        self.batched_steps = Counter("secureinfer_batched_steps", "Request steps computed inside batched forwards.",
+                                     registry=reg)
         self.gossip_rounds = Counter("secureinfer_gossip_rounds", "Gossip rounds run.", registry=reg)
         self.rejected_records = Counter(
             "secureinfer_rejected_records", "Gossiped node records rejected (bad signature, expired, ...).",
@@ -106,6 +110,11 @@ class NodeMetrics:
         if peer_kind not in PEER_KINDS:
             raise MetricsError(f"peer_kind: expected one of {PEER_KINDS}, got {peer_kind!r}")
         self.bytes_sent.labels(peer_kind=peer_kind).inc(_check_count("nbytes", nbytes))
+
+    def batch_finished(self, status: str, steps: int) -> None:
+        """Count one batched forward (OK or the status it failed with) and the request steps it held."""
+        self.batches.labels(status=_check_label("status", status)).inc()
+        self.batched_steps.inc(_check_count("steps", steps))
 
     def gossip_round(self) -> None:
         """Count one gossip round."""

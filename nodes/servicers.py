@@ -14,6 +14,7 @@ from . import errors
 from .certs import CertError, PeerCert, peer_from_context
 from .logs import log_event
 from .membership import MembershipTable
+from .records import RecordBook
 from .metrics import NodeMetrics
 from .sessions import NodeRuntime, NodeSession, SessionRegistry, check_open
 
@@ -43,6 +44,17 @@ async def _first(context: grpc.aio.ServicerContext, field: str, wait_s: float) -
     return getattr(message, field)
 
 
+REPORT_BYTES, REPORT_ROUNDS, REPORT_SECONDS = "secureinfer-bytes-sent", "secureinfer-rounds", "secureinfer-seconds"
+
+
+def session_report(session: NodeSession) -> tuple[tuple[str, str], ...]:
+    """What a finished session cost this node, for the caller's performance record (the stream's trailing metadata):
+    bytes it sent, communication rounds (its Lamport clock) and seconds since it opened."""
+    stats = session.channel.stats
+    return ((REPORT_BYTES, str(stats.bytes_sent)), (REPORT_ROUNDS, str(stats.rounds)),
+            (REPORT_SECONDS, f"{time.monotonic() - session.started:.6f}"))
+
+
 class InferenceServicer(node_pb2_grpc.InferenceServicer):
     """Sessions opened by clients and model owners, cancellation, and the hosted-model list."""
 
@@ -68,6 +80,7 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
             await context.write(node_pb2.ServerMessage(
                 accepted=node_pb2.SessionAccepted(session_id=request.session_id, node_id=self.runtime.node_id)))
             await session.run(context)
+            context.set_trailing_metadata(session_report(session))
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):  # gRPC ended the call: its deadline passed, or it was cancelled
                 left = context.time_remaining()
@@ -98,7 +111,7 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
         session = self.registry.get(request.session_id)
         if session is None:
             return node_pb2.CancelReply(cancelled=False)
-        if session.caller.name != caller.name:
+        if session.caller is None or session.caller.name != caller.name:  # no caller: a node's internal batch run
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the session's opener may cancel it")
         session.abort(errors.Cancelled(f"session {request.session_id[:8]} cancelled by {caller.name}"))
         return node_pb2.CancelReply(cancelled=True)
@@ -158,3 +171,36 @@ class MembershipServicer(node_pb2_grpc.MembershipServicer):
         await _caller(context)
         return node_pb2.StatusReply(node_id=self.node_id, records=self.table.live(),
                                     active_sessions=len(self.registry))
+
+
+class RecordsServicer(node_pb2_grpc.RecordsServicer):
+    """Performance records: any certificate of the network may push, pull and fetch (mutual TLS has checked it)."""
+
+    def __init__(self, book: RecordBook, logger: logging.Logger) -> None:
+        self.book, self.logger = book, logger
+
+    async def Push(self, request: node_pb2.PushRecordsRequest, context: grpc.aio.ServicerContext
+                   ) -> node_pb2.PushRecordsReply:
+        caller = await _caller(context)
+        try:
+            reply = await self.book.push(request.records, caller.name)
+        except errors.NodeError as exc:
+            log_event(self.logger, "WARNING", "records refused", caller=caller.name, reason=str(exc))
+            await context.abort(*errors.status_for(exc))
+        return reply
+
+    async def Pull(self, request: node_pb2.PullRecordsRequest, context: grpc.aio.ServicerContext
+                   ) -> node_pb2.PullRecordsReply:
+        await _caller(context)
+        try:
+            return await self.book.pull(request)
+        except errors.NodeError as exc:
+            await context.abort(*errors.status_for(exc))
+
+    async def Fetch(self, request: node_pb2.FetchRecordsRequest, context: grpc.aio.ServicerContext
+                    ) -> node_pb2.FetchRecordsReply:
+        await _caller(context)
+        try:
+            return await self.book.fetch(request)
+        except errors.NodeError as exc:
+            await context.abort(*errors.status_for(exc))

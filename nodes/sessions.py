@@ -9,6 +9,14 @@ A session starts when a client or model owner opens an `Inference.Session` strea
   4. the session ends when the worker returns (status OK once every link has drained), or fails as a whole when
      the worker raises, any link breaks, a lower party has not dialled in within `peer_wait_s`, the deadline
      passes or the caller cancels; the other links are then cancelled so the other parties fail fast too.
+
+Weights. A secure committee holds a model as secret shares, or (published with `public_weights`, open models only)
+in the clear at every party. Requests on a public-weights committee run as `SecureStrategy(public_weights=True)`
+unless their strategy says otherwise: with no strategy, the committee's way (public weights, since nothing is gained
+by hiding open weights); with `public_weights=False`, the secret-weights protocol on the trivial sharing of the open
+weights (`weights.share_public`: the same messages, rounds and bytes as on a committee holding real shares). The
+prompt is secret either way (one-hot shares). `public_weights=True` on a committee holding shares (a closed model,
+or one published as shares) is INVALID_ARGUMENT before the session starts.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ class NodeRuntime:
     shaping: LinkSettings
     dial: Callable[[str, str], grpc.aio.Channel]  # (address, node_id) -> a mutual-TLS channel to that node
     peer_wait_s: float = PEER_WAIT_S  # how long a session and an incoming peer link wait for each other
+    batcher: Any = None  # a batching.Batcher: runs SecureStrategy(batch_requests=True) steps together; None: refused
 
     @property
     def node_id(self) -> str:
@@ -100,9 +109,15 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
     if request.task == node_pb2.TASK_PUBLISH:
         if request.strategy_json:
             raise BadRequest("publishing takes no execution strategy")
+        if request.public_weights and not secret:
+            raise BadRequest("public_weights publishes an open model's weights in the clear to a secure committee of "
+                             "three; a plaintext worker holds every model in the clear already (leave it unset)")
         config_from_json(request.model_config_json)
         runtime.store.check_replace(request.model_id, committee.committee_id, caller.name)
         return
+    if request.public_weights:
+        raise BadRequest("public_weights is for publishing; a request asks for public weights with "
+                         "SecureStrategy(public_weights=True) in strategy_json")
     try:
         approx_profile.get(request.profile or "accurate")
     except ValueError as exc:
@@ -119,7 +134,7 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
     allowed = serving.DECODE_OUTPUTS if cfg.causal else serving.ENCODE_OUTPUTS
     if _output(request, cfg) not in allowed:
         raise BadRequest(f"unknown output {request.output!r} for {cfg.arch}; choose from {', '.join(allowed)}")
-    _check_strategy(runtime, request, cfg)
+    _check_strategy(runtime, request, hosted)
 
 
 def _strategy(request: node_pb2.OpenSession) -> strategy.Strategy | None:
@@ -132,14 +147,21 @@ def _strategy(request: node_pb2.OpenSession) -> strategy.Strategy | None:
         raise BadRequest(f"bad strategy_json: {exc}") from exc
 
 
-def _check_strategy(runtime: NodeRuntime, request: node_pb2.OpenSession, cfg: checkpoint.ModelConfig) -> None:
-    """BadRequest unless the request's strategy (if any) fits its privacy, its model and this node's device."""
+def _check_strategy(runtime: NodeRuntime, request: node_pb2.OpenSession, hosted: Hosted) -> None:
+    """BadRequest unless the request's strategy (if any) fits its privacy, how the committee holds the model's
+    weights, and this node's device."""
     chosen = _strategy(request)
     if chosen is None:
         return
     secret = request.privacy == node_pb2.PRIVACY_SECRET
+    open_weights = not secret or hosted.record.public_weights
+    if isinstance(chosen, strategy.SecureStrategy) and chosen.public_weights and secret and not open_weights:
+        raise BadRequest(f"strategy {chosen.name} needs the model's weights in the clear at every party, but committee "
+                         f"{hosted.record.committee_id!r} holds {hosted.record.model_id!r} as secret shares (a closed "
+                         f"model, or an open one published as shares): use a committee that hosts it with public "
+                         f"weights, or drop public_weights")
     try:
-        strategy.check_allowed(chosen, secret_prompt=secret, open_model=not secret)
+        strategy.check_allowed(chosen, secret_prompt=secret, open_model=open_weights)
     except strategy.StrategyError as exc:
         raise BadRequest(f"strategy {chosen.name} is not allowed for a {'secret' if secret else 'public'} "
                          f"session: {exc}") from exc
@@ -154,9 +176,13 @@ def _check_strategy(runtime: NodeRuntime, request: node_pb2.OpenSession, cfg: ch
             raise BadRequest(f"this node computes with {EngineConfig().fxp.frac_bits} fractional bits only")
         if request.profile and request.profile != chosen.profile:
             raise BadRequest(f"profile {request.profile!r} contradicts the strategy's {chosen.profile!r}")
+        if chosen.batch_requests and runtime.batcher is None:
+            raise BadRequest(f"node {runtime.node_id} does not batch requests: drop batch_requests")
+        if chosen.batch_requests and _output(request, hosted.cfg) == "logits" and not hosted.cfg.num_labels:
+            raise BadRequest(f"model {request.model_id!r} has no classification head")
         return
     try:
-        plain_serving.check_strategy(cfg, chosen, runtime.device)
+        plain_serving.check_strategy(hosted.cfg, chosen, runtime.device)
     except serving.RequestError as exc:
         raise BadRequest(str(exc)) from exc
 
@@ -174,9 +200,10 @@ def _output(request: node_pb2.OpenSession, cfg: checkpoint.ModelConfig) -> str:
 
 
 class NodeSession:
-    """One session on this node, from the open request to the end of every link."""
+    """One session on this node, from the open request to the end of every link; with no caller, an internal
+    session of the parties alone (a batch run, batching.py)."""
 
-    def __init__(self, runtime: NodeRuntime, request: node_pb2.OpenSession, caller: PeerCert,
+    def __init__(self, runtime: NodeRuntime, request: node_pb2.OpenSession, caller: PeerCert | None,
                  deadline: float) -> None:
         self.runtime = runtime
         self.request = request
@@ -187,7 +214,9 @@ class NodeSession:
         self.index = request.party_index
         self.started = time.monotonic()
         self.caller_name = _caller_link_name(request)
-        self.links: dict[str, Link] = {self.caller_name: self._link(self.caller_name, node_pb2.ServerMessage)}
+        self.links: dict[str, Link] = {}
+        if caller is not None:
+            self.links[self.caller_name] = self._link(self.caller_name, node_pb2.ServerMessage)
         self.peers: tuple[int, ...] = ()  # the other parties this session exchanges shares with
         if self.secret and request.task != node_pb2.TASK_PUBLISH:
             self.peers = tuple(j for j in range(3) if j != self.index)
@@ -218,8 +247,9 @@ class NodeSession:
     # --- running ---------------------------------------------------------------------------------------------------
 
     async def run(self, caller_stream: Any) -> None:
-        """Pump the caller's stream, dial the higher parties, run the worker; raise if anything fails."""
-        self._pump(self.caller_name, self.links[self.caller_name].run(caller_stream))
+        """Pump the caller's stream (if any), dial the higher parties, run the worker; raise if anything fails."""
+        if caller_stream is not None:
+            self._pump(self.caller_name, self.links[self.caller_name].run(caller_stream))
         for j in self.peers:
             if j > self.index:
                 self._pump(PARTY_NAMES[j], self._dial(j))
@@ -364,29 +394,46 @@ class NodeSession:
         if not self.secret:
             return plain_serving.serve_public(self.channel, hosted.model, _output(request, hosted.cfg),
                                               device=self.runtime.device, strategy=chosen)
+        profile = approx_profile.get(request.profile or (chosen.profile if chosen is not None else "accurate"))
+        model = self._secure_model(hosted, chosen, profile)
+        if isinstance(chosen, strategy.SecureStrategy) and chosen.batch_requests:  # steps run in shared batches
+            return self.runtime.batcher.serve(self, model, _output(request, hosted.cfg), profile.name)
         step, with_meta = serving.step_function(hosted.cfg, _output(request, hosted.cfg))
         party = Party.connect(self.index, self.channel, self._engine())
-        profile = request.profile or (chosen.profile if chosen is not None else "accurate")
-        model = serving.with_profile(hosted.model, approx_profile.get(profile))
         return serving.serve(party, model, step, with_meta, client=serving.CLIENT)
+
+    def _secure_model(self, hosted: Hosted, chosen: strategy.Strategy | None, profile: Any) -> Any:
+        """The model this secure session computes with: the hosted one, or on a public-weights committee asked for
+        secret weights, one built on the trivial sharing of the open weights (module docstring)."""
+        secret_asked = isinstance(chosen, strategy.SecureStrategy) and not chosen.public_weights
+        if hosted.record.public_weights and secret_asked and hosted.open_params is not None:
+            shares = weights.share_public(hosted.open_params, self.index, self._engine())
+            return serving.build_model(hosted.cfg, shares, profile)
+        return serving.with_profile(hosted.model, profile)
 
     def _publish(self) -> int:
         request = self.request
         cfg = config_from_json(request.model_config_json)
         record = node_pb2.HostedModel(model_id=request.model_id, committee_id=request.committee.committee_id,
                                       node_ids=list(request.committee.node_ids), party_index=self.index,
-                                      privacy=request.privacy, arch=cfg.arch, config_json=config_to_json(cfg))
-        if self.secret:
+                                      privacy=request.privacy, arch=cfg.arch, config_json=config_to_json(cfg),
+                                      public_weights=request.public_weights)
+        open_params = None
+        if self.secret and request.public_weights:  # an open model's (folded) parameters, in the clear
+            open_params = _check_public(cfg, weights.receive_public(self.channel, OWNER))
+            model: Any = serving.build_model(cfg, dict(open_params), approx_profile.ACCURATE, config=self._engine())
+            release_memory()
+        elif self.secret:
             party = Party.receiver(self.index, self.channel, self._engine())
             shares = weights.receive(party, OWNER)
             _check_shapes(cfg, {k: tuple(v.shape) for k, v in shares.items()})
-            model: Any = serving.build_model(cfg, shares, approx_profile.ACCURATE)
+            model = serving.build_model(cfg, shares, approx_profile.ACCURATE)
             release_memory()
         else:
             params = checkpoint.check_parameters(cfg, weights.receive_public(self.channel, OWNER),
                                                  torch.float64)
             model = public_model(cfg, params, self.runtime.device)
-        self.runtime.store.put(Hosted(record, cfg, model, owner=self.caller.name))
+        self.runtime.store.put(Hosted(record, cfg, model, owner=self.caller.name, open_params=open_params))
         self.channel.send(OWNER, b"stored", "stored")
         return len(self.runtime.store)
 
@@ -404,23 +451,40 @@ def _check_shapes(cfg: checkpoint.ModelConfig, shapes: dict[str, tuple[int, ...]
             raise BadRequest(f"parameter {name} has shape {shape}, expected {expected}")
 
 
+def _check_public(cfg: checkpoint.ModelConfig, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The published open weights as float64, or BadRequest unless they have the architecture's exact shapes and
+    finite values."""
+    _check_shapes(cfg, {k: tuple(v.shape) for k, v in params.items()})
+    out = {}
+    for name, value in params.items():
+        value = value.to(torch.float64)
+        if not bool(torch.isfinite(value).all()):
+            raise BadRequest(f"published parameter {name} holds non-finite values")
+        out[name] = value
+    return out
+
+
 class SessionRegistry:
     """The open sessions of a node, and incoming peer links waiting for theirs to open."""
 
     def __init__(self, max_sessions: int) -> None:
         self.max_sessions = max_sessions
         self._sessions: dict[str, NodeSession] = {}
+        self._internal: set[str] = set()  # ids of internal sessions (batch runs): not counted against the limit
         self._waiters: dict[str, list[asyncio.Future]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def add(self, session: NodeSession) -> None:
+    def add(self, session: NodeSession, *, internal: bool = False) -> None:
+        """Register a session; `internal` ones (batch runs, which serve sessions already admitted) skip the limit."""
         if session.id in self._sessions:
             raise SessionExists(f"session {session.id[:8]} is already open")
-        if len(self._sessions) >= self.max_sessions:
+        if not internal and len(self._sessions) - len(self._internal) >= self.max_sessions:
             raise Busy(f"node is serving its maximum of {self.max_sessions} sessions")
         self._sessions[session.id] = session
+        if internal:
+            self._internal.add(session.id)
         for waiter in self._waiters.pop(session.id, []):
             if not waiter.done():
                 waiter.set_result(session)
@@ -428,6 +492,7 @@ class SessionRegistry:
     def remove(self, session: NodeSession) -> None:
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
+            self._internal.discard(session.id)
 
     def get(self, session_id: str) -> NodeSession | None:
         return self._sessions.get(session_id)

@@ -1,4 +1,5 @@
-"""The models a node hosts: secret weight shares it holds as one party of a committee, or open models in the clear."""
+"""The models a node hosts: secret weight shares it holds as one party of a committee, an open model's weights in the
+clear as one party of a public-weights committee, or open models in the clear on a plaintext worker."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ class Hosted:
 
     record: node_pb2.HostedModel
     cfg: ModelConfig
-    model: Any  # a built secure model on this party's shares, or a PublicModel
+    model: Any  # a built secure model on this party's shares or on public weights, or a PublicModel
     owner: str = ""  # the certificate name that published it: only it may replace it
+    open_params: dict[str, torch.Tensor] | None = None  # public-weights committees: the owner's (folded) parameters
 
 
 class ModelStore:

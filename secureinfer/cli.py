@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, cli_certs, cli_node, cli_simulate
+from . import __version__, cli_certs, cli_node, cli_selector, cli_simulate
 
 DESCRIPTION = """\
 secureinfer runs Transformer inference across machines that do not trust each other.
@@ -34,6 +34,9 @@ models:
   tiny-gpt2     GPT-2 shape, 2 layers, hidden 64, 4 heads, vocab 256, random weights
   tiny-llama    LLaMA shape, 2 layers, hidden 64, 8 heads / 2 KV heads (GQA), vocab 256, random weights
   tiny-bert     BERT shape, 2 layers, hidden 64, 4 heads, vocab 256, random weights
+  small-gpt2    GPT-2 shape, 4 layers, hidden 128, 4 heads, vocab 512, random weights
+  small-llama   LLaMA shape, 4 layers, hidden 128, 8 heads / 2 KV heads (GQA), vocab 512, random weights
+  small-bert    BERT shape, 4 layers, hidden 128, 4 heads, vocab 512, random weights
   gpt2-base-2L  GPT-2-base shape (hidden 768, 12 heads, vocab 50257) cut to its first 2 of 12 layers, random weights
   gpt2-base     GPT-2-base shape, 12 layers, random GPT-2-style weights
   minilm        all-MiniLM-L6-v2 (real weights), sentence embedding
@@ -43,6 +46,12 @@ links (secure runs, between the parties and the client):
   lan           0.1 ms one way, 1000 Mbit/s
   metro         2 ms one way, 100 Mbit/s
   wan           20 ms one way, 100 Mbit/s
+  slow          50 ms one way, 20 Mbit/s
+grids:
+  small         the committed CPU dataset's grid (tiny models, GPT-2-base cut to 2 layers, MiniLM, SmolLM2)
+  medium, full  more shapes, the 12-layer GPT-2-base, secure SmolLM2, the wan link, torch.compile
+  selector      variety for the selector's held-out evaluation: tiny and small models of all three
+                architectures, batch 4, 64-128 tokens, and the wan and slow links on single-forward cases
 examples:
   secureinfer bench sweep --dry-run
   secureinfer bench sweep --grid small --csv benchmarks/sweep/sweep.csv
@@ -93,13 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the MiniLM and GPT-2-base benchmarks once on three in-process parties and once through "
         "three node processes on loopback with mutual TLS (secureinfer simulate's network), and report each step's "
         "time in both, the overhead ratio, and the bytes each node sent to the other parties.")
-    network.add_argument("--model", action="append", choices=["minilm", "gpt2"], help="only this model (repeatable)")
+    network.add_argument("--model", action="append", choices=["minilm", "gpt2", "tiny"],
+                         help="only this model (repeatable); tiny (a random 2-layer GPT-2) only with --concurrent")
     network.add_argument("--profile", default="accurate", help="approximation profile: accurate, fast or lean")
     network.add_argument("--latency-ms", type=float, default=0.0, help="software-injected one-way latency per message")
     network.add_argument("--bandwidth-mbit", type=float, default=None, help="software-injected per-link bandwidth cap")
     network.add_argument("--device", default="cpu", help="torch device of the parties and nodes (default cpu)")
     network.add_argument("--torch-threads", type=int, default=1,
                          help="torch threads per node process (default 1: three nodes share this machine's cores)")
+    network.add_argument("--public-weights", action="store_true",
+                         help="also publish each model with public weights (open weights in the clear at every node, "
+                              "the prompt and activations still secret) and report its time, bytes and the ratios")
+    network.add_argument("--concurrent", type=int, default=0, metavar="N",
+                         help="instead: N concurrent requests per model, each in its own MPC run and then batched "
+                              "(SecureStrategy(batch_requests=True)), and the throughput of both")
+    network.add_argument("--batch-window-s", type=float, default=2.0,
+                         help="with --concurrent: how long the nodes hold a batch open for partners (default 2.0; "
+                              "MiniLM's token uploads take ~0.1 s per request on loopback)")
     network.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
     network.set_defaults(handler=_bench_network)
     sweep = bench_kinds.add_parser(
@@ -110,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "party, peak memory, accuracy vs float64 plaintext) into the SQLite performance store the selector learns "
         "from. Resumable: rows already in the store are skipped.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SWEEP_EPILOG)
-    sweep.add_argument("--grid", choices=["small", "medium", "full"], default="small",
+    sweep.add_argument("--grid", choices=["small", "medium", "full", "selector"], default="small",
                        help="grid size (default small)")
     sweep.add_argument("--models", action="append", metavar="M[,M...]",
                        help="only these models (repeatable or comma-separated; names below)")
@@ -163,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_certs.add_parser(commands)
     cli_node.add_parsers(commands)
     cli_simulate.add_parser(commands)
+    cli_selector.add_parser(commands)
     parser.set_defaults(handler=lambda _args: _usage(parser))
     return parser
 

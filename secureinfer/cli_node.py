@@ -20,7 +20,10 @@ example node.toml (paths are relative to the file):
   device = "auto"               # cpu, cuda, cuda:N or auto
   certs_dir = "certs"           # ca.pem, node-a.pem, node-a.key
   seeds = ["10.0.0.6:7001"]     # any node already in the network; none for the first node
+  data_dir = "data"             # keeps data/perf.sqlite: performance records (perf_store = FILE to move it)
   metrics_port = 9101           # Prometheus text format at http://127.0.0.1:9101/metrics
+  batch_window_s = 0.05         # SecureStrategy(batch_requests=True): how long a batch waits for partners
+  batch_max_rows = 32           # ... and the most sequences one batched forward takes
 
   [link]                        # optional software-injected link shaping (for experiments)
   latency_s = 0.0
@@ -64,11 +67,12 @@ def _serve(args: argparse.Namespace) -> int:
     from .nodes.certs import CertError
     from .nodes.config import ConfigError, NodeConfig
     from .nodes.daemon import serve
+    from .nodes.perfstore import StoreError
 
     try:
         config = NodeConfig.from_file(Path(args.config))
         asyncio.run(serve(config))
-    except (ConfigError, CertError, CapabilityError, OSError) as exc:
+    except (ConfigError, CertError, CapabilityError, StoreError, OSError) as exc:  # StoreError: a bad perf store
         print(f"secureinfer node serve: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -98,7 +102,7 @@ def format_status(records: list) -> str:
         lines.append(f"{r.node_id:<16} {r.address:<22} {','.join(r.roles):<18} {cap.device:<24} "
                      f"{cap.matmul_gflops:>8.1f} {cap.memory_bytes / 2**30:>8.1f} {now - r.issued_at:>6.1f}")
         for m in r.models:
-            kind = "secret" if m.privacy == 1 else "public"
+            kind = ("secret, public weights" if m.public_weights else "secret") if m.privacy == 1 else "public"
             lines.append(f"    hosts {m.model_id} ({m.arch}, {kind}) committee {m.committee_id} "
                          f"as party {m.party_index} of {'/'.join(m.node_ids)}")
     lines.append(f"{len(records)} live node(s)")

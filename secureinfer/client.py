@@ -10,7 +10,9 @@
 Tokenization happens at the client (pass token ids, or texts with a tokenizer); so do sampling and the
 reconstruction of outputs. `privacy="secret"` runs on a committee of three secure parties; `"public"` runs an open
 model in the clear on one plaintext worker. A request that fails on one committee because a node died, was busy or
-ran out of time is retried on the next committee hosting the model, when there is one.
+ran out of time is retried on the next committee hosting the model, when there is one. `strategy="auto"` (or a
+Client made with `selector=`) lets the selector choose mode, placement and strategy per request and records each
+outcome in the network's performance store (secureinfer/autoselect.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .mpc.models.sampling import SamplingConfig
 from .mpc.models.serving import Generation
 from .mpc.models.strategy import Strategy, to_json as strategy_to_json
 from .mpc.party import EngineConfig, PARTY_NAMES
+from .autoselect import AutoRunner, PlanSource, Work, work_of
 from .network import Connector, NetworkError, RequestFailed, SessionSpec
 from .nodes.certs import Identity
 from .nodes.membership import CommitteeView, MembershipTable, pick_secure_nodes
@@ -40,6 +43,7 @@ from .v1 import node_pb2
 
 _PRIVACY = {"secret": node_pb2.PRIVACY_SECRET, "public": node_pb2.PRIVACY_PUBLIC}
 DEFAULT_TIMEOUT_S = 600.0
+PUSH_WAIT_S = 2.0  # how long close() waits for performance records still being pushed
 
 
 def _privacy(name: str) -> int:
@@ -57,9 +61,11 @@ class _Member:
         self.timeout_s = timeout_s
 
     @classmethod
-    def from_dir(cls, certs_dir: str | Path, name: str, seeds: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S):
-        """Load the identity `name` ({name}.pem, {name}.key, ca.pem) from `certs_dir`."""
-        return cls(Identity.load(Path(certs_dir), name), seeds, timeout_s)
+    def from_dir(cls, certs_dir: str | Path, name: str, seeds: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S,
+                 **kwargs: Any):
+        """Load the identity `name` ({name}.pem, {name}.key, ca.pem) from `certs_dir` (kwargs: e.g. a Client's
+        selector)."""
+        return cls(Identity.load(Path(certs_dir), name), seeds, timeout_s, **kwargs)
 
     def close(self) -> None:
         self.connector.close()
@@ -111,18 +117,30 @@ class ModelOwner(_Member):
     """Publishes models: secret shares to committees of three secure nodes, or open weights to plaintext workers."""
 
     def publish(self, model_id: str, cfg: ModelConfig, params: dict[str, torch.Tensor], *, privacy: str = "secret",
-                committees: int = 1, nodes: Sequence[str] = (), wait_s: float = 30.0) -> list[CommitteeView]:
+                committees: int = 1, nodes: Sequence[str] = (), wait_s: float = 30.0, public_weights: bool = False
+                ) -> list[CommitteeView]:
         """Publish to `committees` disjoint committees (or the given node ids) and wait up to `wait_s` until the
-        membership view shows them all (so clients find the model right away); returns them."""
+        membership view shows them all (so clients find the model right away); returns them.
+
+        `public_weights` (an open model, privacy "secret"): send the weights in the clear to every party of each
+        committee instead of sharing them; requests with SecureStrategy(public_weights=True) run there, with the
+        prompt and every activation still secret shares."""
+        if public_weights and privacy != "secret":
+            raise ValueError("public_weights is for secure committees (privacy='secret'); a plaintext worker holds "
+                             "the weights in the clear anyway")
         records = self.nodes()
         chosen = self._choose(records, privacy, committees, nodes)
         spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=_privacy(privacy), model_id=model_id,
-                           model_config_json=config_to_json(cfg))
+                           model_config_json=config_to_json(cfg), public_weights=public_weights)
         published = serving.owner_params(cfg, params) if privacy == "secret" else params
         fxp = EngineConfig().fxp
         for view in chosen:
             def program(channel: Channel, view: CommitteeView = view) -> None:
-                if privacy == "secret":
+                if privacy == "secret" and public_weights:
+                    for p in PARTY_NAMES:
+                        weights.publish_public(channel, published, p)
+                    parties = PARTY_NAMES
+                elif privacy == "secret":
                     weights.publish(channel, published, fxp)
                     parties = PARTY_NAMES
                 else:
@@ -167,16 +185,55 @@ class ModelOwner(_Member):
 
 
 class Client(_Member):
-    """Runs inference on hosted models; tokens and outputs exist in the clear only in this process (secret)."""
+    """Runs inference on hosted models; tokens and outputs exist in the clear only in this process (secret).
+
+    With a `selector` (e.g. `autoselect.selector_from_network(client)`), requests without an explicit strategy, or
+    with strategy="auto", run where and how the selector plans, and their measured outcomes are recorded (see
+    secureinfer/autoselect.py)."""
+
+    def __init__(self, identity: Identity, seeds: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S, *,
+                 selector: PlanSource | None = None) -> None:
+        super().__init__(identity, seeds, timeout_s)
+        self._auto = AutoRunner(self, selector) if selector is not None else None
+
+    @property
+    def selector(self) -> PlanSource | None:
+        """The selector that plans this client's requests, or None."""
+        return self._auto.selector if self._auto is not None else None
+
+    def use_selector(self, selector: PlanSource) -> None:
+        """Plan this client's requests with `selector` from now on (see the class docstring)."""
+        self._auto = AutoRunner(self, selector)
+
+    def close(self) -> None:
+        """Give pending performance-record pushes a moment, then close the connections."""
+        if self._auto is not None:
+            self._auto.wait_pushes(PUSH_WAIT_S)
+        super().close()
 
     def _run(self, model_id: str, privacy: str, output: str, profile: str,
-             program: Callable[[Channel, ModelConfig, serving.TokenIO], Any], committee: CommitteeView | None,
-             retry: Callable[[], bool] = lambda: True, strategy: Strategy | None = None) -> Any:
+             program: Callable[[Channel, ModelConfig, serving.TokenIO], tuple[Any, serving.ClientSteps]],
+             committee: CommitteeView | None, retry: Callable[[], bool] = lambda: True,
+             strategy: Strategy | str | None = None, work: Work | None = None) -> Any:
+        _privacy(privacy)
+        if strategy == "auto" or (strategy is None and self._auto is not None):
+            if self._auto is None or work is None:
+                raise ValueError('strategy="auto" needs a selector: Client(..., selector=...) or '
+                                 'client.use_selector(secureinfer.autoselect.selector_from_network(client))')
+            return self._auto.run(model_id, privacy, output, program, committee, retry, work)
+        if isinstance(strategy, str):
+            raise ValueError(f'strategy must be a Strategy, "auto" or None; got {strategy!r}')
         membership = self._view()
         views = [committee] if committee is not None else self.committees(model_id, privacy, view=membership)
         if not views:
             raise NetworkError(f"no {privacy} committee hosts a model named {model_id!r} (see `secureinfer network "
                                f"status`)")
+        if committee is None and getattr(strategy, "public_weights", False):
+            views = [v for v in views if v.public_weights]
+            if not views:
+                raise NetworkError(f"no committee holds {model_id!r} with public weights (the model is closed or "
+                                   f"was published as secret shares): drop public_weights from the strategy, or "
+                                   f"publish it with ModelOwner.publish(..., public_weights=True)")
         cfg = self.model_config(model_id, view=membership)
         io = serving.SECRET if privacy == "secret" else serving.PUBLIC
         spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
@@ -186,7 +243,7 @@ class Client(_Member):
         last: RequestFailed | None = None
         for view in views:
             try:
-                return self.connector.run_session(view, spec, lambda ch: program(ch, cfg, io))
+                return self.connector.run_session(view, spec, lambda ch: program(ch, cfg, io))[0]
             except RequestFailed as exc:
                 last = exc
                 if not (exc.retryable and retry()):
@@ -195,16 +252,17 @@ class Client(_Member):
 
     def embed(self, model_id: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
               output: str = "embedding", privacy: str = "secret", profile: str = "accurate",
-              committee: CommitteeView | None = None) -> torch.Tensor:
-        """BERT sentence embeddings (B, C) (or "pooled", "hidden", "logits")."""
+              committee: CommitteeView | None = None, strategy: Strategy | str | None = None) -> torch.Tensor:
+        """BERT sentence embeddings (B, C) (or "pooled", "hidden", "logits"); `strategy` is sent to the nodes, e.g.
+        SecureStrategy(public_weights=True) for an open model published with public weights."""
         ids = _ids(input_ids)
 
         def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> torch.Tensor:
             _check_vocab(cfg, ids)
-            out, _ = serving.client_encode(channel, cfg, EngineConfig(), ids, attention_mask, None, output, io)
-            return out
+            return serving.client_encode(channel, cfg, EngineConfig(), ids, attention_mask, None, output, io)
 
-        return self._run(model_id, privacy, output, profile, program, committee)
+        return self._run(model_id, privacy, output, profile, program, committee, strategy=strategy,
+                         work=work_of("embed", ids.shape))
 
     def embed_texts(self, model_id: str, texts: Sequence[str], tokenizer: Any, *, max_length: int = 128,
                     **kwargs: Any) -> torch.Tensor:
@@ -221,7 +279,7 @@ class Client(_Member):
 
     def logits(self, model_id: str, input_ids: torch.Tensor, *, chunks: tuple[int, ...] | None = None,
                privacy: str = "secret", profile: str = "accurate", committee: CommitteeView | None = None,
-               strategy: Strategy | None = None) -> torch.Tensor:
+               strategy: Strategy | str | None = None) -> torch.Tensor:
         """Decoder logits (B, T, V) of every position; `strategy` is sent to the nodes, which check it (every
         position's logits are computed by the standard forward whatever the strategy)."""
         ids = _ids(input_ids)
@@ -229,20 +287,22 @@ class Client(_Member):
 
         def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> torch.Tensor:
             _check_vocab(cfg, ids)
-            out, _ = serving.client_logits(channel, cfg, EngineConfig(), ids, parts, io)
-            return out
+            return serving.client_logits(channel, cfg, EngineConfig(), ids, parts, io)
 
-        return self._run(model_id, privacy, "all", profile, program, committee, strategy=strategy)
+        return self._run(model_id, privacy, "all", profile, program, committee, strategy=strategy,
+                         work=work_of("logits", ids.shape))
 
     def generate(self, model_id: str, prompt_ids: torch.Tensor, max_new_tokens: int, *,
                  sampling: SamplingConfig = SamplingConfig(), privacy: str = "secret", profile: str = "accurate",
                  committee: CommitteeView | None = None, on_token: Callable[[torch.Tensor], None] | None = None,
-                 progress: bool = False, strategy: Strategy | None = None) -> Generation:
+                 progress: bool = False, strategy: Strategy | str | None = None) -> Generation:
         """Generate up to `max_new_tokens` tokens after `prompt_ids` (B, T); `on_token` sees each step's tokens.
 
         `strategy`: how the nodes execute it, e.g. PlaintextStrategy(precision="bf16", static_cache=True) for a
         public request (the worker then decodes on its fast plaintext decoder); nodes refuse one that does not fit
-        the request (a PlaintextStrategy for a secret prompt) with INVALID_ARGUMENT."""
+        the request (a PlaintextStrategy for a secret prompt) with INVALID_ARGUMENT. "auto" (the default when the
+        client has a selector): the selector picks committee or worker and strategy (privacy="secret" allows only
+        secure plans; "public" also plaintext workers), and the outcome is recorded."""
         ids = _ids(prompt_ids)
         emitted = [0]
         bar = _Progress(max_new_tokens) if progress else None
@@ -257,13 +317,13 @@ class Client(_Member):
         def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> Generation:
             serving.check_generation_request(cfg, [ids], max_new_tokens)
             eos = torch.tensor(cfg.eos_token_ids, dtype=torch.int64)
-            results, _ = serving.client_generate_many(channel, cfg, EngineConfig(), [ids], max_new_tokens,
-                                                      sampling, eos, seen, io)
-            return results[0]
+            results, steps = serving.client_generate_many(channel, cfg, EngineConfig(), [ids], max_new_tokens,
+                                                          sampling, eos, seen, io)
+            return results[0], steps
 
         try:  # a retry after tokens were shown would show them twice: retry only before the first token
             return self._run(model_id, privacy, "last", profile, program, committee, retry=lambda: emitted[0] == 0,
-                             strategy=strategy)
+                             strategy=strategy, work=work_of("generate", ids.shape, max_new_tokens))
         finally:
             if bar is not None:
                 bar.close()

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -83,6 +83,26 @@ class SessionSpec:
     profile: str = ""
     model_config_json: str = ""
     strategy_json: str = ""  # an execution strategy (strategy.to_json); empty = the nodes' default
+    public_weights: bool = False  # publishing to a secure committee: the open weights in the clear to every party
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What one node said a finished session cost it (the stream's trailing metadata; None where it did not say)."""
+
+    node_id: str
+    bytes_sent: int | None = None
+    rounds: int | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Measured(Generic[T]):
+    """A session's result, its wall time at the caller (open to close) and each node's report, in party order."""
+
+    result: T
+    seconds: float
+    nodes: tuple[NodeReport, ...]
 
 
 class Connector:
@@ -142,8 +162,14 @@ class Connector:
     def run_session(self, view: CommitteeView, spec: SessionSpec, program: Callable[[Channel], T],
                     timeout_s: float | None = None) -> T:
         """Open the session on every committee node, run `program(channel)` here, and close it cleanly."""
+        return self.run_measured(view, spec, program, timeout_s).result
+
+    def run_measured(self, view: CommitteeView, spec: SessionSpec, program: Callable[[Channel], T],
+                     timeout_s: float | None = None) -> Measured[T]:
+        """`run_session`, also returning its wall time here and what each node reported it cost."""
         timeout = timeout_s or self.timeout_s
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         session_id = secrets.token_hex(16)
         try:
             channel, calls, pumps = self.loop_thread.run(self._open(view, spec, session_id, timeout), timeout=timeout)
@@ -153,7 +179,9 @@ class Connector:
             result = program(channel)
             channel.finish()
             self.loop_thread.run(asyncio.wait_for(asyncio.gather(*pumps), max(deadline - time.monotonic(), 1.0)))
-            return result
+            seconds = time.monotonic() - start
+            reports = self.loop_thread.run(_reports(calls, view), timeout=10)
+            return Measured(result, seconds, reports)
         except BaseException as exc:
             channel.abort(exc if isinstance(exc, Exception) else CommError("interrupted"))
             reported = self.loop_thread.run(_settle(calls, pumps, view), timeout=10)
@@ -176,7 +204,8 @@ class Connector:
                                                model_id=spec.model_id, committee=committee, party_index=index,
                                                output=spec.output, profile=spec.profile,
                                                model_config_json=spec.model_config_json,
-                                               strategy_json=spec.strategy_json)
+                                               strategy_json=spec.strategy_json,
+                                               public_weights=spec.public_weights)
                 try:
                     await call.write(node_pb2.ClientMessage(open=request))
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:  # e.g. the node is down
@@ -198,6 +227,26 @@ class Connector:
                               time.monotonic() + timeout)
         pumps = [asyncio.ensure_future(links[name].run(call)) for name, call in zip(names, calls)]
         return channel, calls, pumps
+
+
+async def _reports(calls: list[Any], view: CommitteeView) -> tuple[NodeReport, ...]:
+    """Each node's cost report from its finished stream's trailing metadata (nodes/servicers.py session_report)."""
+    reports = []
+    for call, node_id in zip(calls, view.node_ids):
+        meta = dict(await call.trailing_metadata() or ())
+        reports.append(NodeReport(node_id, _number(meta, "secureinfer-bytes-sent", int),
+                                  _number(meta, "secureinfer-rounds", int),
+                                  _number(meta, "secureinfer-seconds", float)))
+    return tuple(reports)
+
+
+def _number(meta: dict[str, Any], key: str, kind: type) -> Any:
+    """A non-negative number from trailing metadata, or None if absent or malformed."""
+    try:
+        value = kind(meta[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if 0 <= value < float("inf") else None
 
 
 async def _open_failure(call: Any, node_id: str, exc: BaseException) -> RequestFailed:

@@ -74,6 +74,7 @@ class SimulationConfig:
     record_ttl_s: float = 5.0
     session_timeout_s: float = 600.0
     max_sessions: int = 4
+    batch_window_s: float = 0.05  # batched secure requests: how long a node's group waits for partners
     log_level: str = "INFO"
     torch_threads: int = 1  # OMP/MKL threads per node: nodes share the machine's cores
     start_timeout_s: float = 60.0
@@ -106,7 +107,7 @@ class SimulationConfig:
             node_id=f"node-{index}", host=HOST, port=0, roles=self.node_roles(index), device=self.device,
             certs_dir=certs_dir, seeds=seeds, gossip_interval_s=self.gossip_interval_s,
             record_ttl_s=self.record_ttl_s, max_sessions=self.max_sessions, session_timeout_s=self.session_timeout_s,
-            link=LinkSettings(latency_s=self.latency_s, bandwidth_bytes_per_s=self.bandwidth_bytes_per_s),
+            batch_window_s=self.batch_window_s, link=LinkSettings(latency_s=self.latency_s, bandwidth_bytes_per_s=self.bandwidth_bytes_per_s),
             log_level=self.log_level, port_file=port_file)
 
 

@@ -41,6 +41,21 @@ class RequestFeatures:
     open_model: bool = False  # the owner allows the weights in the clear (plaintext workers, public_weights)
     max_error: float | None = None  # accuracy budget: largest acceptable error vs plaintext (None: any)
     deadline_s: float | None = None  # plans predicted slower than this are dropped (None: no deadline)
+    # --- attention and MLP shape (0: unknown; the cost model then assumes head_dim 64 and a 4x MLP)
+    n_heads: int = 0
+    n_kv_heads: int = 0  # grouped-query attention (LLaMA); 0: n_heads
+    intermediate: int = 0  # MLP width
+
+    @classmethod
+    def for_model(cls, cfg: Any, *, model: str, seq_len: int, batch: int = 1, gen_tokens: int = 0,
+                  task: str | None = None, **constraints: Any) -> "RequestFeatures":
+        """The request for a model described by a ModelConfig (mpc/models/checkpoint.py); `constraints` are the
+        hard-constraint fields (secret_prompt, open_model, max_error, deadline_s)."""
+        n_params = _config_params(cfg)
+        return cls(model=model, arch=cfg.arch, n_params=n_params, n_layers=cfg.n_layers, hidden=cfg.hidden,
+                   vocab=cfg.vocab_size, seq_len=seq_len, batch=batch, gen_tokens=gen_tokens,
+                   task=task or ("embed" if cfg.arch == "bert" else "generate"), n_heads=cfg.n_heads,
+                   n_kv_heads=cfg.n_kv_heads, intermediate=cfg.intermediate, **constraints)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -50,6 +65,26 @@ class RequestFeatures:
                 raise SelectorError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.gen_tokens < 0:
             raise SelectorError(f"gen_tokens must be >= 0; got {self.gen_tokens}")
+        for name in ("n_layers", "hidden", "vocab"):
+            if getattr(self, name) < 1:
+                raise SelectorError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.max_error is not None and not self.max_error > 0:
+            raise SelectorError(f"max_error must be > 0 (or None); got {self.max_error}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise SelectorError(f"deadline_s must be > 0 (or None); got {self.deadline_s}")
+
+
+def _config_params(cfg: Any) -> int:
+    """Parameter count of a ModelConfig (mpc/models/checkpoint.parameter_shapes), without loading weights."""
+    from ..mpc.models.checkpoint import parameter_shapes
+
+    total = 0
+    for shape in parameter_shapes(cfg).values():
+        n = 1
+        for d in shape:
+            n *= int(d)
+        total += n
+    return total
 
 
 @dataclass(frozen=True)
@@ -115,6 +150,7 @@ class Plan:
     option: Option
     predicted: Prediction
     notes: tuple[str, ...] = field(default=())  # why it ranks where it does (for `selector explain`)
+    request: RequestFeatures | None = None  # the request it was planned for (observe records it with the outcome)
 
     @property
     def mode(self) -> str:

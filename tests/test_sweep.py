@@ -111,6 +111,19 @@ def test_grid_and_skips():
         Case.parse("tiny-gpt2:8:1:0")
 
 
+def test_selector_grid_links_per_case():
+    """The selector grid runs the long-latency links only on its single-forward cases, and plaintext only locally."""
+    runs, _ = sweep.build_grid("selector", devices=["cpu"])
+    far = {str(r.case) for r in runs if r.link.name in ("wan", "slow")}
+    assert far == {"tiny-gpt2:8:1:1", "tiny-llama:8:1:1", "tiny-bert:16:1:0", "tiny-bert:64:2:0"}
+    assert {r.link.name for r in runs if str(r.case) == "tiny-gpt2:16:4:2" and r.strategy.mode == "secure"} == \
+        {"local", "metro"}
+    assert {r.link.name for r in runs if r.strategy.mode == "plaintext"} == {"local"}
+    assert {r.case.model for r in runs} >= {"small-gpt2", "small-llama", "small-bert"}
+    assert sweep.LINKS["slow"].latency_s == 0.05 and sweep.LINKS["slow"].bandwidth_bytes_per_s == 2.5e6
+    assert len({r.label() for r in runs}) == len(runs)
+
+
 def test_cli_help_lists_the_sweep_catalog():
     """The CLI's help (written out in cli.py, so the parser needs no torch) names every model, link and grid."""
     from secureinfer import cli
@@ -122,7 +135,8 @@ def test_cli_help_lists_the_sweep_catalog():
     out = subprocess.run([sys.executable, "-c", "import sys; from secureinfer import cli; cli.build_parser(); "
                           "print('torch' in sys.modules)"], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
-    assert set(sweep.GRIDS) == {"small", "medium", "full"} and sweep.DEFAULT_STORE == "benchmarks/sweep/sweep.sqlite"
+    assert set(sweep.GRIDS) == {"small", "medium", "full", "selector"}
+    assert sweep.DEFAULT_STORE == "benchmarks/sweep/sweep.sqlite"
 
 
 def test_cli_dry_run_and_one_run(tmp_path):

@@ -119,7 +119,8 @@ class ServedStep:
     recording: trace.Recording | None
 
 
-def _check_tokens(cfg: ModelConfig, onehot: Any, cache: SecretKVCache | None) -> None:
+def check_tokens(cfg: ModelConfig, onehot: Any, cache: SecretKVCache | None) -> None:
+    """RequestError unless `onehot` is (B, T, V) shares of this vocabulary that fit after the cached positions."""
     shape = tuple(onehot.shape)
     if len(shape) != 3 or shape[-1] != cfg.vocab_size or shape[0] < 1 or shape[1] < 1:
         raise RequestError(f"token one-hots must be (B, T, {cfg.vocab_size}), got {shape}")
@@ -146,7 +147,7 @@ def serve(party: Party, model: Any, step: Step, with_meta: bool, *, client: str 
             raise RequestError(f"{party.name}: unexpected control message from the client")
         meta = party.channel.recv(client, "meta") if with_meta else None
         onehot = sharing.receive_input(party, client, "tokens")
-        _check_tokens(cfg, onehot, cache)
+        check_tokens(cfg, onehot, cache)
         with trace.recording() if traced else contextlib.nullcontext() as rec:
             start, before = time.perf_counter(), party.channel.stats.snapshot()
             out = step(party, model, onehot, meta, cache)

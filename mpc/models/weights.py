@@ -5,7 +5,8 @@ six components travel as seeds). Names travel first so parties key the shares by
 names. Parameters arrive in sorted name order; the parties learn names and shapes (the architecture), never values.
 Open models may instead travel in the clear (`publish_public` / `receive_public`): to one plaintext worker, or to
 each of the three parties of a secure session with public weights (`encode_public` turns them into the ring
-tensors the secure models take; activations stay secret).
+tensors the secure models take; activations stay secret). A party holding an open model's weights can also run the
+secret-weights protocol on them (`share_public`: the trivial replicated sharing w = w + 0 + 0, no messages).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..comm import Channel, CommError
 from ..party import PARTY_NAMES, EngineConfig, Party
 from ..protocols import sharing
 from ..ring import FixedPoint
-from ..shares import AShare
+from ..shares import AShare, public_component
 
 _MAX_NAME = 512
 _MAX_PARAMS = 100_000
@@ -114,4 +115,18 @@ def encode_public(params: dict[str, torch.Tensor], config: EngineConfig) -> dict
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise WeightsError(f"public parameter {name!r} must be a floating-point tensor")
         out[name] = config.fxp.encode(value.detach().to(torch.float64), config.torch_device)
+    return out
+
+
+def share_public(params: dict[str, torch.Tensor], index: int, config: EngineConfig) -> dict[str, AShare]:
+    """Party `index`'s shares of public parameters under the trivial sharing (x_0 = w, x_1 = x_2 = 0), in the
+    session's fixed point on its device: the secret-weights protocol on open weights, with no messages. `params` is
+    left as it is."""
+    out: dict[str, AShare] = {}
+    for name in sorted(params):
+        value = params[name]
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise WeightsError(f"public parameter {name!r} must be a floating-point tensor")
+        ring_value = config.fxp.encode(value.detach().to(torch.float64), config.torch_device)
+        out[name] = public_component(index, ring_value)  # type: ignore[assignment]
     return out

@@ -46,14 +46,18 @@ class Net:
 
 
 def publish(owner: Connector, view: CommitteeView, cfg: ModelConfig, params: dict[str, torch.Tensor],
-            timeout_s: float = 30.0) -> None:
-    """Publish `params` as "tiny" to `view` (secret shares or open weights) and wait for every party's confirmation."""
+            timeout_s: float = 30.0, *, model_id: str = "tiny", public_weights: bool = False) -> None:
+    """Publish `params` as `model_id` to `view` (secret shares, open weights to a worker, or with `public_weights`
+    open weights to every party of a secure committee) and wait for every party's confirmation."""
     secret = view.privacy == node_pb2.PRIVACY_SECRET
-    spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=view.privacy, model_id="tiny",
-                       model_config_json=config_to_json(cfg))
+    spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=view.privacy, model_id=model_id,
+                       model_config_json=config_to_json(cfg), public_weights=public_weights)
 
     def program(channel: Channel) -> None:
-        if secret:
+        if secret and public_weights:
+            for p in PARTY_NAMES:
+                weights.publish_public(channel, serving.owner_params(cfg, params), p)
+        elif secret:
             weights.publish(channel, serving.owner_params(cfg, params), EngineConfig().fxp)
         else:
             weights.publish_public(channel, params, serving.PUBLIC_WORKER)
@@ -65,13 +69,17 @@ def publish(owner: Connector, view: CommitteeView, cfg: ModelConfig, params: dic
 
 
 @contextlib.contextmanager
-def running_committee(pki: Pki, loop: LoopThread, peer_wait_s: float) -> Iterator[Net]:
-    """Start n0-n2, publish the tiny model to them (secret) and to n0 (public); stop everything afterwards."""
+def running_committee(pki: Pki, loop: LoopThread, peer_wait_s: float, gossip: bool = False,
+                      **node_settings: Any) -> Iterator[Net]:
+    """Start n0-n2, publish the tiny model to them (secret) and to n0 (public); stop everything afterwards.
+    `gossip`: n1 and n2 take n0 as their seed and gossip every 0.25 s, so n0's view (the SDK's) shows the committees;
+    `node_settings`: NodeConfig overrides for every node."""
     cluster = Cluster(pki, loop)
     alice = olivia = None
     try:
         for name in SECRET:
-            cluster.start(name, peer_wait_s=peer_wait_s)
+            settings = {"seeds": (cluster.address("n0"),), "gossip_interval_s": 0.25} if gossip and name != "n0" else {}
+            cluster.start(name, peer_wait_s=peer_wait_s, **settings, **node_settings)
         seeds = [cluster.address("n0")]
         alice = Connector(pki.identity("alice"), seeds, timeout_s=60)
         olivia = Connector(pki.identity("olivia"), seeds, timeout_s=60)

@@ -26,5 +26,5 @@ def test_stubs_import_under_the_package_name():
     from secureinfer.v1 import node_pb2, node_pb2_grpc
 
     assert node_pb2.DESCRIPTOR.package == "secureinfer.v1"
-    assert {s for s in node_pb2.DESCRIPTOR.services_by_name} == {"Peer", "Inference", "Membership"}
+    assert {s for s in node_pb2.DESCRIPTOR.services_by_name} == {"Peer", "Inference", "Membership", "Records"}
     assert hasattr(node_pb2_grpc, "InferenceStub")

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from secureinfer.selector import store as store_mod
+from secureinfer.nodes import perfstore as store_mod  # the implementation; selector.store re-exports it
 from secureinfer.selector.store import (COLUMN_NAMES, RunRecord, SchemaVersionError, StoreError, open_store,
                                         run_key)
 

@@ -374,3 +374,164 @@ class Membership:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RecordsStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Push = channel.unary_unary(
+                '/secureinfer.v1.Records/Push',
+                request_serializer=secureinfer_dot_v1_dot_node__pb2.PushRecordsRequest.SerializeToString,
+                response_deserializer=secureinfer_dot_v1_dot_node__pb2.PushRecordsReply.FromString,
+                _registered_method=True)
+        self.Pull = channel.unary_unary(
+                '/secureinfer.v1.Records/Pull',
+                request_serializer=secureinfer_dot_v1_dot_node__pb2.PullRecordsRequest.SerializeToString,
+                response_deserializer=secureinfer_dot_v1_dot_node__pb2.PullRecordsReply.FromString,
+                _registered_method=True)
+        self.Fetch = channel.unary_unary(
+                '/secureinfer.v1.Records/Fetch',
+                request_serializer=secureinfer_dot_v1_dot_node__pb2.FetchRecordsRequest.SerializeToString,
+                response_deserializer=secureinfer_dot_v1_dot_node__pb2.FetchRecordsReply.FromString,
+                _registered_method=True)
+
+
+class RecordsServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Push(self, request, context):
+        """Add rows (a client reports a served request's outcome); callers with any certificate of the network.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pull(self, request, context):
+        """Rows (or keys) after a cursor, in the callee's insertion order: page through a node's whole history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fetch(self, request, context):
+        """Rows by key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RecordsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Push': grpc.unary_unary_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=secureinfer_dot_v1_dot_node__pb2.PushRecordsRequest.FromString,
+                    response_serializer=secureinfer_dot_v1_dot_node__pb2.PushRecordsReply.SerializeToString,
+            ),
+            'Pull': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=secureinfer_dot_v1_dot_node__pb2.PullRecordsRequest.FromString,
+                    response_serializer=secureinfer_dot_v1_dot_node__pb2.PullRecordsReply.SerializeToString,
+            ),
+            'Fetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=secureinfer_dot_v1_dot_node__pb2.FetchRecordsRequest.FromString,
+                    response_serializer=secureinfer_dot_v1_dot_node__pb2.FetchRecordsReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'secureinfer.v1.Records', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('secureinfer.v1.Records', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Records:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Push(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secureinfer.v1.Records/Push',
+            secureinfer_dot_v1_dot_node__pb2.PushRecordsRequest.SerializeToString,
+            secureinfer_dot_v1_dot_node__pb2.PushRecordsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secureinfer.v1.Records/Pull',
+            secureinfer_dot_v1_dot_node__pb2.PullRecordsRequest.SerializeToString,
+            secureinfer_dot_v1_dot_node__pb2.PullRecordsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secureinfer.v1.Records/Fetch',
+            secureinfer_dot_v1_dot_node__pb2.FetchRecordsRequest.SerializeToString,
+            secureinfer_dot_v1_dot_node__pb2.FetchRecordsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

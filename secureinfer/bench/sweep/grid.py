@@ -13,7 +13,7 @@ import torch
 from .models import MODELS
 
 DEFAULT_STORE = "benchmarks/sweep/sweep.sqlite"
-GRIDS = ("small", "medium", "full")
+GRIDS = ("small", "medium", "full", "selector")
 PROFILES = ("accurate", "fast", "lean")
 FRAC_BITS = (16, 18)
 
@@ -72,6 +72,7 @@ LINKS: dict[str, Link] = {link.name: link for link in (
     Link("lan", 1e-4, 125e6),  # 1 Gbit/s, 0.1 ms one way
     Link("metro", 2e-3, 12.5e6),  # 100 Mbit/s, 2 ms one way
     Link("wan", 2e-2, 12.5e6),  # 100 Mbit/s, 20 ms one way (LinkModel.wan)
+    Link("slow", 5e-2, 2.5e6),  # 20 Mbit/s, 50 ms one way (a congested long-haul path)
 )}
 
 
@@ -96,7 +97,8 @@ class GridSpec:
 
     cases: dict[str, tuple[tuple[int, int, int], ...]]
     secure_models: tuple[str, ...]
-    links: dict[str, tuple[str, ...]]  # model -> link names for its secure runs (default: ("local",))
+    # model (or one case, "MODEL:SEQ:BATCH:GEN", which wins) -> link names for its secure runs (default: ("local",))
+    links: dict[str, tuple[str, ...]]
     secure_profiles: tuple[str, ...] = PROFILES
     frac_bits: tuple[int, ...] = FRAC_BITS
     # Secure variants that only some models run (e.g. frac_bits 16 on the big ones is left out to save time).
@@ -139,7 +141,26 @@ _FULL = GridSpec(
            "minilm": tuple(LINKS), "smollm2": ("local", "lan")},
     compile=True,
 )
-GRID_SPECS = {"small": _SMALL, "medium": _MEDIUM, "full": _FULL}
+_SMALLER = ("small-gpt2", "small-llama", "small-bert")
+_ALL_LINKS = tuple(LINKS)
+# Variety for the selector's held-out evaluation on a small CPU: the small grid's cases again (already measured),
+# new shapes (batch 4, 64-128 tokens, a single forward), the 4-layer small models, and the long-latency links
+# (wan, slow) on single-forward cases only, since a 2-layer forward is ~370 rounds (7 s at 20 ms, 18 s at 50 ms).
+_SELECTOR = GridSpec(
+    cases={"tiny-gpt2": ((8, 1, 4), (32, 2, 2), (8, 1, 1), (16, 4, 2), (64, 1, 1)),
+           "tiny-llama": ((8, 1, 4), (32, 2, 2), (8, 1, 1), (16, 4, 2), (64, 1, 1)),
+           "tiny-bert": ((16, 1, 0), (64, 2, 0), (32, 4, 0), (128, 1, 0)),
+           "small-gpt2": ((16, 1, 2),), "small-llama": ((16, 1, 2),), "small-bert": ((32, 1, 0),)},
+    secure_models=(*_TINY, *_SMALLER),
+    links={**{m: ("local", "lan", "metro") for m in (*_TINY, *_SMALLER)},
+           "tiny-gpt2:16:4:2": ("local", "metro"), "tiny-gpt2:64:1:1": ("local", "metro"),
+           "tiny-llama:16:4:2": ("local", "metro"), "tiny-llama:64:1:1": ("local", "metro"),
+           "tiny-bert:32:4:0": ("local", "metro"), "tiny-bert:128:1:0": ("local", "metro"),
+           "tiny-gpt2:8:1:1": _ALL_LINKS, "tiny-llama:8:1:1": _ALL_LINKS, "tiny-bert:16:1:0": _ALL_LINKS,
+           "tiny-bert:64:2:0": _ALL_LINKS},
+    secure_limited={m: (("accurate", 18), ("fast", 18), ("lean", 18), ("lean", 16)) for m in (*_TINY, *_SMALLER)},
+)
+GRID_SPECS = {"small": _SMALL, "medium": _MEDIUM, "full": _FULL, "selector": _SELECTOR}
 
 
 def available_devices() -> list[str]:
@@ -251,7 +272,7 @@ def build_grid(grid: str = "small", *, models: Iterable[str] | None = None, devi
                     skipped[extra.name] = why
                 else:
                     plain.append(extra)
-            case_links = link_names or list(spec.links.get(case.model, ("local",)))
+            case_links = link_names or list(spec.links.get(str(case), spec.links.get(case.model, ("local",))))
             if link_names is None and cases is not None:
                 case_links = ["local"]
             for strategy in secure + plain:

@@ -58,6 +58,13 @@ def _tiny_config(arch: str) -> Any:
                        act="gelu", type_vocab_size=2, **common)
 
 
+def _small_config(arch: str) -> Any:
+    """The tiny shape doubled in width, depth and vocabulary (hidden 128, 4 layers, vocab 512), same head counts."""
+    cfg = _tiny_config(arch)
+    return dataclasses.replace(cfg, hidden=128, n_layers=4, vocab_size=512, head_dim=cfg.head_dim * 2,
+                               intermediate=cfg.intermediate * 2)
+
+
 def _gpt2_base(layers: int) -> tuple[Any, dict[str, torch.Tensor]]:
     """GPT-2-base shape (bench/model.py's random GPT-2-style weights), keeping the first `layers` blocks."""
     from ..model import gpt2_base_params
@@ -80,6 +87,10 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     ModelSpec("tiny-llama", "llama", False,
               "LLaMA shape, 2 layers, hidden 64, 8 heads / 2 KV heads (GQA), vocab 256, random weights"),
     ModelSpec("tiny-bert", "bert", False, "BERT shape, 2 layers, hidden 64, 4 heads, vocab 256, random weights"),
+    ModelSpec("small-gpt2", "gpt2", False, "GPT-2 shape, 4 layers, hidden 128, 4 heads, vocab 512, random weights"),
+    ModelSpec("small-llama", "llama", False,
+              "LLaMA shape, 4 layers, hidden 128, 8 heads / 2 KV heads (GQA), vocab 512, random weights"),
+    ModelSpec("small-bert", "bert", False, "BERT shape, 4 layers, hidden 128, 4 heads, vocab 512, random weights"),
     ModelSpec("gpt2-base-2L", "gpt2", False,
               "GPT-2-base shape (hidden 768, 12 heads, vocab 50257) cut to its first 2 of 12 layers, random weights"),
     ModelSpec("gpt2-base", "gpt2", False, "GPT-2-base shape, 12 layers, random GPT-2-style weights"),
@@ -90,6 +101,9 @@ _LOADERS: dict[str, Callable[[], tuple[Any, dict[str, torch.Tensor]]]] = {
     "tiny-gpt2": lambda: (_tiny_config("gpt2"), _random_params(_tiny_config("gpt2"), 11)),
     "tiny-llama": lambda: (_tiny_config("llama"), _random_params(_tiny_config("llama"), 12)),
     "tiny-bert": lambda: (_tiny_config("bert"), _random_params(_tiny_config("bert"), 13)),
+    "small-gpt2": lambda: (_small_config("gpt2"), _random_params(_small_config("gpt2"), 21)),
+    "small-llama": lambda: (_small_config("llama"), _random_params(_small_config("llama"), 22)),
+    "small-bert": lambda: (_small_config("bert"), _random_params(_small_config("bert"), 23)),
     "gpt2-base-2L": lambda: _gpt2_base(2),
     "gpt2-base": lambda: _gpt2_base(12),
     "minilm": lambda: _packaged("all-MiniLM-L6-v2"),
