@@ -1,7 +1,8 @@
 """The worker's side of a public session: the same step protocol as serving.py, with tokens and outputs in the clear.
 
-For open models and non-private prompts: one worker runs the plaintext forward (plaintext.py, with its KV cache
-for decoders) on its device. Control messages, metadata and step order are those of `serving.serve`, so the
+For open models and non-private prompts: one worker runs the plaintext forward (plaintext.PlainModel: arch.py's
+definition on the torch backend in float64, weights prepared once per session, with its KV cache for decoders) on
+its device. Control messages, metadata and step order are those of `serving.serve`, so the
 client code is shared (`serving.PUBLIC`).
 
 With a PlaintextStrategy, a GPT-2 / LLaMA decoder asked for "last" runs on a FastDecoder (fast/decoder.py) built
@@ -34,8 +35,8 @@ class PublicModel:
     params: dict[str, torch.Tensor]
 
 
-def _encode(model: PublicModel, ids: torch.Tensor, meta: torch.Tensor, output: str) -> torch.Tensor:
-    cfg, params = model.cfg, model.params
+def _encode(model: plaintext.PlainModel, ids: torch.Tensor, meta: torch.Tensor, output: str) -> torch.Tensor:
+    cfg = model.cfg
     if not isinstance(meta, torch.Tensor) or meta.shape != (2, *ids.shape):
         raise RequestError("malformed step metadata from the client")
     mask, types = meta[0], meta[1]
@@ -44,8 +45,8 @@ def _encode(model: PublicModel, ids: torch.Tensor, meta: torch.Tensor, output: s
     if output == "logits":
         if not cfg.num_labels:
             raise RequestError("this model has no classification head")
-        return plaintext.bert_classify(cfg, params, ids, mask, types)
-    hidden = plaintext.bert_forward(cfg, params, ids, mask, types)
+        return model.classify(ids, mask, types)
+    hidden = model.hidden(ids, mask, types)
     return hidden if output == "hidden" else plaintext.mean_pool(hidden, mask)
 
 
@@ -131,7 +132,7 @@ def serve_public(channel: Channel, model: PublicModel, output: str, *, client: s
     if strategy is not None:
         check_strategy(cfg, strategy, device)
     fast = _FastSteps(model, strategy, device) if strategy is not None and cfg.causal and output == "last" else None
-    forward = plaintext.causal_lm_forward(cfg) if cfg.causal else None
+    plain = plaintext.PlainModel(cfg, model.params)
     channel.send(client, b"ready", "ready")
     cache = plaintext.KVCache.empty(cfg.n_layers) if cfg.causal else None
     steps: list[float] = []
@@ -153,10 +154,9 @@ def serve_public(channel: Channel, model: PublicModel, output: str, *, client: s
         with torch.no_grad():
             if fast is not None:
                 out = fast.step(ids)
-            elif forward is None:
-                out = _encode(model, ids, meta.to(device) if isinstance(meta, torch.Tensor) else meta, output)
+            elif not cfg.causal:
+                out = _encode(plain, ids, meta.to(device) if isinstance(meta, torch.Tensor) else meta, output)
             else:
-                out = forward(cfg, model.params, ids, cache)
-                out = out[:, -1:] if output == "last" else out
+                out = plain.logits(ids, cache, last_only=output == "last")
         channel.send(client, out.to("cpu", torch.float64).contiguous(), "output")
         steps.append(time.perf_counter() - start)

@@ -95,7 +95,7 @@ def test_int8_weight_only_within_tolerance(models, arch):
     cfg, params = models[arch]
     ids = _ids(8, 16, seed=3)
     dec = FastDecoder(cfg, params, PlaintextStrategy(precision="fp32", quantization="int8"))
-    assert dec.weights.blocks[0].qkv.weight.dtype == torch.int8
+    assert dec.weights.blocks[0].attn.qkv.weight.dtype == torch.int8
     ours, ref = dec.logits(ids), _ref_logits(cfg, params, ids)
     rel, top1 = _rel(ours, ref), (ours.argmax(-1) == ref.argmax(-1)).float().mean().item()
     print(f"{arch} int8: relative error {rel:.4f}, top-1 agreement {top1:.3f}, max |diff| "

@@ -1,10 +1,12 @@
 """FastDecoder: the plaintext GPT-2 / LLaMA decoder run the way torch runs fast, configured by a PlaintextStrategy.
 
-The math is plaintext.py's (same op order, same parameter names); what changes is how it executes:
+The model is arch.py's definition (the one the secure models and plaintext.py's references run) on the torch
+backend (torch_ops.py); what changes is how it executes:
   precision   weights converted once to fp64 / fp32 / bf16 / fp16 (RMSNorm statistics in fp32 for half types);
   int8        weight-only, per-output-channel scales, dequantized inside each block matmul (weights.py);
   fused       q|k|v and gate|up are single matmuls; attention is torch's scaled_dot_product_attention;
   GQA         queries regrouped to (B, KV, T*g, d) so each KV head is read once (no repeat of keys and values);
+  last rows   a prefill runs the last block's queries, MLP, final norm and head on each row's last real position;
   KV cache    slots (cache.py): static (preallocated max_len) or dynamic (torch.cat growth), per-row positions;
   graphs      with cuda_graphs, one decode step per batch bucket is captured at construction (graphs.py);
   compile     torch.compile of the decode step (mode "reduce-overhead" on CUDA without our own graphs, default
@@ -24,21 +26,16 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
+from ..arch import decoder_logits
 from ..checkpoint import ModelConfig
 from ..strategy import PlaintextStrategy, StrategyError
+from ..torch_ops import TorchOps
 from .cache import KVSlots
 from .graphs import StepGraphs, default_buckets
-from .weights import DTYPES, activation, pack, rope_tables
+from .weights import DTYPES, pack, rope_tables
 
 Prompts = torch.Tensor | Sequence[Sequence[int] | torch.Tensor]
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x*cos + rotate_half(x)*sin on x (B, T, n, d) with cos, sin (B, T, 1, d)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
 def finish_eos(tokens: torch.Tensor, eos: Sequence[int]) -> torch.Tensor:
@@ -91,9 +88,8 @@ class FastDecoder:
             raise ValueError(f"draft_layers must be in [1, {cfg.n_layers}]")
         self.check_every = (8 if self.device.type == "cuda" else 1) if check_every is None else int(check_every)
         self.weights = pack(cfg, params, self.dtype, self.device, int8=strategy.quantization == "int8")
-        self._cos = self._sin = None
-        if cfg.arch == "llama":
-            self._cos, self._sin = rope_tables(cfg, self.max_len, self.dtype, self.device)  # (max_len, d)
+        self._model = decoder_logits(cfg)
+        self._rope = rope_tables(cfg, self.max_len, self.dtype, self.device) if cfg.arch == "llama" else None
         self._arange = torch.arange(self.max_len, device=self.device)
         self.cache: KVSlots | None = None
         self._ids = self._pos = None  # step inputs (slots, 1) int64, updated by the step itself
@@ -117,45 +113,13 @@ class FastDecoder:
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, cache: KVSlots, rows: slice | torch.Tensor,
                  key_len: int, n_layers: int, out_index: torch.Tensor | None) -> torch.Tensor:
         """Logits for tokens ids (B, T) at positions pos (B, T) of cache `rows`: (B, T, V), or (B, 1, V) at
-        out_index (B,)."""
-        cfg, w = self.cfg, self.weights
-        b, t = ids.shape
-        nh, nkv, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        g = nh // nkv
-        x = F.embedding(ids, w.embed)  # (B, T, C)
-        if w.positions is not None:
-            x = x + F.embedding(pos, w.positions)
-        else:
-            cos, sin = self._cos[pos][:, :, None], self._sin[pos][:, :, None]  # (B, T, 1, d)
-        visible = self._arange[:key_len] <= pos[:, None, :, None]  # (B, 1, T, S): key j seen from position pos
-        if g > 1:
-            visible = visible[:, :, :, None].expand(b, 1, t, g, key_len).reshape(b, 1, t * g, key_len)
-        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
-        for n in range(n_layers):
-            blk = w.blocks[n]
-            q, k, v = blk.qkv(blk.norm1(x)).split([nh * d, nkv * d, nkv * d], dim=-1)
-            q, k, v = q.view(b, t, nh, d), k.view(b, t, nkv, d), v.view(b, t, nkv, d)
-            if w.positions is None:
-                q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            kk, vv = cache.write_read(n, rows, pos, k.transpose(1, 2), v.transpose(1, 2), key_len)  # (B, KV, S, d)
-            if g == 1:
-                a = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, attn_mask=mask)  # (B, H, T, d)
-                a = a.transpose(1, 2).reshape(b, t, nh * d)
-            else:  # query head kv*g + j reads KV head kv: rows (t, j) of group kv
-                qg = q.view(b, t, nkv, g, d).permute(0, 2, 1, 3, 4).reshape(b, nkv, t * g, d)
-                a = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask)  # (B, KV, T*g, d)
-                a = a.view(b, nkv, t, g, d).permute(0, 2, 1, 3, 4).reshape(b, t, nh * d)
-            x = x + blk.out(a)
-            u = blk.up(blk.norm2(x))  # (B, T, I) or (B, T, 2I)
-            if cfg.arch == "llama":
-                gate, up = u.chunk(2, dim=-1)
-                u = activation(cfg.act, gate) * up
-            else:
-                u = activation(cfg.act, u)
-            x = x + blk.down(u)
-        if out_index is not None:
-            x = x[torch.arange(b, device=x.device), out_index][:, None]  # (B, 1, C)
-        return F.linear(w.final_norm(x), w.head)  # (B, T, V)
+        out_index (B,). The model is arch.py's definition on the torch backend."""
+
+        def kv(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return cache.write_read(layer, rows, pos, k, v, key_len)  # (B, KV, key_len, d)
+
+        ops = TorchOps(pos, key_len, kv, out_index, self._rope)
+        return self._model(ops, self.cfg, self.weights, ids, last_only=out_index is not None, n_layers=n_layers)
 
     def _decode_impl(self, g: int, key_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One decode step of slots 0..g-1 from the step buffers; returns (logits (g, V), next tokens (g,))."""
