@@ -20,3 +20,23 @@ def device(request) -> str:
 def config(device: str) -> EngineConfig:
     """The default engine configuration on the test's device."""
     return EngineConfig(device=device)
+
+
+LONG_TESTS_ENV = "SECUREINFER_LONG_TESTS"
+
+
+def long_tests_enabled() -> bool:
+    """True when the long variants (soak, long fuzz, long audit) were asked for with SECUREINFER_LONG_TESTS=1."""
+    import os
+
+    return os.environ.get(LONG_TESTS_ENV, "") == "1"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `long` run only with SECUREINFER_LONG_TESTS=1 (their short variants always run in CI)."""
+    if long_tests_enabled():
+        return
+    skip = pytest.mark.skip(reason=f"long variant: set {LONG_TESTS_ENV}=1 to run it (its short variant runs in CI)")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
