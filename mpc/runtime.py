@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .comm import Channel, CommStats, LinkModel, MemoryNetwork
+from .comm.audit import Recorder
 from .party import PARTY_NAMES, EngineConfig, Party
 from .protocols import sharing
 from .ring import RING_DTYPE
@@ -61,10 +62,12 @@ def simulate(
     config: EngineConfig | None = None,
     link: LinkModel | None = None,
     timeout_s: float = 120.0,
+    recorder: Recorder | None = None,
 ) -> Simulation:
     """Run `program(party, *input_shares)` on three parties; `owner(channel)` and `client(channel)`, if given, run
     beside them (the client on a fifth channel named CLIENT). `link` shapes the links between the parties and the
-    client; the owner's links are not shaped (its inputs and weights are set-up, outside the measured figures)."""
+    client; the owner's links are not shaped (its inputs and weights are set-up, outside the measured figures).
+    `recorder` (leakage audit, comm/audit.py) records every message each party receives, set-up included."""
     config = config or EngineConfig()
     encoded = [_encode_input(x, config) for x in inputs]
     names = [*PARTY_NAMES, OWNER] + ([CLIENT] if client is not None else [])
@@ -76,7 +79,8 @@ def simulate(
     errors: list[BaseException] = []
 
     def run_party(index: int) -> None:
-        party = Party.connect(index, network.channel(PARTY_NAMES[index]), config)
+        channel: Channel = network.channel(PARTY_NAMES[index])
+        party = Party.connect(index, recorder.wrap(channel) if recorder else channel, config)
         shares = [sharing.receive_input(party, OWNER) for _ in encoded]
         before = party.channel.stats.snapshot()
         outputs[index] = program(party, *shares)

@@ -118,6 +118,7 @@ _NODE_KINDS: dict[str, tuple[str, bool]] = {
     "roles": (_STRS, False),
     "device": (_STR, False),
     "certs_dir": (_PATH, False),
+    "revocation_list": (_PATH, True),
     "seeds": (_STRS, False),
     "data_dir": (_PATH, True),
     "perf_store": (_PATH, True),
@@ -125,6 +126,9 @@ _NODE_KINDS: dict[str, tuple[str, bool]] = {
     "gossip_interval_s": (_FLOAT, False),
     "record_ttl_s": (_FLOAT, False),
     "max_sessions": (_INT, False),
+    "client_rate_per_s": (_FLOAT, True),
+    "client_burst": (_INT, True),
+    "client_max_sessions": (_INT, True),
     "session_timeout_s": (_FLOAT, False),
     "peer_wait_s": (_FLOAT, False),
     "batch_window_s": (_FLOAT, False),
@@ -146,6 +150,7 @@ class NodeConfig:
     roles: tuple[str, ...] = ("secure", "plaintext")
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (see resolved_device)
     certs_dir: Path  # ca.pem, {node_id}.pem, {node_id}.key
+    revocation_list: Path | None = None  # the CA-signed CRL; None: certs_dir/crl.pem if present (see revocation_path)
     seeds: tuple[str, ...] = ()  # host:port of seed peers
     data_dir: Path | None = None
     perf_store: Path | None = None  # the performance store (SQLite); None: data_dir/perf.sqlite, or in memory
@@ -153,6 +158,9 @@ class NodeConfig:
     gossip_interval_s: float = 1.0
     record_ttl_s: float = 10.0
     max_sessions: int = 4
+    client_rate_per_s: float | None = None  # per client certificate: sessions per second (None: no limit)
+    client_burst: int | None = None  # ... and how many may open at once (None: ceil(client_rate_per_s))
+    client_max_sessions: int | None = None  # per client certificate: concurrent sessions (None: no cap)
     session_timeout_s: float = 600.0
     peer_wait_s: float = 30.0  # how long a session waits for its lower-index parties to dial in (and vice versa)
     batch_window_s: float = 0.05  # batched secure requests: how long a group waits for partners after its first step
@@ -195,6 +203,7 @@ class NodeConfig:
             )
         if self.max_sessions < 1:
             raise ConfigError(f"max_sessions: must be >= 1, got {self.max_sessions}")
+        _check_client_limits(self)
         if not 0.0 <= self.batch_window_s <= 10.0:
             raise ConfigError(f"batch_window_s: must be in [0, 10], got {self.batch_window_s}")
         if self.batch_max_rows < 1:
@@ -229,6 +238,13 @@ class NodeConfig:
         if self.perf_store is not None:
             return self.perf_store
         return None if self.data_dir is None else self.data_dir / "perf.sqlite"
+
+    def revocation_path(self) -> tuple[Path, bool]:
+        """The revocation list to load and whether it must exist: `revocation_list` (required), else crl.pem in
+        certs_dir (optional: a network that has revoked nothing may have none)."""
+        if self.revocation_list is not None:
+            return self.revocation_list, True
+        return self.certs_dir / "crl.pem", False
 
     @property
     def ca_path(self) -> Path:
@@ -304,6 +320,19 @@ class NodeConfig:
             if value is not None:
                 lines.append(f"{item.name} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
+
+
+def _check_client_limits(config: NodeConfig) -> None:
+    """Per-client admission limits: a rate > 0, a burst >= 1 only with a rate, a session cap in 1..max_sessions."""
+    rate, burst, cap = config.client_rate_per_s, config.client_burst, config.client_max_sessions
+    if rate is not None and rate <= 0:
+        raise ConfigError(f"client_rate_per_s: must be > 0 (leave it out for no rate limit), got {rate}")
+    if burst is not None and rate is None:
+        raise ConfigError("client_burst: only meaningful with client_rate_per_s; set both or neither")
+    if burst is not None and burst < 1:
+        raise ConfigError(f"client_burst: must be >= 1, got {burst}")
+    if cap is not None and not 1 <= cap <= config.max_sessions:
+        raise ConfigError(f"client_max_sessions: must be in 1..max_sessions ({config.max_sessions}), got {cap}")
 
 
 def _reject_unknown(what: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:

@@ -21,22 +21,30 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ..mpc.comm.audit import FrameLog
 from ..v1 import node_pb2, node_pb2_grpc
 from . import capability, logs
 from .certs import NODE_SAN, Identity
 from .config import NodeConfig
 from .errors import Cancelled
+from .admission import Admission, AdmissionSettings
 from .batching import Batcher, BatchSettings
 from .logs import log_event
+from .malformed import MalformedRequests
 from .membership import MembershipTable, sign_record
 from .metrics import NodeMetrics
 from .perfstore import Store, open_store
 from .records import RecordBook, RecordSync
+from .revocation import RevocationError, RevocationInterceptor, RevocationWatch
 from .servicers import InferenceServicer, MembershipServicer, PeerServicer, RecordsServicer
 from .sessions import NodeRuntime, SessionRegistry
 from .store import ModelStore
 
 GOSSIP_FANOUT = 2
+# Leakage audit (tests and debugging only, off by default): when set, every message a session of this node receives
+# is written under $SECUREINFER_AUDIT_DIR/<node_id>/ (mpc/comm/audit.py FrameLog). Never set it in production: the
+# files hold this party's shares (useless alone, but the other parties' logs beside them would open every secret).
+AUDIT_ENV = "SECUREINFER_AUDIT_DIR"
 GOSSIP_TIMEOUT_S = 3.0
 
 
@@ -71,11 +79,12 @@ class NodeDaemon:
         self.peer_wait_s = config.peer_wait_s if peer_wait_s is None else peer_wait_s
         self.logger = logs.configure(config.node_id, config.log_level)
         self.identity = Identity.load(config.certs_dir, config.node_id)
+        self.revocation = self._load_revocation()
         self.device = config.resolved_device()
         self.metrics = NodeMetrics()
         self.store = ModelStore()
         self.registry = SessionRegistry(config.max_sessions)
-        self.table = MembershipTable(self.identity.ca_pem, config.node_id)
+        self.table = MembershipTable(self.identity.ca_pem, config.node_id, revoked=self.revocation.is_revoked)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self._server: grpc.aio.Server | None = None
@@ -87,6 +96,46 @@ class NodeDaemon:
         self._sync: RecordSync | None = None
         self.address = ""
         self.port = 0
+
+    def _audit_log(self) -> FrameLog | None:
+        """The inbound-message log if AUDIT_ENV asks for one (tests only), else None."""
+        root = os.environ.get(AUDIT_ENV, "")
+        if not root:
+            return None
+        log_event(self.logger, "WARNING", "audit log on: every inbound message is written to disk (leakage audit; "
+                  "not for production)", audit_dir=str(Path(root) / self.config.node_id))
+        return FrameLog(Path(root) / self.config.node_id)
+
+    # --- revocation (nodes/revocation.py) ----------------------------------------------------------------------------
+
+    def _load_revocation(self) -> RevocationWatch:
+        """The network's revocation list; refuse to start when this node's own certificate is on it."""
+        path, required = self.config.revocation_path()
+        watch = RevocationWatch(path, self.identity.ca_pem, required)
+        reason = watch.reason(self.identity.cert_pem)
+        if reason is not None:
+            raise RevocationError(f"{self.config.cert_path}: {reason}")
+        return watch
+
+    def _log_refused(self, reason: str) -> None:
+        log_event(self.logger, "WARNING", "call refused: revoked certificate", reason=reason)
+
+    def check_revocations(self) -> list[str]:
+        """Re-read the revocation list if its file changed and drop the records of newly revoked nodes (each gossip
+        round); returns their node ids."""
+        try:
+            changed = self.revocation.refresh()
+        except RevocationError as exc:
+            log_event(self.logger, "WARNING", "revocation list not reloaded", reason=str(exc))
+            return []
+        if not changed:
+            return []
+        gone = self.table.forget_revoked()
+        log_event(self.logger, "INFO", "revocation list updated", number=self.revocation.current.number,
+                  revoked=len(self.revocation.current.serials), dropped_nodes=gone)
+        if self.revocation.is_revoked(self.identity.cert_pem):
+            log_event(self.logger, "ERROR", "this node's own certificate is revoked; peers refuse it")
+        return gone
 
     # --- channels to other nodes -----------------------------------------------------------------------------------
 
@@ -110,12 +159,14 @@ class NodeDaemon:
         runtime = NodeRuntime(identity=self.identity, roles=cfg.roles, device=self.device, store=self.store,
                               max_sessions=cfg.max_sessions, session_timeout_s=cfg.session_timeout_s,
                               max_payload_bytes=4 << 30, shaping=cfg.link, dial=self.dial,
-                              peer_wait_s=self.peer_wait_s,
+                              peer_wait_s=self.peer_wait_s, audit=self._audit_log(),
                               batcher=Batcher(BatchSettings(cfg.batch_window_s, cfg.batch_max_rows), self.registry,
                                               self.metrics, self.logger))
-        server = grpc.aio.server(options=server_options(cfg.max_message_bytes))
+        server = grpc.aio.server(options=server_options(cfg.max_message_bytes), interceptors=[
+            RevocationInterceptor(self.revocation, self._log_refused), MalformedRequests()])
+        self.admission = Admission(AdmissionSettings.from_config(cfg), cfg.node_id)
         node_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(runtime, self.registry, self.metrics, self.logger), server)
+            InferenceServicer(runtime, self.registry, self.metrics, self.logger, self.admission), server)
         node_pb2_grpc.add_PeerServicer_to_server(PeerServicer(runtime, self.registry, self.logger), server)
         node_pb2_grpc.add_MembershipServicer_to_server(
             MembershipServicer(self.table, self.registry, cfg.node_id, self.metrics), server)
@@ -191,6 +242,7 @@ class NodeDaemon:
     async def _gossip_loop(self) -> None:
         while True:
             try:
+                self.check_revocations()
                 self._refresh_record()
                 await self.gossip_once()
             except asyncio.CancelledError:

@@ -109,10 +109,14 @@ def _speed(record: NodeRecord) -> tuple[float, int, str]:
 class MembershipTable:
     """The records this node knows, newest heartbeat per node; safe to share between threads."""
 
-    def __init__(self, ca_pem: bytes, self_id: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ca_pem: bytes, self_id: str, clock: Callable[[], float] = time.time,
+                 revoked: Callable[[bytes], bool] | None = None) -> None:
+        """`revoked(certificate_pem)`: True for a certificate on the network's revocation list (its records are
+        dropped); None: nothing is revoked."""
         self.ca_pem = ca_pem
         self.self_id = self_id
         self.clock = clock
+        self.revoked = revoked
         self.rejected = 0
         self._lock = threading.Lock()
         self._records: dict[str, NodeRecord] = {}
@@ -128,6 +132,9 @@ class MembershipTable:
             try:
                 verify_record(record, self.ca_pem, now)
             except RecordError:
+                rejected += 1
+                continue
+            if self.revoked is not None and self.revoked(record.certificate_pem):
                 rejected += 1
                 continue
             accepted.append(_copy(record))
@@ -149,6 +156,16 @@ class MembershipTable:
         verify_record(record, self.ca_pem, self.clock())
         with self._lock:
             self._records[self.self_id] = _copy(record)
+
+    def forget_revoked(self) -> list[str]:
+        """Drop the records of other nodes whose certificate is now revoked; returns their node ids."""
+        if self.revoked is None:
+            return []
+        with self._lock:
+            gone = [n for n, r in self._records.items() if n != self.self_id and self.revoked(r.certificate_pem)]
+            for node_id in gone:
+                del self._records[node_id]
+        return sorted(gone)
 
     def _prune(self, now: float) -> None:
         """Forget expired records (caller holds the lock)."""

@@ -8,6 +8,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 PEER_KINDS: tuple[str, ...] = ("party", "client")
+ADMISSION_LIMITS: tuple[str, ...] = ("rate", "concurrency")
 SESSION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 
 
@@ -50,6 +51,10 @@ class NodeMetrics:
             "secureinfer_rejected_records", "Gossiped node records rejected (bad signature, expired, ...).",
             registry=reg,
         )
+        self.admission_refused = Counter(
+            "secureinfer_admission_refused", "Client sessions refused by a per-client limit, by limit (rate, "
+            "concurrency).", ["limit"], registry=reg,
+        )
         self.active_sessions = Gauge("secureinfer_active_sessions", "Sessions running now.", registry=reg)
         self.known_nodes = Gauge("secureinfer_known_nodes", "Live node records known.", registry=reg)
         self.hosted_models = Gauge("secureinfer_hosted_models", "Models (or model shares) held.", registry=reg)
@@ -59,6 +64,8 @@ class NodeMetrics:
         )
         for kind in PEER_KINDS:  # expose both series at 0 from the start
             self.bytes_sent.labels(peer_kind=kind)
+        for limit in ADMISSION_LIMITS:
+            self.admission_refused.labels(limit=limit)
         self._active = 0
         self._lock = threading.Lock()
         self._server: Any = None
@@ -115,6 +122,12 @@ class NodeMetrics:
         """Count one batched forward (OK or the status it failed with) and the request steps it held."""
         self.batches.labels(status=_check_label("status", status)).inc()
         self.batched_steps.inc(_check_count("steps", steps))
+
+    def admission_refused_for(self, limit: str) -> None:
+        """Count one client session refused by a per-client limit ("rate" or "concurrency")."""
+        if limit not in ADMISSION_LIMITS:
+            raise MetricsError(f"limit: expected one of {ADMISSION_LIMITS}, got {limit!r}")
+        self.admission_refused.labels(limit=limit).inc()
 
     def gossip_round(self) -> None:
         """Count one gossip round."""

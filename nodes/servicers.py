@@ -11,6 +11,7 @@ import grpc
 
 from ..v1 import node_pb2, node_pb2_grpc
 from . import errors
+from .admission import RETRY_AFTER_KEY, Admission, AdmissionSettings, Refused
 from .certs import CertError, PeerCert, peer_from_context
 from .logs import log_event
 from .membership import MembershipTable
@@ -59,11 +60,25 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
     """Sessions opened by clients and model owners, cancellation, and the hosted-model list."""
 
     def __init__(self, runtime: NodeRuntime, registry: SessionRegistry, metrics: NodeMetrics,
-                 logger: logging.Logger) -> None:
+                 logger: logging.Logger, admission: Admission | None = None) -> None:
         self.runtime, self.registry, self.metrics, self.logger = runtime, registry, metrics, logger
+        self.admission = admission if admission is not None else Admission(AdmissionSettings(), runtime.node_id)
 
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         caller = await _caller(context)
+        try:
+            ticket = self.admission.admit(caller)
+        except Refused as exc:  # a per-client limit: RESOURCE_EXHAUSTED saying which limit and when to retry
+            self.metrics.admission_refused_for(exc.limit)
+            log_event(self.logger, "WARNING", "session refused", caller=caller.name, limit=exc.limit)
+            if exc.retry_after_s is not None:
+                context.set_trailing_metadata(((RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"),))
+            await context.abort(*errors.status_for(exc))
+        with ticket:
+            await self._session(caller, context)
+
+    async def _session(self, caller: PeerCert, context: grpc.aio.ServicerContext) -> None:
+        """Run one admitted session: open it, serve it, and map whatever ends it to a status."""
         request = await _first(context, "open", self.runtime.peer_wait_s)
         task, privacy = _TASKS.get(request.task, "unknown"), _PRIVACY.get(request.privacy, "unknown")
         remaining = context.time_remaining()

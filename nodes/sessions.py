@@ -66,6 +66,7 @@ class NodeRuntime:
     dial: Callable[[str, str], grpc.aio.Channel]  # (address, node_id) -> a mutual-TLS channel to that node
     peer_wait_s: float = PEER_WAIT_S  # how long a session and an incoming peer link wait for each other
     batcher: Any = None  # a batching.Batcher: runs SecureStrategy(batch_requests=True) steps together; None: refused
+    audit: Any = None  # leakage audit only (daemon.AUDIT_ENV): a comm.audit.FrameLog of every inbound message; None: off
 
     @property
     def node_id(self) -> str:
@@ -236,8 +237,13 @@ class NodeSession:
 
     def _link(self, name: str, message_type: Any) -> Link:
         on_device = name in PARTY_NAMES and self.runtime.device != "cpu"  # the client's shares are placed by the engine
+        observer = None
+        if self.runtime.audit is not None:
+            receiver = PARTY_NAMES[self.index] if self.secret else serving.PUBLIC_WORKER
+            observer = functools.partial(self.runtime.audit.record, receiver, session=self.id)
         return Link(name, self.loop, lambda f: message_type(frame=f), _frame_of, shaping=self.runtime.shaping,
-                    max_payload_bytes=self.runtime.max_payload_bytes, device=self.runtime.device if on_device else None)
+                    max_payload_bytes=self.runtime.max_payload_bytes, device=self.runtime.device if on_device else None,
+                    observer=observer)
 
     def _pump(self, name: str, coro: Any) -> asyncio.Future:
         task = asyncio.ensure_future(coro)

@@ -40,8 +40,10 @@ class Link:
 
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop, wrap: Callable[[node_pb2.Frame], Any],
                  unwrap: Callable[[Any], node_pb2.Frame | None], *, shaping: LinkSettings = LinkSettings(),
-                 max_payload_bytes: int = frames.DEFAULT_MAX_PAYLOAD, device: str | None = None) -> None:
+                 max_payload_bytes: int = frames.DEFAULT_MAX_PAYLOAD, device: str | None = None,
+                 observer: Callable[[str, Message], None] | None = None) -> None:
         self.name = name
+        self.observer = observer  # leakage audit only (mpc/comm/audit.py): sees every complete inbound message
         self.device = device  # received tensors are moved here (a CUDA party's peers' shares); None: left on CPU
         self.loop = loop
         self.wrap, self.unwrap = wrap, unwrap
@@ -137,6 +139,8 @@ class Link:
             self.bytes_received += len(frame.data)
             complete = assembler.add(frame)
             if complete is not None:
+                if self.observer is not None:
+                    self.observer(self.name, complete)
                 self.inbox.put(complete)
 
     async def run(self, stream: Any) -> None:

@@ -121,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
                               "MiniLM's token uploads take ~0.1 s per request on loopback)")
     network.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
     network.set_defaults(handler=_bench_network)
+    load = bench_kinds.add_parser(
+        "load", help="load and soak with faults: concurrent secure requests while nodes are killed and restarted",
+        description="Start six node processes (two committees of a tiny random GPT-2, mutual TLS), fire concurrent "
+        "secure requests from several client certificates, SIGKILL and restart committee members during the run, "
+        "check every answer against the plaintext model, and report outcomes by cause, latency percentiles and the "
+        "nodes' memory and open files before and after.")
+    load.add_argument("--requests", type=int, default=40, help="requests in all (default 40)")
+    load.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    load.add_argument("--clients", type=int, default=3, help="client certificates the requests come from (default 3)")
+    load.add_argument("--kills", type=int, default=1, help="nodes killed and restarted during the run (default 1)")
+    load.add_argument("--deadline-s", type=float, default=60.0, help="each request's deadline, retries included")
+    load.add_argument("--json", metavar="FILE", help="also write the report (every outcome) as JSON to FILE")
+    load.set_defaults(handler=_bench_load)
     sweep = bench_kinds.add_parser(
         "sweep", help="measure a grid of requests x strategies x devices x links into the performance store",
         description="Run a grid of (model, seq_len, batch, gen_tokens) x strategies (secure profiles, fractional "
@@ -215,6 +228,12 @@ def _bench_network(args: argparse.Namespace) -> int:
     from .bench import network
 
     return network.main(args)
+
+
+def _bench_load(args: argparse.Namespace) -> int:
+    from .bench import load
+
+    return load.main(args)
 
 
 def _bench_sweep(args: argparse.Namespace) -> int:

@@ -29,8 +29,10 @@ from .v1 import node_pb2, node_pb2_grpc
 
 T = TypeVar("T")
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# NOT_FOUND too: the membership view said the committee hosts the model, so a node that does not (it restarted
+# empty, or dropped the model) means the view is stale and another committee may still serve the request.
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
-             grpc.StatusCode.RESOURCE_EXHAUSTED)
+             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND)
 
 
 class NetworkError(RuntimeError):

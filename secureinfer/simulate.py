@@ -17,6 +17,7 @@ itself is killed. Link latency and bandwidth are injected in software by each no
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -100,11 +101,11 @@ class SimulationConfig:
         """The roles of node `index`."""
         return self.roles[index] if self.roles else DEFAULT_ROLES
 
-    def node_config(self, index: int, certs_dir: Path, seeds: tuple[str, ...], port_file: Path | None = None
-                    ) -> NodeConfig:
-        """The NodeConfig of node `index` (port 0 on loopback)."""
+    def node_config(self, index: int, certs_dir: Path, seeds: tuple[str, ...], port_file: Path | None = None,
+                    host: str = HOST) -> NodeConfig:
+        """The NodeConfig of node `index` (port 0 on `host`, loopback by default)."""
         return NodeConfig(
-            node_id=f"node-{index}", host=HOST, port=0, roles=self.node_roles(index), device=self.device,
+            node_id=f"node-{index}", host=host, port=0, roles=self.node_roles(index), device=self.device,
             certs_dir=certs_dir, seeds=seeds, gossip_interval_s=self.gossip_interval_s,
             record_ttl_s=self.record_ttl_s, max_sessions=self.max_sessions, session_timeout_s=self.session_timeout_s,
             batch_window_s=self.batch_window_s, link=LinkSettings(latency_s=self.latency_s, bandwidth_bytes_per_s=self.bandwidth_bytes_per_s),
@@ -117,6 +118,7 @@ class _Node:
 
     node_id: str
     directory: Path
+    host: str = HOST  # the address it binds and is reached at
     process: subprocess.Popen | None = None
     address: str = ""
 
@@ -198,7 +200,8 @@ class LocalNetwork:
         self._finalizer = weakref.finalize(self, _reap, self._processes, temp_dir)
         try:
             self._make_certs()
-            self._nodes = [_Node(f"node-{i}", self._workdir / f"node-{i}") for i in range(self.config.n_nodes)]
+            self._nodes = [_Node(f"node-{i}", self._workdir / f"node-{i}", self._node_host(i))
+                           for i in range(self.config.n_nodes)]
             deadline = time.monotonic() + self.config.start_timeout_s
             first = self._nodes[0]
             self._spawn(0, seeds=())
@@ -317,6 +320,22 @@ class LocalNetwork:
         _signal_group(process, signal.SIGKILL)
         process.wait(timeout=10)
 
+    def restart(self, node_id: str) -> None:
+        """Start a killed node again with the same configuration, on the port it had (so its address, and what
+        other nodes know of it, stay valid); wait until it is SERVING. It starts empty: models must be republished.
+        Call it from a thread that outlives the node (the main thread): a node dies with the thread that started it."""
+        node = self._node(node_id)
+        if node.process is None or not node.address:
+            raise SimulationError(f"{node_id} was never started")
+        if node.process.poll() is None:
+            raise SimulationError(f"{node_id} is still running: kill it first")
+        index = self._nodes.index(node)
+        seeds = () if index == 0 else (self.seed,)
+        self._spawn(index, seeds, port=int(node.address.rpartition(":")[2]))
+        deadline = time.monotonic() + self.config.start_timeout_s
+        self._wait_for_port(node, deadline)
+        self._wait_until_serving(node, deadline)
+
     # --- internals -------------------------------------------------------------------------------------------------
 
     def _node(self, node_id: str) -> _Node:
@@ -337,27 +356,37 @@ class LocalNetwork:
         self._members.append(member)
         return member
 
+    def _node_host(self, index: int) -> str:
+        """The address node `index` binds (subclasses place nodes elsewhere, e.g. in network namespaces)."""
+        return HOST
+
+    def _launch_prefix(self, index: int) -> list[str]:
+        """What goes before node `index`'s command line (e.g. `ip netns exec NAME`); nothing on loopback."""
+        return []
+
     def _make_certs(self) -> None:
         directory = self.certs_dir
         certs.create_ca(directory, common_name="secureinfer local network CA", force=True)
         for index in range(self.config.n_nodes):
-            certs.issue(directory, f"node-{index}", "node", force=True)
+            hosts = tuple(dict.fromkeys((self._node_host(index), HOST, "localhost")))
+            certs.issue(directory, f"node-{index}", "node", hosts=hosts, force=True)
         certs.issue(directory, CLIENT_NAME, "client", force=True)
         certs.issue(directory, OWNER_NAME, "owner", force=True)
 
-    def _spawn(self, index: int, seeds: tuple[str, ...]) -> None:
+    def _spawn(self, index: int, seeds: tuple[str, ...], port: int = 0) -> None:
         node = self._nodes[index]
         node.directory.mkdir(parents=True, exist_ok=True)
         node.port_file.unlink(missing_ok=True)
-        config = self.config.node_config(index, self.certs_dir, seeds, node.port_file)
+        config = self.config.node_config(index, self.certs_dir, seeds, node.port_file, host=node.host)
+        config = dataclasses.replace(config, port=port) if port else config
         node.config_path.write_text(config.to_toml(relative_to=node.directory), encoding="utf-8")
         env = dict(os.environ)
         threads = str(self.config.torch_threads)
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
                    PYTHONUNBUFFERED="1")
         env.update(dict(self.config.extra_env))
-        command = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "node", "serve",
-                   "--config", str(node.config_path)]
+        command = self._launch_prefix(index) + [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "node", "serve",
+                                                "--config", str(node.config_path)]
         with open(node.log_path, "ab") as log:
             node.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             cwd=node.directory, env=env, start_new_session=True)
@@ -382,7 +411,7 @@ class LocalNetwork:
             except FileNotFoundError:
                 text = ""
             if text.isdigit():
-                node.address = f"{HOST}:{int(text)}"
+                node.address = f"{node.host}:{int(text)}"
                 return
             if time.monotonic() > deadline:
                 raise self._fail(node, f"did not bind a port within {self.config.start_timeout_s:.0f} s")

