@@ -296,7 +296,8 @@ class Batcher:
         session = member.session
         request = node_pb2.OpenSession(session_id=plan.batch_id, task=session.request.task,
                                        privacy=node_pb2.PRIVACY_SECRET, model_id=session.request.model_id,
-                                       committee=session.request.committee, party_index=session.index)
+                                       committee=session.request.committee, party_index=session.index,
+                                       fractional_bits=session.frac_bits)  # the hosted model's fixed point
 
         def compute(party: Party) -> int:
             parts = batching.run(party, member.model, member.step, member.cfg, items)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from secureinfer.mpc.ring import FixedPoint
 from secureinfer.v1 import node_pb2
 
 from .certs import CertError, Identity, verify_certificate, verify_signature
@@ -22,6 +23,7 @@ NodeRecord = node_pb2.NodeRecord
 MAX_TTL_S = 3600.0
 MAX_FUTURE_S = 60.0  # how far ahead of our clock a record's issued_at may be (clock skew)
 PARTIES = 3
+DEFAULT_FRAC_BITS = FixedPoint().frac_bits  # a hosted model's fixed point when its record does not say (18)
 
 
 class RecordError(ValueError):
@@ -31,13 +33,20 @@ class RecordError(ValueError):
 @dataclass(frozen=True)
 class CommitteeView:
     """A committee that hosts a model: its nodes and addresses in party order, its privacy (a Privacy value), and
-    whether a secure committee holds the model's open weights in the clear (public-weights sessions run there)."""
+    whether a secure committee holds the model's open weights in the clear (public-weights sessions run there), and
+    the fixed point f its sessions run with (secure committees; the model's weights are encoded at it)."""
 
     committee_id: str
     node_ids: tuple[str, ...]
     addresses: tuple[str, ...]
     privacy: int
     public_weights: bool = False
+    frac_bits: int = DEFAULT_FRAC_BITS
+
+
+def hosted_frac_bits(hosted: node_pb2.HostedModel) -> int:
+    """The fixed point f a hosted model's sessions run with (a record without the field: the default, 18)."""
+    return hosted.frac_bits or DEFAULT_FRAC_BITS
 
 
 def _signed_bytes(record: NodeRecord) -> bytes:
@@ -196,7 +205,7 @@ class MembershipTable:
     def choose_committees(self, model_id: str) -> list[CommitteeView]:
         """The committees whose every member is live, healthy and hosts model_id, fastest (slowest member) first."""
         healthy = {r.node_id: r for r in self.live() if r.healthy}
-        secret: dict[str, dict[int, tuple[tuple[str, ...], bool]]] = {}
+        secret: dict[str, dict[int, tuple[tuple[str, ...], bool, int]]] = {}
         views: list[tuple[float, CommitteeView]] = []
         for record in healthy.values():
             for hosted in record.models:
@@ -210,18 +219,18 @@ class MembershipTable:
                     members = tuple(hosted.node_ids)
                     if len(members) == PARTIES and hosted.party_index < PARTIES \
                             and members[hosted.party_index] == record.node_id:
-                        claim = (members, hosted.public_weights)
+                        claim = (members, hosted.public_weights, hosted_frac_bits(hosted))
                         secret.setdefault(hosted.committee_id, {})[hosted.party_index] = claim
         for committee_id, claims in secret.items():
             first = claims.get(0)
             if first is None or len(set(first[0])) != PARTIES:
                 continue
             if any(claims.get(i) != first for i in range(PARTIES)):
-                continue  # a party missing, or the parties disagree on who is in the committee or on the weights
-            members, public_weights = first
+                continue  # a party missing, or the parties disagree on the members, the weights or the precision
+            members, public_weights, frac_bits = first
             records = [healthy[n] for n in members]
             view = CommitteeView(committee_id, members, tuple(r.address for r in records), node_pb2.PRIVACY_SECRET,
-                                 public_weights)
+                                 public_weights, frac_bits)
             views.append((min(r.capability.matmul_gflops for r in records), view))
         views.sort(key=lambda item: (-item[0], item[1].committee_id, item[1].node_ids))
         return [view for _, view in views]

@@ -21,6 +21,7 @@ from .perfstore import STATUSES, RunRecord
 
 MAX_BATCH = 256  # rows per Push or Fetch
 MAX_PAGE = 1000  # rows (or keys) per Pull
+MAX_CURSOR = (1 << 63) - 1  # the largest Pull cursor: SQLite row ids are signed 64-bit (the wire field is uint64)
 DEFAULT_PAGE = 256
 MAX_FUTURE_S = 60.0  # how far ahead of this node's clock a row's timestamp may be
 KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -18,8 +18,8 @@ import grpc
 from ..v1 import node_pb2, node_pb2_grpc
 from .errors import BadRequest, NodeError, StoreFull
 from .perfstore import RunRecord, Store
-from .perfwire import (DEFAULT_PAGE, MAX_BATCH, MAX_PAGE, check_batch, check_keys, check_record, from_message,
-                       stamp_reporter, to_message)
+from .perfwire import (DEFAULT_PAGE, MAX_BATCH, MAX_CURSOR, MAX_PAGE, check_batch, check_keys, check_record,
+                       from_message, stamp_reporter, to_message)
 
 MAX_RECORDS = 1_000_000  # rows a node keeps; pushes beyond are RESOURCE_EXHAUSTED, gossip stops taking rows
 SYNC_PAGES = 4  # pages of keys taken from one peer in one gossip round
@@ -68,6 +68,8 @@ class RecordBook:
         limit = request.limit or DEFAULT_PAGE
         if limit > MAX_PAGE:
             raise BadRequest(f"limit {limit} is above the maximum of {MAX_PAGE} records per call")
+        if request.cursor > MAX_CURSOR:  # uint64 on the wire; the store's row ids are signed 64-bit
+            raise BadRequest(f"cursor {request.cursor} is above the largest row id {MAX_CURSOR}")
 
         def read() -> node_pb2.PullRecordsReply:
             keys, cursor, more = self.store.keys_since(request.cursor, limit)

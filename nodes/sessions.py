@@ -17,6 +17,11 @@ by hiding open weights); with `public_weights=False`, the secret-weights protoco
 weights (`weights.share_public`: the same messages, rounds and bytes as on a committee holding real shares). The
 prompt is secret either way (one-hot shares). `public_weights=True` on a committee holding shares (a closed model,
 or one published as shares) is INVALID_ARGUMENT before the session starts.
+
+Fixed point. The owner publishes a secure model at a precision f in [12, 24] (OpenSession.fractional_bits, 0 = 18):
+the shares arrive encoded at f (public weights are encoded here at f), the hosted record advertises it, and every
+session of that model runs with EngineConfig(fxp=FixedPoint(f)). A request naming another f (a SecureStrategy's
+frac_bits, or a non-zero fractional_bits) is INVALID_ARGUMENT before the session starts.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ from ..mpc.approx import profile as approx_profile
 from ..mpc.models import checkpoint, plain_serving, serving, strategy, weights
 from ..mpc.models.session import release_memory
 from ..mpc.party import PARTY_NAMES, EngineConfig, Party
+from ..mpc.ring import FixedPoint
 from ..mpc.runtime import OWNER
 from ..v1 import node_pb2, node_pb2_grpc
 from .certs import Identity, PeerCert
 from .errors import BadRequest, Busy, Cancelled, PeerFailed, SessionExists, SessionTimeout, Unauthorized
 from .frames import FrameError
+from .membership import DEFAULT_FRAC_BITS, hosted_frac_bits
 from .store import Hosted, ModelStore, config_from_json, config_to_json, public_model
 from .config import LinkSettings
 from .transport import GrpcChannel, Link
@@ -105,11 +112,10 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
         raise BadRequest("committee nodes must be distinct and the committee must have an id")
     if request.party_index >= size or committee.node_ids[request.party_index] != runtime.node_id:
         raise BadRequest(f"this node ({runtime.node_id}) is not party {request.party_index} of the committee")
-    if request.fractional_bits not in (0, EngineConfig().fxp.frac_bits):
-        raise BadRequest(f"this node computes with {EngineConfig().fxp.frac_bits} fractional bits only")
     if request.task == node_pb2.TASK_PUBLISH:
         if request.strategy_json:
             raise BadRequest("publishing takes no execution strategy")
+        _check_publish_bits(request, secret)
         if request.public_weights and not secret:
             raise BadRequest("public_weights publishes an open model's weights in the clear to a secure committee of "
                              "three; a plaintext worker holds every model in the clear already (leave it unset)")
@@ -128,6 +134,11 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
         # Only the nodes that hold the other shares may take part: anyone else would learn from this party's messages.
         raise BadRequest(f"committee {committee.committee_id!r} is {list(hosted.record.node_ids)} with this node as "
                          f"party {hosted.record.party_index}; the request names other members")
+    held = hosted_frac_bits(hosted.record)
+    if secret and request.fractional_bits not in (0, held):
+        raise BadRequest(f"the request asks for frac_bits={request.fractional_bits} (fractional_bits), but "
+                         f"committee {committee.committee_id!r} holds {request.model_id!r} at frac_bits={held} (its "
+                         f"weights are encoded at that precision)")
     cfg = hosted.cfg
     if cfg.causal != (request.task == node_pb2.TASK_DECODE):
         raise BadRequest(f"model {request.model_id!r} is {'a decoder' if cfg.causal else 'an encoder'}: "
@@ -136,6 +147,18 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
     if _output(request, cfg) not in allowed:
         raise BadRequest(f"unknown output {request.output!r} for {cfg.arch}; choose from {', '.join(allowed)}")
     _check_strategy(runtime, request, hosted)
+
+
+def _check_publish_bits(request: node_pb2.OpenSession, secret: bool) -> None:
+    """BadRequest unless a publish request's fixed point is 0 (the default) or, for a secure committee, in range."""
+    if not request.fractional_bits:
+        return
+    if not secret:
+        raise BadRequest("a plaintext worker holds open weights in floating point: leave fractional_bits unset")
+    try:
+        strategy.check_frac_bits(request.fractional_bits)
+    except strategy.StrategyError as exc:
+        raise BadRequest(f"bad fractional_bits: {exc}") from exc
 
 
 def _strategy(request: node_pb2.OpenSession) -> strategy.Strategy | None:
@@ -173,8 +196,12 @@ def _check_strategy(runtime: NodeRuntime, request: node_pb2.OpenSession, hosted:
         if not plain_serving.same_device_class(chosen.device, runtime.device):
             raise BadRequest(f"strategy {chosen.name} asks for device {chosen.device!r}, but this node computes on "
                              f"{runtime.device!r}")
-        if chosen.frac_bits != EngineConfig().fxp.frac_bits:
-            raise BadRequest(f"this node computes with {EngineConfig().fxp.frac_bits} fractional bits only")
+        held = hosted_frac_bits(hosted.record)
+        if chosen.frac_bits != held:
+            raise BadRequest(f"strategy {chosen.name} asks for frac_bits={chosen.frac_bits}, but committee "
+                             f"{hosted.record.committee_id!r} holds {hosted.record.model_id!r} at frac_bits={held} "
+                             f"(its weights are encoded at that precision): use frac_bits={held}, or a committee "
+                             f"hosting the model at {chosen.frac_bits}")
         if request.profile and request.profile != chosen.profile:
             raise BadRequest(f"profile {request.profile!r} contradicts the strategy's {chosen.profile!r}")
         if chosen.batch_requests and runtime.batcher is None:
@@ -226,6 +253,7 @@ class NodeSession:
         name = PARTY_NAMES[self.index] if self.secret else serving.PUBLIC_WORKER
         self.channel = GrpcChannel(name, self.links, deadline)
         self.result: Any = None
+        self.frac_bits = request.fractional_bits or DEFAULT_FRAC_BITS  # infer: the hosted model's (set by _work)
         self.error: BaseException | None = None  # why the session was aborted, once it was
         self._attached: set[int] = set()  # lower parties whose Peer.Link has arrived
         self._tasks: dict[asyncio.Future, str] = {}  # link pumps and the link each one serves
@@ -389,13 +417,14 @@ class NodeSession:
     # --- the engine programs (worker thread) ---------------------------------------------------------------------
 
     def _engine(self) -> EngineConfig:
-        return EngineConfig(device=self.runtime.device, session_id=self.id)
+        return EngineConfig(fxp=FixedPoint(self.frac_bits), device=self.runtime.device, session_id=self.id)
 
     def _work(self) -> Any:
         request = self.request
         if request.task == node_pb2.TASK_PUBLISH:
             return self._publish()
         hosted = self.runtime.store.get(request.model_id, request.committee.committee_id, request.privacy)
+        self.frac_bits = hosted_frac_bits(hosted.record)  # the precision its weights are encoded at
         chosen = _strategy(request)
         if not self.secret:
             return plain_serving.serve_public(self.channel, hosted.model, _output(request, hosted.cfg),
@@ -423,7 +452,8 @@ class NodeSession:
         record = node_pb2.HostedModel(model_id=request.model_id, committee_id=request.committee.committee_id,
                                       node_ids=list(request.committee.node_ids), party_index=self.index,
                                       privacy=request.privacy, arch=cfg.arch, config_json=config_to_json(cfg),
-                                      public_weights=request.public_weights)
+                                      public_weights=request.public_weights,
+                                      frac_bits=self.frac_bits if self.secret else 0)
         open_params = None
         if self.secret and request.public_weights:  # an open model's (folded) parameters, in the clear
             open_params = _check_public(cfg, weights.receive_public(self.channel, OWNER))

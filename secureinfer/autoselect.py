@@ -27,10 +27,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .mpc.models import plain_serving, serving
 from .mpc.models.checkpoint import ModelConfig
 from .mpc.models.strategy import SecureStrategy, StrategyError, check_allowed, to_json
-from .mpc.party import EngineConfig
-from .network import Measured, NetworkError, RequestFailed, SessionSpec
+from .network import Measured, NetworkError, RequestFailed, SessionSpec, session_io
 from .nodes.certs import NODE_SAN
-from .nodes.membership import CommitteeView, MembershipTable
+from .nodes.membership import DEFAULT_FRAC_BITS, CommitteeView, MembershipTable
 from .nodes.perfstore import RunRecord
 from .selector.features import (CommitteeOption, LinkFeatures, NodeFeatures, Option, Outcome, Plan, RequestFeatures,
                                 SelectorError, WorkerOption)
@@ -129,8 +128,9 @@ def unusable(plan: Plan, place: Placement, cfg: ModelConfig, request: RequestFea
     if chosen.batch_requests:  # a node's record does not say whether it batches: never risk a refusal
         return "batch_requests: node records do not advertise batching"
     if secure:
-        if chosen.frac_bits != EngineConfig().fxp.frac_bits:
-            return f"nodes compute with {EngineConfig().fxp.frac_bits} fractional bits only"
+        held = getattr(place.view, "frac_bits", DEFAULT_FRAC_BITS)
+        if chosen.frac_bits != held:
+            return f"fractional bits: the committee holds the model at frac_bits={held}, not {chosen.frac_bits}"
         if chosen.public_weights != getattr(place.view, "public_weights", False):
             return "public_weights must match how the committee holds the model"
         return None
@@ -251,7 +251,7 @@ class AutoRunner:
         spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
                            privacy=node_pb2.PRIVACY_SECRET if secure else node_pb2.PRIVACY_PUBLIC,
                            model_id=request.model, output=output, strategy_json=to_json(plan.strategy))
-        io = serving.SECRET if secure else serving.PUBLIC
+        io, spec = session_io(spec.privacy, place.view, spec)  # secure: the committee's fixed point
         start = time.monotonic()
         try:
             measured = self.client.connector.run_measured(place.view, spec, lambda ch: program(ch, cfg, io))

@@ -158,7 +158,8 @@ def format_status(records: list) -> str:
                      f"{cap.matmul_gflops:>8.1f} {cap.memory_bytes / 2**30:>8.1f} {now - r.issued_at:>6.1f}")
         for m in r.models:
             kind = ("secret, public weights" if m.public_weights else "secret") if m.privacy == 1 else "public"
-            lines.append(f"    hosts {m.model_id} ({m.arch}, {kind}) committee {m.committee_id} "
+            bits = f" at f={m.frac_bits or 18}" if m.privacy == 1 else ""  # a record without the field: 18
+            lines.append(f"    hosts {m.model_id} ({m.arch}, {kind}){bits} committee {m.committee_id} "
                          f"as party {m.party_index} of {'/'.join(m.node_ids)}")
     lines.append(f"{len(records)} live node(s)")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ outcome in the network's performance store (secureinfer/autoselect.py).
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import secrets
 import threading
@@ -32,12 +33,14 @@ from .mpc.models import serving, weights
 from .mpc.models.checkpoint import ModelConfig
 from .mpc.models.sampling import SamplingConfig
 from .mpc.models.serving import Generation
-from .mpc.models.strategy import Strategy, to_json as strategy_to_json
-from .mpc.party import EngineConfig, PARTY_NAMES
+from .mpc.models.strategy import (SecureStrategy, Strategy, StrategyError, check_frac_bits,
+                                  to_json as strategy_to_json)
+from .mpc.party import PARTY_NAMES
+from .mpc.ring import FixedPoint
 from .autoselect import AutoRunner, PlanSource, Work, work_of
-from .network import Connector, NetworkError, RequestFailed, SessionSpec
+from .network import Connector, NetworkError, RequestFailed, SessionSpec, session_io
 from .nodes.certs import Identity
-from .nodes.membership import CommitteeView, MembershipTable, pick_secure_nodes
+from .nodes.membership import DEFAULT_FRAC_BITS, CommitteeView, MembershipTable, pick_secure_nodes
 from .nodes.store import config_from_json, config_to_json
 from .v1 import node_pb2
 
@@ -117,23 +120,34 @@ class ModelOwner(_Member):
     """Publishes models: secret shares to committees of three secure nodes, or open weights to plaintext workers."""
 
     def publish(self, model_id: str, cfg: ModelConfig, params: dict[str, torch.Tensor], *, privacy: str = "secret",
-                committees: int = 1, nodes: Sequence[str] = (), wait_s: float = 30.0, public_weights: bool = False
-                ) -> list[CommitteeView]:
+                committees: int = 1, nodes: Sequence[str] = (), wait_s: float = 30.0, public_weights: bool = False,
+                frac_bits: int | None = None) -> list[CommitteeView]:
         """Publish to `committees` disjoint committees (or the given node ids) and wait up to `wait_s` until the
         membership view shows them all (so clients find the model right away); returns them.
 
         `public_weights` (an open model, privacy "secret"): send the weights in the clear to every party of each
         committee instead of sharing them; requests with SecureStrategy(public_weights=True) run there, with the
-        prompt and every activation still secret shares."""
+        prompt and every activation still secret shares.
+
+        `frac_bits` (privacy "secret", in [12, 24]; None: 18): the fixed point the weights are encoded at and every
+        session of the model runs with; requests then need SecureStrategy(frac_bits=...) equal to it, or none."""
         if public_weights and privacy != "secret":
             raise ValueError("public_weights is for secure committees (privacy='secret'); a plaintext worker holds "
                              "the weights in the clear anyway")
+        if frac_bits is not None and privacy != "secret":
+            raise ValueError("frac_bits is for secure committees (privacy='secret'); a plaintext worker computes in "
+                             "floating point")
+        try:
+            check_frac_bits(DEFAULT_FRAC_BITS if frac_bits is None else frac_bits)
+        except StrategyError as exc:
+            raise ValueError(str(exc)) from exc
         records = self.nodes()
         chosen = self._choose(records, privacy, committees, nodes)
         spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=_privacy(privacy), model_id=model_id,
-                           model_config_json=config_to_json(cfg), public_weights=public_weights)
+                           model_config_json=config_to_json(cfg), public_weights=public_weights,
+                           fractional_bits=frac_bits or 0)
         published = serving.owner_params(cfg, params) if privacy == "secret" else params
-        fxp = EngineConfig().fxp
+        fxp = FixedPoint(frac_bits or DEFAULT_FRAC_BITS)
         for view in chosen:
             def program(channel: Channel, view: CommitteeView = view) -> None:
                 if privacy == "secret" and public_weights:
@@ -234,16 +248,19 @@ class Client(_Member):
                 raise NetworkError(f"no committee holds {model_id!r} with public weights (the model is closed or "
                                    f"was published as secret shares): drop public_weights from the strategy, or "
                                    f"publish it with ModelOwner.publish(..., public_weights=True)")
+        if isinstance(strategy, SecureStrategy):  # a given committee: the strategy's precision is what is asked for
+            views = _at_precision(views, model_id, strategy.frac_bits) if committee is None else \
+                [dataclasses.replace(committee, frac_bits=strategy.frac_bits)]
         cfg = self.model_config(model_id, view=membership)
-        io = serving.SECRET if privacy == "secret" else serving.PUBLIC
         spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
                            privacy=_privacy(privacy), model_id=model_id, output=output,
                            profile=profile if strategy is None else "",  # a strategy carries its own profile
                            strategy_json=strategy_to_json(strategy) if strategy is not None else "")
         last: RequestFailed | None = None
         for view in views:
+            io, at = session_io(_privacy(privacy), view, spec)
             try:
-                return self.connector.run_session(view, spec, lambda ch: program(ch, cfg, io))[0]
+                return self.connector.run_session(view, at, lambda ch: program(ch, cfg, io))[0]
             except RequestFailed as exc:
                 last = exc
                 if not (exc.retryable and retry()):
@@ -259,7 +276,7 @@ class Client(_Member):
 
         def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> torch.Tensor:
             _check_vocab(cfg, ids)
-            return serving.client_encode(channel, cfg, EngineConfig(), ids, attention_mask, None, output, io)
+            return serving.client_encode(channel, cfg, io.engine(), ids, attention_mask, None, output, io)
 
         return self._run(model_id, privacy, output, profile, program, committee, strategy=strategy,
                          work=work_of("embed", ids.shape))
@@ -287,7 +304,7 @@ class Client(_Member):
 
         def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> torch.Tensor:
             _check_vocab(cfg, ids)
-            return serving.client_logits(channel, cfg, EngineConfig(), ids, parts, io)
+            return serving.client_logits(channel, cfg, io.engine(), ids, parts, io)
 
         return self._run(model_id, privacy, "all", profile, program, committee, strategy=strategy,
                          work=work_of("logits", ids.shape))
@@ -317,7 +334,7 @@ class Client(_Member):
         def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> Generation:
             serving.check_generation_request(cfg, [ids], max_new_tokens)
             eos = torch.tensor(cfg.eos_token_ids, dtype=torch.int64)
-            results, steps = serving.client_generate_many(channel, cfg, EngineConfig(), [ids], max_new_tokens,
+            results, steps = serving.client_generate_many(channel, cfg, io.engine(), [ids], max_new_tokens,
                                                           sampling, eos, seen, io)
             return results[0], steps
 
@@ -349,6 +366,18 @@ class Client(_Member):
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+
+def _at_precision(views: list[CommitteeView], model_id: str, frac_bits: int) -> list[CommitteeView]:
+    """The committees of `views` holding the model at fixed point `frac_bits`; NetworkError naming those held if
+    none."""
+    kept = [v for v in views if v.frac_bits == frac_bits]
+    if not kept:
+        held = sorted({v.frac_bits for v in views})
+        raise NetworkError(f"no committee holds {model_id!r} at frac_bits={frac_bits} (held at: "
+                           f"{', '.join(map(str, held))}): use a strategy with one of those, or publish it with "
+                           f"ModelOwner.publish(..., frac_bits={frac_bits})")
+    return kept
 
 
 def _ids(x: Any) -> torch.Tensor:

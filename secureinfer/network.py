@@ -9,6 +9,7 @@ loop thread. Failures surface as `RequestFailed` with the gRPC status of the nod
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import threading
 import time
@@ -20,7 +21,9 @@ import grpc
 
 from .mpc.comm import Channel, CommError
 from .mpc.party import PARTY_NAMES
+from .mpc.models import serving
 from .mpc.models.serving import PUBLIC_WORKER
+from .mpc.ring import FixedPoint
 from .nodes.certs import NODE_SAN, Identity
 from .nodes.daemon import grpc_options
 from .nodes.membership import CommitteeView
@@ -86,6 +89,16 @@ class SessionSpec:
     model_config_json: str = ""
     strategy_json: str = ""  # an execution strategy (strategy.to_json); empty = the nodes' default
     public_weights: bool = False  # publishing to a secure committee: the open weights in the clear to every party
+    fractional_bits: int = 0  # secure: publish at this fixed point f / infer only where the model is held at f (0: any)
+
+
+def session_io(privacy: int, view: CommitteeView, spec: SessionSpec) -> tuple[serving.TokenIO, SessionSpec]:
+    """How the client talks to `view` (secure: decoding outputs at the committee's fixed point), and the spec asking
+    the nodes for exactly that precision (a node holding the model at another refuses it)."""
+    if privacy != node_pb2.PRIVACY_SECRET:
+        return serving.PUBLIC, spec
+    io = serving.TokenIO(secret=True, fxp=FixedPoint(view.frac_bits))
+    return io, dataclasses.replace(spec, fractional_bits=view.frac_bits)
 
 
 @dataclass(frozen=True)
@@ -207,7 +220,8 @@ class Connector:
                                                output=spec.output, profile=spec.profile,
                                                model_config_json=spec.model_config_json,
                                                strategy_json=spec.strategy_json,
-                                               public_weights=spec.public_weights)
+                                               public_weights=spec.public_weights,
+                                               fractional_bits=spec.fractional_bits)
                 try:
                     await call.write(node_pb2.ClientMessage(open=request))
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:  # e.g. the node is down

@@ -17,7 +17,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from ..comm import Channel, CommError, CommStats
 from ..nn.embedding import one_hot
 from ..party import PARTY_NAMES, EngineConfig, Party
 from ..protocols import reveal, sharing
+from ..ring import FixedPoint
 from ..shares import AShare
 from . import bert, gpt2, llama, trace, weights
 from .blocks import SecretKVCache
@@ -165,13 +166,19 @@ PUBLIC_WORKER = "P0"  # the one plaintext worker of a public session
 
 @dataclass(frozen=True)
 class TokenIO:
-    """How a client's tokens go in and outputs come back: secret shares with three parties, or in the clear."""
+    """How a client's tokens go in and outputs come back: secret shares with three parties, or in the clear; `fxp`
+    is the fixed point the parties compute in (a hosted model's precision), which the client decodes outputs with."""
 
     secret: bool = True
+    fxp: FixedPoint = field(default_factory=FixedPoint)
 
     @property
     def parties(self) -> tuple[str, ...]:
         return PARTY_NAMES if self.secret else (PUBLIC_WORKER,)
+
+    def engine(self) -> EngineConfig:
+        """The client's engine configuration for this session (its fixed point)."""
+        return EngineConfig(fxp=self.fxp)
 
     def send_tokens(self, channel: Channel, cfg: ModelConfig, config: EngineConfig, ids: torch.Tensor) -> None:
         if self.secret:  # one-hot rows as fresh shares

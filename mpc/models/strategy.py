@@ -19,6 +19,7 @@ PROFILES = ("accurate", "fast", "lean")
 PRECISIONS = ("fp64", "fp32", "bf16", "fp16")
 QUANTIZATIONS = ("none", "int8")
 SPECULATION = ("none", "early_exit", "draft")
+FRAC_BITS_RANGE = (12, 24)  # the fixed-point precisions a secure strategy (and a hosted model) may use
 
 
 class StrategyError(ValueError):
@@ -35,6 +36,13 @@ def _device(value: Any) -> None:
         raise StrategyError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {value!r}")
 
 
+def check_frac_bits(value: Any) -> None:
+    """StrategyError unless `value` is a fixed-point precision secure sessions may use (FRAC_BITS_RANGE)."""
+    low, high = FRAC_BITS_RANGE
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise StrategyError(f"frac_bits must be an integer in [{low}, {high}]; got {value!r}")
+
+
 @dataclass(frozen=True)
 class SecureStrategy:
     """Three parties on replicated shares: approximation profile, fixed point, weight mode, batching, device."""
@@ -49,8 +57,7 @@ class SecureStrategy:
 
     def __post_init__(self) -> None:
         _one_of("profile", self.profile, PROFILES)
-        if not isinstance(self.frac_bits, int) or not 12 <= self.frac_bits <= 24:
-            raise StrategyError(f"frac_bits must be an integer in [12, 24]; got {self.frac_bits!r}")
+        check_frac_bits(self.frac_bits)
         _device(self.device)
 
     @property

@@ -229,6 +229,8 @@ def test_pull_pages_through_a_node_in_insertion_order(net: Cluster) -> None:
         cursor, more = reply.next_cursor, reply.more
     assert seen == keys
     assert call(net, "n3", "Pull", node_pb2.PullRecordsRequest(limit=1001)).code == Code.INVALID_ARGUMENT
+    beyond = call(net, "n3", "Pull", node_pb2.PullRecordsRequest(cursor=1 << 63))  # found by the long fuzz run
+    assert beyond.code == Code.INVALID_ARGUMENT and "cursor" in beyond.details
 
 
 @pytest.mark.parametrize("case", ["too many", "malformed row", "huge message", "bad fetch key", "too many keys"])

@@ -149,7 +149,7 @@ class CancelReply(_message.Message):
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
 
 class HostedModel(_message.Message):
-    __slots__ = ("model_id", "committee_id", "node_ids", "party_index", "privacy", "arch", "config_json", "public_weights")
+    __slots__ = ("model_id", "committee_id", "node_ids", "party_index", "privacy", "arch", "config_json", "public_weights", "frac_bits")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     COMMITTEE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class HostedModel(_message.Message):
     ARCH_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    FRAC_BITS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     committee_id: str
     node_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -166,7 +167,8 @@ class HostedModel(_message.Message):
     arch: str
     config_json: str
     public_weights: bool
-    def __init__(self, model_id: _Optional[str] = ..., committee_id: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., party_index: _Optional[int] = ..., privacy: _Optional[_Union[Privacy, str]] = ..., arch: _Optional[str] = ..., config_json: _Optional[str] = ..., public_weights: _Optional[bool] = ...) -> None: ...
+    frac_bits: int
+    def __init__(self, model_id: _Optional[str] = ..., committee_id: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., party_index: _Optional[int] = ..., privacy: _Optional[_Union[Privacy, str]] = ..., arch: _Optional[str] = ..., config_json: _Optional[str] = ..., public_weights: _Optional[bool] = ..., frac_bits: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
