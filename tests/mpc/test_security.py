@@ -190,7 +190,7 @@ MPC_ROOT = Path(mpc_pkg.__file__).resolve().parent
 ALLOWED_OPENERS = {"protocols/reveal.py"}
 # Files that hand a computation's result to its owner (the client), and may do only that: open to the owner
 # outside the parties (reveal_to_owner / reveal_at_owner), never to a party.
-ALLOWED_OWNER_OUTPUT = {"models/serving.py"}
+ALLOWED_OWNER_OUTPUT = {"models/serving.py", "models/batching.py"}  # batching: each member's rows to its own client
 OWNER_OUTPUT_USES = ("calls reveal.reveal_to_owner", "calls reveal.reveal_at_owner", "imports ['reveal'")
 
 
