@@ -102,6 +102,12 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
     ev.add_argument("--holdout", choices=["combo", "model"], default="combo",
                     help="hold out one (model, hardware, link) combination (default) or every combination of a "
                          "model at once (harder: the model is unseen)")
+    ev.add_argument("--network", action="store_true",
+                    help="network level instead: a plan is strategy AND placement; each case is one request on a "
+                         "network of every host that measured its shape (CPU and CUDA committees, workers), each "
+                         "host behind one of its measured links; held out by (model, network); the fixed baseline "
+                         "runs its strategy where a selector-less client would (fastest option first); "
+                         "--holdout does not apply, --group is MODEL/NETWORK as printed")
     ev.add_argument("--group", action="append", metavar="MODEL/HARDWARE/LINK",
                     help="only this held-out group (repeatable; MODEL alone with --holdout model)")
     ev.add_argument("--json", metavar="FILE", help="write the summary (and the command) as JSON to FILE")
@@ -176,7 +182,12 @@ def _eval(args: argparse.Namespace) -> int:
         records = _records(args.store)
         toolkit = evaluate.default_toolkit() if set(config.policies) - {"random", "fixed"} else None
         log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-        report = evaluate.evaluate(records, config, toolkit=toolkit, progress=log)
+        if args.network:
+            from .selector.evalnet import evaluate_network
+
+            report = evaluate_network(records, config, toolkit=toolkit or evaluate.default_toolkit(), progress=log)
+        else:
+            report = evaluate.evaluate(records, config, toolkit=toolkit, progress=log)
     except (SelectorError, StoreError, FileNotFoundError) as exc:
         return _error(exc)
     print(evalreport.report_table(report))
@@ -197,6 +208,7 @@ def _eval_command(args: argparse.Namespace) -> str:
         parts += ["--store", store]
     parts += ["--budgets", args.budgets, "--kinds", args.kinds, "--policies", args.policies,
               "--passes", str(args.passes), "--seed", str(args.seed), "--holdout", args.holdout]
+    parts += ["--network"] if args.network else []
     for group in args.group or []:
         parts += ["--group", group]
     parts += ["--json", args.json] if args.json else []

@@ -113,9 +113,18 @@ class Bandit:
 
     def sample(self, arm: str, placement: str) -> float:
         """One Thompson sample of a plan's residual."""
+        return self.sample_placement(placement) + self.sample_arm(arm)
+
+    def sample_placement(self, placement: str) -> float:
+        """One Thompson sample of a placement's effect (draw it once per planning round and share it among the
+        placement's arms: the effect is common to them, so it must not reorder them)."""
         c = self.config
-        return (self._get(self.placements, placement).sample(c, c.placement_kappa, self.rng)
-                + self._get(self.arms, arm).sample(c, c.prior_kappa, self.rng))
+        return self._get(self.placements, placement).sample(c, c.placement_kappa, self.rng)
+
+    def sample_arm(self, arm: str) -> float:
+        """One Thompson sample of an arm's own effect."""
+        c = self.config
+        return self._get(self.arms, arm).sample(c, c.prior_kappa, self.rng)
 
     def observed(self, arm: str, placement: str) -> float:
         """Effective (discounted) number of observations behind this arm."""

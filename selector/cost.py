@@ -184,10 +184,12 @@ def device_kind(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def option_gflops(option: Option) -> float:
-    """The slowest node's float32 matmul speed (a committee runs at the pace of its slowest party)."""
+def option_gflops(option: Option, kind: str = "cuda") -> float:
+    """The slowest node's float32 matmul speed on device kind `kind` (a committee runs at the pace of its slowest
+    party; a CPU strategy on a GPU node runs at that node's CPU speed)."""
     nodes = option.nodes if isinstance(option, CommitteeOption) else (option.node,)
-    return min((n.matmul_gflops if n.matmul_gflops > 0 else DEFAULT_GFLOPS) for n in nodes)
+    speeds = (n.gflops_for(device_kind(kind)) for n in nodes)
+    return min((g if g > 0 else DEFAULT_GFLOPS) for g in speeds)
 
 
 def _link_terms(option: Option) -> tuple[float, float]:
@@ -244,7 +246,7 @@ class CostModel:
     def features(self, request: RequestFeatures, option: Option, strategy: Strategy) -> dict[str, float]:
         """The analytic terms of a plan's latency (seconds each, before the device constants) for calibration."""
         lat, bw = _link_terms(option)
-        speed = option_gflops(option) * 1e9
+        speed = option_gflops(option, strategy.device) * 1e9
         if isinstance(strategy, SecureStrategy):
             c = self.secure_counts(request, strategy)
             return {"rounds": c.rounds, "bytes": c.bytes, "macs_s": c.macs / speed, "steps": c.steps,

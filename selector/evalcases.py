@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..mpc.models.strategy import Strategy, StrategyError, check_allowed, from_json
 from .features import CommitteeOption, LinkFeatures, NodeFeatures, RequestFeatures, SelectorError, WorkerOption
-from .records import node_of, request_of
+from .records import host_cpu_gflops, node_of, request_of
 
 # Named links of the sweep (secureinfer/bench/sweep/grid.py's LINKS), so groups read "metro" rather than numbers.
 LINK_NAMES: dict[tuple[float, float | None], str] = {
@@ -140,6 +140,13 @@ def _candidate(rows: Sequence[Any], hop_s: float) -> Candidate:
                      rounds=int(statistics.median(rounds)) if rounds else None)
 
 
+def _node_row(groups: Sequence[Sequence[Any]]) -> Any:
+    """The row whose node stands for a case's machine: a GPU row where the host measured any (its CPU strategies
+    are then priced at the host's CPU speed, NodeFeatures.gflops_for), else the first row."""
+    flat = [r for rows in groups for r in rows]
+    return next((r for r in flat if r.device.startswith("cuda")), flat[0])
+
+
 def cases_from_records(records: Iterable[Any], *,
                        shapes: Callable[[str], dict[str, int]] | None = None) -> list[Case]:
     """Cases from store rows (RunRecord): rows with status 'ok' and a latency; plaintext rows join every link their
@@ -147,7 +154,8 @@ def cases_from_records(records: Iterable[Any], *,
     shape fields (n_heads, n_kv_heads, intermediate) by model name."""
     secure: dict[tuple, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     plain: dict[tuple, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
+    rows = list(records)
+    for r in rows:
         if r.status != "ok" or r.total_s is None:
             continue
         shape = (r.model, r.seq_len, r.batch, r.gen_tokens, r.host)
@@ -161,17 +169,19 @@ def cases_from_records(records: Iterable[Any], *,
     for shape in plain:
         if not links[shape]:  # measured only in plaintext: a local client
             links[shape].add((0.0, None))
+    cpu = host_cpu_gflops(rows)
     cases = []
     for shape in sorted(links, key=str):
         for lat, bw in sorted(links[shape], key=lambda x: (x[0], x[1] or 0.0)):
             by_strategy = {**secure.get((*shape, lat, bw), {})}
             first = next(iter(by_strategy.values()), None) or next(iter(plain[shape].values()))
+            node_row = _node_row([*by_strategy.values(), *plain.get(shape, {}).values()])
             features, link = _features(first[0], shapes), LinkFeatures(lat, bw)
             hop = plaintext_hop_s(features, link)
             cands = [_candidate(rows, 0.0) for rows in by_strategy.values()]
             cands += [_candidate(rows, hop) for rows in plain.get(shape, {}).values()]
             cases.append(Case(model=shape[0], hardware=shape[4], link_name=link_name(lat, bw), features=features,
-                              node=node_of(first[0]), link=link,
+                              node=node_of(node_row, cpu_gflops=cpu.get(shape[4], 0.0)), link=link,
                               candidates=tuple(sorted(cands, key=lambda c: c.name))))
     return cases
 

@@ -80,7 +80,7 @@ def report_table(report: EvalReport, *, by_kind: bool = True) -> str:
                      f"{t['selector_below_fixed_median']:.1%} below -> {'met' if t['cut_met'] else 'MISSED'}")
     c = report.config
     budgets = ", ".join("none" if b is None else f"{b:g}" for b in c.budgets)
-    lines.append(f"{len(report.groups)} held-out groups ({c.holdout}), kinds {', '.join(k.name for k in c.kinds)}, "
+    lines.append(f"{len(report.groups)} held-out groups ({report.unit or c.holdout}), kinds {', '.join(k.name for k in c.kinds)}, "
                  f"budgets {budgets}, {c.passes} passes, seed {c.seed}; {report.seconds:.1f} s")
     for group, why in report.skipped_groups.items():
         lines.append(f"skipped group {group}: {why}")

@@ -127,6 +127,7 @@ class EvalReport:
     groups: list[tuple[str, ...]]
     skipped_groups: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    unit: str = ""  # what one held-out group is, when not config.holdout (evalnet: "model, network")
 
     def summary(self, policy: str, kind: str | None = None, *, hardware: str | None = None,
                 replay: int | None = None) -> dict[str, float]:

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from .evalcases import LINK_NAMES, link_name
 from .features import (TASKS, CommitteeOption, LinkFeatures, NodeFeatures, Option, RequestFeatures, SelectorError,
                        WorkerOption)
-from .records import MODEL_SHAPES, node_of, request_of
+from .records import MODEL_SHAPES, host_cpu_gflops, node_of, request_of
 
 LINKS: dict[str, LinkFeatures] = {name: LinkFeatures(lat, bw) for (lat, bw), name in LINK_NAMES.items()}
 SHAPE_FIELDS = ("arch", "n_params", "n_layers", "hidden", "vocab", "n_heads", "n_kv_heads", "intermediate")
@@ -101,10 +101,11 @@ def _node(spec: Any) -> NodeFeatures:
     if not isinstance(spec, dict) or "id" not in spec or "matmul_gflops" not in spec:
         raise SelectorError("each network node needs at least 'id' and 'matmul_gflops' (measured float32 GFLOP/s; "
                             "`secureinfer network status` shows each node's); optional: device (default cpu), "
-                            "cpu_count, memory_gb, host")
+                            "cpu_count, memory_gb, host, cpu_gflops (a GPU node's CPU speed)")
     return NodeFeatures(node_id=str(spec["id"]), device=str(spec.get("device", "cpu")),
                         cpu_count=int(spec.get("cpu_count", 1)), matmul_gflops=float(spec["matmul_gflops"]),
-                        memory_bytes=int(float(spec.get("memory_gb", 16)) * GIB), host=str(spec.get("host", "")))
+                        memory_bytes=int(float(spec.get("memory_gb", 16)) * GIB), host=str(spec.get("host", "")),
+                        cpu_gflops=float(spec.get("cpu_gflops", 0.0)))
 
 
 def network_options(spec: dict[str, Any]) -> list[Option]:
@@ -140,12 +141,14 @@ def store_options(records: Sequence[Any], link: LinkFeatures) -> list[Option]:
     seen: dict[tuple[str, str], Any] = {}
     for r in records:
         seen.setdefault((r.host, r.device), r)
+    cpu = host_cpu_gflops(records)
     out: list[Option] = []
     for (host, device), r in sorted(seen.items()):
         tag = f"{host}/{device.split(' ')[0]}"
-        nodes = tuple(dataclasses.replace(node_of(r), node_id=f"{tag}#{i}") for i in range(3))
+        node = node_of(r, cpu_gflops=cpu.get(host, 0.0))
+        nodes = tuple(dataclasses.replace(node, node_id=f"{tag}#{i}") for i in range(3))
         out.append(CommitteeOption(f"{tag}@{link_name(link.latency_s, link.bandwidth_bytes_per_s)}", nodes, link))
-        out.append(WorkerOption(dataclasses.replace(node_of(r), node_id=tag), link))
+        out.append(WorkerOption(dataclasses.replace(node, node_id=tag), link))
     if not out:
         raise SelectorError("the store has no rows, so there is no default network: give REQUEST a 'network'")
     return out

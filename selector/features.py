@@ -16,6 +16,9 @@ from typing import Any
 from ..mpc.models.strategy import Strategy
 
 TASKS = ("embed", "generate", "logits")
+# Float32 matmul GFLOP/s per CPU core, for a GPU node that reports no CPU speed (measured: 69 on the H200 host's
+# 16 cores, 95 on the 2-core dev VM; the lower, as a conservative estimate).
+CPU_GFLOPS_PER_CORE = 65.0
 
 
 class SelectorError(ValueError):
@@ -94,9 +97,17 @@ class NodeFeatures:
     node_id: str
     device: str  # "cpu" or "cuda:0 (NVIDIA H200)"
     cpu_count: int
-    matmul_gflops: float
+    matmul_gflops: float  # float32 matmul speed of `device`
     memory_bytes: int
     host: str = ""
+    cpu_gflops: float = 0.0  # the host CPU's float32 matmul speed (0: unknown; cpu_count estimates it on a GPU node)
+
+    def gflops_for(self, kind: str) -> float:
+        """Float32 matmul speed for work on device kind `kind` ('cpu' or 'cuda'): a GPU node runs CPU strategies
+        at its CPU's speed, not its GPU's."""
+        if kind == "cpu" and self.device.startswith("cuda"):
+            return self.cpu_gflops if self.cpu_gflops > 0 else CPU_GFLOPS_PER_CORE * max(self.cpu_count, 1)
+        return self.matmul_gflops
 
 
 @dataclass(frozen=True)

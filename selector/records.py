@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -76,9 +77,22 @@ def request_of(r: RunRecord) -> RequestFeatures:
                            open_model=True, n_heads=heads, n_kv_heads=kv, intermediate=inter)
 
 
-def node_of(r: RunRecord, suffix: str = "") -> NodeFeatures:
+def node_of(r: RunRecord, suffix: str = "", cpu_gflops: float = 0.0) -> NodeFeatures:
+    """The node a row ran on; a CPU row's own speed is its CPU speed, a GPU row's CPU speed is `cpu_gflops`
+    (host_cpu_gflops: the same host's CPU rows; 0: unknown)."""
+    cpu = r.matmul_gflops if not r.device.startswith("cuda") else cpu_gflops
     return NodeFeatures(node_id=f"{r.host}{suffix}", device=r.device, cpu_count=r.cpu_count,
-                        matmul_gflops=r.matmul_gflops, memory_bytes=r.memory_bytes, host=r.host)
+                        matmul_gflops=r.matmul_gflops, memory_bytes=r.memory_bytes, host=r.host, cpu_gflops=cpu)
+
+
+def host_cpu_gflops(records: Iterable[RunRecord]) -> dict[str, float]:
+    """Host label -> median float32 matmul speed of its CPU rows (the CPU speed of a GPU host that also measured
+    CPU parties)."""
+    speeds: dict[str, list[float]] = {}
+    for r in records:
+        if not r.device.startswith("cuda") and r.matmul_gflops and r.matmul_gflops > 0:
+            speeds.setdefault(r.host, []).append(float(r.matmul_gflops))
+    return {h: sorted(v)[len(v) // 2] for h, v in speeds.items()}
 
 
 def option_of(r: RunRecord) -> Option:
@@ -105,12 +119,34 @@ def samples(records: Iterable[RunRecord]) -> list[tuple[RequestFeatures, Option,
             if r.status == "ok" and r.total_s and r.total_s > 0]
 
 
+def median_samples(data: Iterable[tuple[RequestFeatures, Option, Strategy, float]]
+                   ) -> list[tuple[RequestFeatures, Option, Strategy, float]]:
+    """One sample per measured configuration (request, host, device, link, strategy), at the median of its repeats:
+    noise-robust training targets (a millisecond plaintext row measured under load is one repeat among several, not
+    a training point of its own)."""
+    groups: dict[tuple, list[tuple[RequestFeatures, Option, Strategy, float]]] = {}
+    for item in data:
+        request, option, strategy, _ = item
+        nodes = option.nodes if isinstance(option, CommitteeOption) else (option.node,)
+        key = (request, tuple((n.host or n.node_id, n.device) for n in nodes), option.link, strategy.name)
+        groups.setdefault(key, []).append(item)
+    out = []
+    for items in groups.values():
+        totals = sorted(t for *_, t in items)
+        mid = len(totals) // 2
+        median = totals[mid] if len(totals) % 2 else 0.5 * (totals[mid - 1] + totals[mid])
+        out.append((*items[0][:3], median))
+    return out
+
+
 def record_of(plan: Plan, outcome: Outcome, request: RequestFeatures, *, host: str = "") -> RunRecord:
     """A store row for a served request (what `Selector.observe` appends): the plan's slowest node stands for the
     node features, the option's link for the link."""
     option = plan.option
     nodes = option.nodes if isinstance(option, CommitteeOption) else (option.node,)
-    node = min(nodes, key=lambda n: n.matmul_gflops)
+    node = min(nodes, key=lambda n: n.gflops_for(plan.strategy.device))
+    if not plan.strategy.device.startswith("cuda") and node.device.startswith("cuda"):  # CPU parties on a GPU node
+        node = replace(node, device="cpu", matmul_gflops=node.gflops_for("cpu"))
     now = time.time()
     key = run_key(kind="served", arm=plan.arm, model=request.model, seq=request.seq_len, batch=request.batch,
                   gen=request.gen_tokens, t=repr(now))

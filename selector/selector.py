@@ -11,7 +11,11 @@ bandit's posterior mean residual corrects it (`expected_s`, used for the deadlin
 order is by a Thompson sample, log(predicted) + sampled residual. The safe default, the feasible plan with the
 smallest expected latency, always stays in the list, and exploration only reorders feasible plans whose expected
 latency is within `explore_ratio` of the safe default's (the others follow, by expected latency): exploring can
-never pick an infeasible plan, nor one expected to be far slower.
+never pick an infeasible plan, nor one expected to be far slower. The default ratio is 1.5: a plan predicted more
+than 50% slower than the safe default is not tried on the strength of a Thompson sample alone (with 3.0, noisy
+millisecond plaintext arms were explored at up to 100x regret; benchmarks/selector/README.md has the figures).
+Thompson samples of the placement effect are drawn once per placement per planning round (the effect is common
+to the placement's arms, so it moves them together and never reorders strategies on one committee).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from .cost import CostModel
 from .features import CommitteeOption, Option, Outcome, Plan, Prediction, RequestFeatures, SelectorError
 from .gbrt import GBRTConfig
 from .predictor import Predictor
-from .records import quiet, read_records, record_of, samples
+from .records import median_samples, quiet, read_records, record_of, samples
 from .space import AccuracyTable, Candidate, Policy, Rejected, feasible
 from .store import RunRecord, Store
 
@@ -113,7 +117,7 @@ class Selector:
     bandit_config: BanditConfig = field(default_factory=BanditConfig)
     gbrt_config: GBRTConfig = field(default_factory=GBRTConfig)
     record_to: Store | None = None  # observe() appends a RunRecord per served request here
-    explore_ratio: float = 3.0
+    explore_ratio: float = 1.5
     calibrate: bool = True
     max_load_per_cpu: float | None = 1.75  # train only on rows measured below this load (None: every row)
 
@@ -136,7 +140,7 @@ class Selector:
         rows = [r for r in self.records + self.observed_records if r.status == "ok"]
         if self.max_load_per_cpu is not None:
             rows = quiet(rows, self.max_load_per_cpu)
-        data = samples(rows)
+        data = median_samples(samples(rows))
         if self.calibrate and data:
             self.cost_model.calibrate(data)
         self.accuracy = AccuracyTable.from_records(rows)
@@ -169,11 +173,14 @@ class Selector:
         costs = [self.cost_model.predict(*it) for it in items]
         bases = self.predictor.predict_many(items) if self.predictor.fitted else costs
         scored = []
+        place_samples: dict[str, float] = {}  # one draw per placement, shared by its arms
         for (c, error), cost, base in zip(kept, costs, bases):
             arm = Plan(c.strategy, c.option, base).arm
             place = placement(c.option)
             mean = self.bandit.mean(arm, place)
-            sample = _sample(self.bandit, arm, place, rng)
+            if place not in place_samples:
+                place_samples[place] = _sample(self.bandit, "placement", place, rng)
+            sample = place_samples[place] + _sample(self.bandit, "arm", arm, rng)
             s = _Scored(c, error, cost, base, mean, sample)
             if request.deadline_s is not None and s.expected_s > request.deadline_s:
                 rejected.append(Rejected(c, "deadline", f"deadline: expected {s.expected_s:.3g} s > "
@@ -234,11 +241,12 @@ class Selector:
                            else 0, self.bandit.observations)
 
 
-def _sample(bandit: Bandit, arm: str, place: str, rng: np.random.Generator) -> float:
+def _sample(bandit: Bandit, effect: str, key: str, rng: np.random.Generator) -> float:
+    """A Thompson sample of a placement's or an arm's effect, drawn from `rng` (explain draws from a copy)."""
     saved = bandit.rng
     bandit.rng = rng
     try:
-        return bandit.sample(arm, place)
+        return bandit.sample_placement(key) if effect == "placement" else bandit.sample_arm(key)
     finally:
         bandit.rng = saved
 
