@@ -46,6 +46,7 @@ GOSSIP_FANOUT = 2
 # files hold this party's shares (useless alone, but the other parties' logs beside them would open every secret).
 AUDIT_ENV = "SECUREINFER_AUDIT_DIR"
 GOSSIP_TIMEOUT_S = 3.0
+ABSENT_SEED_EVERY = 4  # gossip rounds between calls to seeds missing from the live view
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -91,6 +92,7 @@ class NodeDaemon:
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._rng = random.Random()
+        self._gossip_rounds = 0
         self.capability: node_pb2.Capability | None = None
         self.records: RecordBook | None = None  # the performance store, opened by start()
         self._sync: RecordSync | None = None
@@ -258,10 +260,15 @@ class NodeDaemon:
             await asyncio.sleep(self.config.gossip_interval_s * self._rng.uniform(0.8, 1.2))
 
     async def gossip_once(self) -> None:
-        """Push-pull with up to GOSSIP_FANOUT known peers, and with the seeds until some peer is known."""
+        """Push-pull with up to GOSSIP_FANOUT known peers, and with every seed this node's live view lacks (until
+        some peer is known: all of them; later: a seed that restarted empty, or whose record expired while it was
+        away, would otherwise never hear from the nodes that had dropped it)."""
+        self._gossip_rounds += 1
         targets = [(r.address, r.node_id) for r in self.table.sample_peers(GOSSIP_FANOUT, self._rng)]
-        if len(targets) < GOSSIP_FANOUT:
-            targets += [(seed, NODE_SAN) for seed in self.config.seeds if seed != self.address]
+        absent_seeds_due = self._gossip_rounds % ABSENT_SEED_EVERY == 0  # a dead seed costs a timeout: not every round
+        known = {r.address for r in self.table.live()}
+        targets += [(seed, NODE_SAN) for seed in self.config.seeds if seed != self.address and
+                    (len(targets) < GOSSIP_FANOUT or (absent_seeds_due and seed not in known))]
         request = node_pb2.GossipRequest(records=self.table.live())
         for address, node_id in targets:
             stub = node_pb2_grpc.MembershipStub(self.dial(address, node_id))

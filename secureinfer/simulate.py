@@ -330,7 +330,10 @@ class LocalNetwork:
         if node.process.poll() is None:
             raise SimulationError(f"{node_id} is still running: kill it first")
         index = self._nodes.index(node)
-        seeds = () if index == 0 else (self.seed,)
+        # The first node (everyone's seed) had no seeds; restarted empty it joins through the nodes still running.
+        running = tuple(n.address for n in self._nodes if n is not node and n.process is not None
+                        and n.process.poll() is None and n.address)
+        seeds = running if index == 0 else (self.seed,)
         self._spawn(index, seeds, port=int(node.address.rpartition(":")[2]))
         deadline = time.monotonic() + self.config.start_timeout_s
         self._wait_for_port(node, deadline)

@@ -100,3 +100,22 @@ def test_forged_and_tampered_records_are_rejected_and_not_spread(chain: Cluster,
         assert all(r.address != BAD_ADDRESS for r in records.values())
     for node in NAMES:
         assert chain.run(chain.health(node)) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_seed_restarted_empty_is_found_again(cluster: Cluster) -> None:
+    """A seed that comes back empty (no seeds of its own) after the others dropped its expired record is re-dialled
+    by them (they call seeds missing from their view every few rounds), so it learns the network again."""
+    star = NAMES
+    cluster.start("g0", gossip_interval_s=INTERVAL_S, record_ttl_s=TTL_S)
+    seed = cluster.address("g0")
+    for name in star[1:]:
+        cluster.start(name, seeds=(seed,), gossip_interval_s=INTERVAL_S, record_ttl_s=TTL_S)
+    wait_until(lambda: all(set(view(cluster, n)) == set(star) for n in star), 10 * INTERVAL_S + 2.0, "the star")
+    port = int(seed.rpartition(":")[2])
+    cluster.stop("g0")
+    wait_until(lambda: all("g0" not in view(cluster, n) for n in star[1:]), TTL_S + 4 * INTERVAL_S + 1.0,
+               "g0 record expiring")
+    cluster.start("g0", port=port, gossip_interval_s=INTERVAL_S, record_ttl_s=TTL_S)  # no seeds: it knows no one
+    took = wait_until(lambda: set(view(cluster, "g0")) == set(star), 20 * INTERVAL_S + 3.0, "g0 hearing of all")
+    assert took < 20 * INTERVAL_S + 3.0
+    wait_until(lambda: all("g0" in view(cluster, n) for n in star[1:]), 10 * INTERVAL_S + 2.0, "g0 seen again")
