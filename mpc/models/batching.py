@@ -22,11 +22,12 @@ from dataclasses import dataclass
 import torch
 
 from ..party import Party
-from ..protocols import reveal, sharing
+from ..protocols import reveal
 from ..shares import AShare, cat
 from .blocks import SecretKVCache
 from .checkpoint import ModelConfig
-from .serving import CLIENT, RequestError, Step, check_tokens
+from . import serving
+from .serving import CLIENT, RequestError, Step
 
 
 @dataclass(frozen=True)
@@ -150,23 +151,16 @@ def serve_batched(party: Party, cfg: ModelConfig, with_meta: bool, compute: Comp
     """One request's side of `serving.serve` with each step's computation handed to `compute` (which runs it in a
     batch and returns this request's own output shares and cache); the output goes to this client alone. Returns the
     number of steps served."""
-    party.channel.send(client, b"ready", "ready")
-    cache = SecretKVCache.empty(cfg.n_layers) if cfg.causal else None
     steps = 0
-    while True:
-        ctrl = party.channel.recv(client, "ctrl")
-        if ctrl == b"stop":
-            return steps
-        if ctrl == b"reset":
-            cache = SecretKVCache.empty(cfg.n_layers) if cfg.causal else None
-            continue
-        if ctrl != b"step":
-            raise RequestError(f"{party.name}: unexpected control message from the client")
-        meta = party.channel.recv(client, "meta") if with_meta else None
-        onehot = sharing.receive_input(party, client, "tokens")
-        check_tokens(cfg, onehot, cache)
+
+    def run(onehot: AShare, meta: torch.Tensor | None, cache: SecretKVCache | None) -> SecretKVCache | None:
+        nonlocal steps
         item = BatchItem(onehot, meta, cache)
         check_meta(cfg, item)
         out, cache = compute(item)
-        reveal.reveal_to_owner(party, out, client, tag="output")
+        reveal.reveal_to_owner(party, out, client, tag="output")  # this request's own rows, to its own client only
         steps += 1
+        return cache
+
+    serving.serve_steps(party, cfg, with_meta, run, client=client)
+    return steps

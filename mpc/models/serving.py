@@ -130,17 +130,21 @@ def check_tokens(cfg: ModelConfig, onehot: Any, cache: SecretKVCache | None) -> 
         raise RequestError(f"{seen} cached + {shape[1]} new positions exceed max_positions={cfg.max_positions}")
 
 
-def serve(party: Party, model: Any, step: Step, with_meta: bool, *, client: str = CLIENT,
-          traced: bool = False) -> list[ServedStep]:
-    """Say ready, then serve the client's steps until it says stop; returns what each step cost this party."""
-    cfg: ModelConfig = model.cfg
+# Runs one checked step: (token shares, metadata, cache) -> the cache to keep; it opens the step's output to the
+# client alone (reveal_to_owner), nothing else.
+StepRunner = Callable[[Any, Any, SecretKVCache | None], SecretKVCache | None]
+
+
+def serve_steps(party: Party, cfg: ModelConfig, with_meta: bool, run: StepRunner, *, client: str = CLIENT) -> None:
+    """The party's side of the step protocol: say ready, then answer the client's control messages until it says
+    stop; `reset` starts a new sequence (empty cache), `step` receives the step's metadata (with `with_meta`) and token
+    shares, checks them and hands them to `run`."""
     party.channel.send(client, b"ready", "ready")
     cache = SecretKVCache.empty(cfg.n_layers) if cfg.causal else None
-    steps: list[ServedStep] = []
     while True:
         ctrl = party.channel.recv(client, "ctrl")
         if ctrl == b"stop":
-            return steps
+            return
         if ctrl == b"reset":  # a new sequence: forget the cached keys and values
             cache = SecretKVCache.empty(cfg.n_layers) if cfg.causal else None
             continue
@@ -149,12 +153,26 @@ def serve(party: Party, model: Any, step: Step, with_meta: bool, *, client: str 
         meta = party.channel.recv(client, "meta") if with_meta else None
         onehot = sharing.receive_input(party, client, "tokens")
         check_tokens(cfg, onehot, cache)
+        cache = run(onehot, meta, cache)
+
+
+def serve(party: Party, model: Any, step: Step, with_meta: bool, *, client: str = CLIENT,
+          traced: bool = False) -> list[ServedStep]:
+    """Serve the client's steps on `model` until it says stop, opening each step's output to the client alone;
+    returns what each step cost this party."""
+    steps: list[ServedStep] = []
+
+    def run(onehot: Any, meta: Any, cache: SecretKVCache | None) -> SecretKVCache | None:
         with trace.recording() if traced else contextlib.nullcontext() as rec:
             start, before = time.perf_counter(), party.channel.stats.snapshot()
-            out = step(party, model, onehot, meta, cache)
+            out = step(party, model, onehot, meta, cache)  # appends to the cache in place
             with trace.op(party, "output"):
                 reveal.reveal_to_owner(party, out, client, tag="output")
             steps.append(ServedStep(time.perf_counter() - start, party.channel.stats.since(before), rec))
+        return cache
+
+    serve_steps(party, model.cfg, with_meta, run, client=client)
+    return steps
 
 
 # ---------------------------------------------------------------------------------------------------- client side
