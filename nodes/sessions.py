@@ -330,6 +330,8 @@ class NodeSession:
                 wake.cancel()
         if self.error is not None:  # aborted (cancelled, a shutdown): that, not the worker's knock-on error, is why
             raise self.error
+        if not worker.cancelled() and worker.exception() is not None:
+            self._check_links()  # likewise a failed link's own diagnosis (e.g. the caller's malformed frame) wins
         self.result = worker.result()
 
     def _check_links(self) -> None:
