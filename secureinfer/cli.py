@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "against the float64 plaintext model, and a per-op breakdown of where time and bytes go.",
     )
     model.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
-    model.add_argument("--model", action="append", choices=["minilm", "gpt2", "smollm2"],
+    model.add_argument("--model", action="append", choices=["minilm", "bert-base", "gpt2", "smollm2"],
                        help="benchmark only this model (repeatable; default: all three, each in its own process)")
     model.add_argument("--profile", default="accurate", help="approximation profile: accurate, fast or lean (default accurate)")
     model.add_argument("--repeat", type=int, default=1, help="sessions per model; the median is reported (default 1)")
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the MiniLM and GPT-2-base benchmarks once on three in-process parties and once through "
         "three node processes on loopback with mutual TLS (secureinfer simulate's network), and report each step's "
         "time in both, the overhead ratio, and the bytes each node sent to the other parties.")
-    network.add_argument("--model", action="append", choices=["minilm", "gpt2", "tiny"],
+    network.add_argument("--model", action="append", choices=["minilm", "bert-base", "gpt2", "tiny"],
                          help="only this model (repeatable); tiny (a random 2-layer GPT-2) only with --concurrent")
     network.add_argument("--profile", default="accurate", help="approximation profile: accurate, fast or lean")
     network.add_argument("--latency-ms", type=float, default=0.0, help="software-injected one-way latency per message")

@@ -4,6 +4,8 @@ Every run is a full session (mpc/models/session.py): the model owner publishes w
 one-hot tokens and alone opens the outputs. Models:
   minilm   all-MiniLM-L6-v2 (real weights): one sentence embedding at 128 real tokens; accuracy = cosine to the
            float64 plaintext embedding.
+  bert-base BERT-base shape (12 layers, hidden 768, 12 heads, vocab 30522) with random weights drawn like BERT's
+           initialisation, on MiniLM's 128 real tokens (same vocabulary); accuracy = last hidden states vs plaintext.
   gpt2     GPT-2-base shape (12 layers, hidden 768, 12 heads, vocab 50257) with random weights drawn like GPT-2's
            initialisation: a 32-token prefill plus one decoded token; accuracy = logits vs plaintext.
   smollm2  SmolLM2-135M-Instruct (real weights, GGUF): a 32-token prompt prefill plus 8 decode steps, greedy;
@@ -38,7 +40,7 @@ import torch
 
 from . import write_json
 
-MODELS = ("minilm", "gpt2", "smollm2")
+MODELS = ("minilm", "bert-base", "gpt2", "smollm2")
 MINILM_TEXT = ("Secure multi-party computation lets several servers evaluate a neural network on a private prompt "
                "without any of them learning the prompt, the weights or the intermediate activations; only the "
                "client reconstructs the answer. Replicated secret sharing over the ring of integers modulo two to "
@@ -55,7 +57,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _breakdown(recs: list) -> dict[str, Any]:
+def op_breakdown(recs: list) -> dict[str, Any]:
     """Per model op (inclusive) and per protocol (exclusive) figures of merged recordings."""
     from ..mpc.models import trace
 
@@ -118,26 +120,74 @@ def bench_minilm(profile, config, repeats: int, breakdown: bool, public_weights:
             "forward": _step_figures(steps), "load_seconds": reports[-1].load_seconds,
             "accuracy": {"cosine": float(torch.nn.functional.cosine_similarity(emb, want).min()),
                          "max_abs_diff": float((emb - want).abs().max())},
-            "breakdown": _breakdown(list(traced.steps[0].recordings[:1])) if traced else None}
+            "breakdown": op_breakdown(list(traced.steps[0].recordings[:1])) if traced else None}
 
 
-def gpt2_base_params(seed: int = 0) -> tuple[Any, dict[str, torch.Tensor]]:
-    """A GPT-2-base-shaped config and random weights drawn like GPT-2's initialisation (public benchmark data)."""
-    from ..mpc.models.checkpoint import ModelConfig, parameter_shapes
+def init_like_hf(cfg, std: float, seed: int, scaled_proj: bool) -> dict[str, torch.Tensor]:
+    """Random weights in `cfg`'s shapes drawn like the family's initialisation: N(0, std), norms 1, biases 0."""
+    from ..mpc.models.checkpoint import parameter_shapes
 
-    cfg = ModelConfig(arch="gpt2", vocab_size=50257, hidden=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=64,
-                      intermediate=3072, max_positions=1024, norm_eps=1e-5, act="gelu_tanh", tie_word_embeddings=True)
     gen = torch.Generator().manual_seed(seed)
     params = {}
     for name, shape in parameter_shapes(cfg).items():
-        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+        if "LayerNorm.weight" in name or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
             params[name] = torch.ones(shape)
         elif name.endswith("bias"):
             params[name] = torch.zeros(shape)
         else:
-            std = 0.02 / math.sqrt(2 * cfg.n_layers) if name.endswith("c_proj.weight") else 0.02
-            params[name] = torch.randn(shape, generator=gen) * std
-    return cfg, params
+            scaled = scaled_proj and name.endswith("c_proj.weight")
+            params[name] = torch.randn(shape, generator=gen) * (std / math.sqrt(2 * cfg.n_layers) if scaled else std)
+    return params
+
+
+def bert_base_params(seed: int = 0) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A BERT-base-shaped config (bert-base-uncased's) and random weights drawn like BERT's initialisation."""
+    from ..mpc.models.checkpoint import ModelConfig
+
+    cfg = ModelConfig(arch="bert", vocab_size=30522, hidden=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=64,
+                      intermediate=3072, max_positions=512, norm_eps=1e-12, act="gelu", type_vocab_size=2)
+    return cfg, init_like_hf(cfg, 0.02, seed, scaled_proj=False)
+
+
+def minilm_tokens() -> tuple[torch.Tensor, torch.Tensor]:
+    """MiniLM's tokenizer on the benchmark text: input ids and attention mask, (1, 128) each."""
+    from ..mpc.models.checkpoint import load_tokenizer, packaged_checkpoint
+
+    enc = load_tokenizer(packaged_checkpoint("all-MiniLM-L6-v2"))([MINILM_TEXT], truncation=True, max_length=128,
+                                                                  return_tensors="pt")
+    if enc["input_ids"].shape[1] != 128:
+        raise RuntimeError(f"the benchmark text should fill 128 tokens, got {enc['input_ids'].shape[1]}")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def bench_bert_base(profile, config, repeats: int, breakdown: bool, public_weights: bool = False) -> dict[str, Any]:
+    """BERT-base shape, random weights, 128 real tokens: the last hidden states."""
+    from ..mpc.models import plaintext, session
+
+    cfg, params = bert_base_params()
+    params = {k: v.double() for k, v in params.items()}
+    ids, mask = minilm_tokens()
+
+    def run(traced: bool):
+        return session.secure_encode(cfg, params, ids, mask, output="hidden", profile=profile, config=config,
+                                     traced=traced, public_weights=public_weights)
+
+    hidden, reports, traced = _repeat(run, repeats, breakdown)
+    want = plaintext.bert_forward(cfg, params, ids, mask)
+    steps = [r.steps[0] for r in reports]
+    return {"model": "bert-base", "what": "BERT-base shape (random weights), last hidden states, 1 x 128 tokens",
+            "forward": _step_figures(steps), "load_seconds": reports[-1].load_seconds,
+            "accuracy": _compare(hidden, want),
+            "breakdown": op_breakdown(list(traced.steps[0].recordings[:1])) if traced else None}
+
+
+def gpt2_base_params(seed: int = 0) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A GPT-2-base-shaped config and random weights drawn like GPT-2's initialisation (public benchmark data)."""
+    from ..mpc.models.checkpoint import ModelConfig
+
+    cfg = ModelConfig(arch="gpt2", vocab_size=50257, hidden=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=64,
+                      intermediate=3072, max_positions=1024, norm_eps=1e-5, act="gelu_tanh", tie_word_embeddings=True)
+    return cfg, init_like_hf(cfg, 0.02, seed, scaled_proj=True)
 
 
 def bench_gpt2(profile, config, repeats: int, breakdown: bool, public_weights: bool = False) -> dict[str, Any]:
@@ -161,8 +211,8 @@ def bench_gpt2(profile, config, repeats: int, breakdown: bool, public_weights: b
             "seconds": statistics.median(total), "prefill": _step_figures(prefill), "decode": _step_figures(decode),
             "load_seconds": reports[-1].load_seconds,
             "accuracy": _compare(gen.logits, torch.stack(want)),
-            "breakdown": {"prefill": _breakdown(list(traced.steps[0].recordings[:1])),
-                          "decode": _breakdown(list(traced.steps[1].recordings[:1]))} if traced else None}
+            "breakdown": {"prefill": op_breakdown(list(traced.steps[0].recordings[:1])),
+                          "decode": op_breakdown(list(traced.steps[1].recordings[:1]))} if traced else None}
 
 
 def bench_smollm2(profile, config, repeats: int, breakdown: bool, public_weights: bool = False,
@@ -197,11 +247,11 @@ def bench_smollm2(profile, config, repeats: int, breakdown: bool, public_weights
             "seconds": statistics.median(r.seconds for r in reports), "prefill": _step_figures(prefill),
             "decode": _step_figures(decode), "seconds_per_decoded_token": per_token,
             "load_seconds": reports[-1].load_seconds, "accuracy": accuracy,
-            "breakdown": {"prefill": _breakdown(list(traced.steps[0].recordings[:1])),
-                          "decode": _breakdown([s.recordings[0] for s in traced.steps[1:]])} if traced else None}
+            "breakdown": {"prefill": op_breakdown(list(traced.steps[0].recordings[:1])),
+                          "decode": op_breakdown([s.recordings[0] for s in traced.steps[1:]])} if traced else None}
 
 
-BENCHES = {"minilm": bench_minilm, "gpt2": bench_gpt2, "smollm2": bench_smollm2}
+BENCHES = {"minilm": bench_minilm, "bert-base": bench_bert_base, "gpt2": bench_gpt2, "smollm2": bench_smollm2}
 
 
 # ---------------------------------------------------------------------------------------------------- output

@@ -5,7 +5,7 @@ three node processes on loopback, mutual TLS, the same session protocol. Figures
 time (control message sent -> output reconstructed), for the network run also the whole request as a user sees it
 (session opened on three nodes -> closed), and the bytes each node sent to the other parties, read from the
 nodes' own session logs. Overhead = network step time / in-process step time, measured in the same run.
-Models: minilm (all-MiniLM-L6-v2, 128 tokens) and gpt2 (GPT-2-base shape, 32-token prefill + 1 decoded token).
+Models: minilm (all-MiniLM-L6-v2, 128 tokens), bert-base (BERT-base shape, random weights, 128 tokens) and gpt2 (GPT-2-base shape, 32-token prefill + 1 decoded token).
 --public-weights: each model is also published with public weights (its open weights in the clear at every party) and
 run with SecureStrategy(public_weights=True) over the same nodes, the prompt still secret; the result gains a
 "public_weights" entry (network step times, bytes per node) and the secret/public ratios.
@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from . import write_json
-from .model import MINILM_TEXT, gpt2_base_params
+from .model import MINILM_TEXT, bert_base_params, gpt2_base_params, minilm_tokens
 
-MODELS = ("minilm", "gpt2")
+MODELS = ("minilm", "bert-base", "gpt2")
+ENCODERS = ("minilm", "bert-base")
 
 
 def _node_session_bytes(log: Path, after: float) -> list[int]:
@@ -55,11 +56,14 @@ def _unix(iso: str) -> float:
 def _load(name: str) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
     from ..mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
 
-    if name == "minilm":
+    if name in ENCODERS:
         path = packaged_checkpoint("all-MiniLM-L6-v2")
         cfg, params = load_checkpoint(path, torch.float64)
         enc = load_tokenizer(path)([MINILM_TEXT], truncation=True, max_length=128, return_tensors="pt")
         return cfg, params, enc["input_ids"], enc["attention_mask"]
+    if name == "bert-base":
+        cfg, params = bert_base_params()
+        return (cfg, {k: v.double() for k, v in params.items()}, *minilm_tokens())
     cfg, params = gpt2_base_params()
     prompt = torch.randint(0, cfg.vocab_size, (1, 32), generator=torch.Generator().manual_seed(1))
     return cfg, params, prompt, None
@@ -70,7 +74,7 @@ def _in_process(name: str, cfg, params, ids, mask, profile, device: str) -> list
     from ..mpc.party import EngineConfig
 
     config = EngineConfig(device=device)
-    if name == "minilm":
+    if name in ENCODERS:
         _, report = session.secure_encode(cfg, params, ids, mask, profile=profile, config=config)
     else:
         _, report = session.secure_generate(cfg, params, ids, 2, eos_token_ids=(), profile=profile, config=config)
@@ -91,14 +95,14 @@ def _over_network(net, name: str, cfg, params, ids, mask, profile_name: str, pub
     with net.owner() as owner, net.client() as client:
         committee = owner.publish(model_id, cfg, params, public_weights=public_weights)[0]
         view = next(v for v in client.committees(model_id) if v.committee_id == committee.committee_id)
-        task = node_pb2.TASK_ENCODE if name == "minilm" else node_pb2.TASK_DECODE
+        task = node_pb2.TASK_ENCODE if name in ENCODERS else node_pb2.TASK_DECODE
         chosen = to_json(SecureStrategy(profile=profile_name, public_weights=True)) if public_weights else ""
         spec = SessionSpec(task=task, privacy=node_pb2.PRIVACY_SECRET, model_id=model_id,
-                           output="embedding" if name == "minilm" else "last",
+                           output="embedding" if name in ENCODERS else "last",
                            profile="" if public_weights else profile_name, strategy_json=chosen)
 
         def program(channel):
-            if name == "minilm":
+            if name in ENCODERS:
                 return serving.client_encode(channel, cfg, EngineConfig(), ids, mask, None, "embedding")
             results, times = serving.client_generate_many(channel, cfg, EngineConfig(), [ids], 2, SamplingConfig(),
                                                           torch.tensor([], dtype=torch.int64))
@@ -129,7 +133,7 @@ def bench(name: str, profile_name: str, net_config, public_weights: bool = False
             open_steps, open_wall, _ = _over_network(net, name, cfg, params, ids, mask, profile_name, True)
             time.sleep(0.5)
             open_sent = [_node_session_bytes(net.log_path(n), started) for n in net.node_ids]
-    steps = ["forward"] if name == "minilm" else ["prefill", "decode"]
+    steps = ["forward"] if name in ENCODERS else ["prefill", "decode"]
     extra: dict[str, Any] = {}
     if public_weights:
         open_bytes = [sum(s) for s in open_sent]

@@ -20,6 +20,9 @@ import torch
 from ..mpc import runtime
 from . import write_json
 from ..mpc.party import EngineConfig, Party
+from ..mpc.approx import exp, reciprocal
+from ..mpc.approx.profile import ACCURATE
+from ..mpc.nn import activations, norm, softmax
 from ..mpc.protocols import compare, mul, reveal, select
 from ..mpc.shares import AShare
 
@@ -34,6 +37,7 @@ class OpCase:
     reference: Callable[..., torch.Tensor]
     scale: float = 4.0
     output_is_bit: bool = False
+    domain: tuple[float, float] | None = None  # inputs uniform on [lo, hi] instead of N(0, scale^2)
 
 
 def _cases() -> list[OpCase]:
@@ -43,6 +47,15 @@ def _cases() -> list[OpCase]:
         OpCase("lt", ((128, 3072), (128, 3072)), compare.lt, lambda a, b: (a < b).double(), output_is_bit=True),
         OpCase("relu", ((128, 3072),), select.relu, torch.relu),
         OpCase("max", ((12, 128, 128),), lambda p, x: select.max(p, x, dim=-1), lambda x: x.amax(dim=-1)),
+        OpCase("exp", ((128, 3072),), lambda p, x: exp.exp_neg(p, x, ACCURATE), torch.exp, domain=(-14.0, 0.0)),
+        OpCase("reciprocal", ((128,),), lambda p, x: reciprocal.reciprocal(p, x, ACCURATE, lo=0, hi=7),
+               torch.reciprocal, domain=(1.0, 128.0)),
+        OpCase("softmax", ((12, 128, 128),), lambda p, x: softmax.softmax(p, x, ACCURATE),
+               lambda x: torch.softmax(x, dim=-1), domain=(-4.0, 4.0)),
+        OpCase("gelu", ((128, 3072),), lambda p, x: activations.gelu(p, x, ACCURATE), torch.nn.functional.gelu,
+               domain=(-6.0, 6.0)),
+        OpCase("layernorm", ((128, 768),), lambda p, x: norm.layernorm(p, x, None, None, ACCURATE),
+               lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-12), domain=(-4.0, 4.0)),
     ]
 
 
@@ -83,12 +96,19 @@ def _error(case: OpCase, config: EngineConfig, out: torch.Tensor, inputs: list[t
     return float((fxp.decode(out.cpu()) - want).abs().max()) * fxp.scale
 
 
+def _sample(case: OpCase, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    if case.domain is None:
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * case.scale
+    lo, hi = case.domain
+    return lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64)
+
+
 def run_case(case: OpCase, config: EngineConfig, repeats: int) -> OpResult:
     """Run one case `repeats` times; report medians (time) and the worst error."""
     gen = torch.Generator().manual_seed(0)  # public benchmark inputs, not secret randomness
     seconds, errors, result = [], [], None
     for _ in range(repeats):
-        inputs = [torch.randn(*s, generator=gen, dtype=torch.float64) * case.scale for s in case.shapes]
+        inputs = [_sample(case, s, gen) for s in case.shapes]
         timings = [0.0, 0.0, 0.0]
         result = runtime.simulate(_program(case, timings), inputs=inputs, config=config)
         seconds.append(max(timings))
@@ -113,7 +133,7 @@ def _print_row(r: OpResult) -> None:
     shapes = "x".join("(" + ",".join(map(str, s)) + ")" for s in r.shapes)
     mb = "/".join(f"{b / 1e6:.2f}" for b in r.bytes_per_party)
     err = f"{r.max_error:.1f} {r.error_unit.split()[0]}"
-    print(f"{r.op:<8} {shapes:<26} {r.seconds * 1e3:>9.1f} ms {r.rounds:>4} rounds  {mb:>20} MB  {err:>12}"
+    print(f"{r.op:<10} {shapes:<26} {r.seconds * 1e3:>9.1f} ms {r.rounds:>4} rounds  {mb:>20} MB  {err:>12}"
           f"  peak {r.peak_rss_mb:,.0f} MB", flush=True)
 
 
@@ -136,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
     config = EngineConfig(device=args.device)
     print(f"3 in-process parties, device {args.device}, f={config.fxp.frac_bits}, median of {args.repeat} "
           f"(torch {torch.__version__}, {torch.get_num_threads()} threads)", flush=True)
-    print(f"{'op':<8} {'shapes':<26} {'time':>12} {'rounds':>11}  {'sent per party P0/P1/P2':>20}     {'max error':>12}")
+    print(f"{'op':<10} {'shapes':<26} {'time':>12} {'rounds':>11}  {'sent per party P0/P1/P2':>20}     {'max error':>12}")
     results = []
     for case in cases:
         result = run_case(case, config, args.repeat)

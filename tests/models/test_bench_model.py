@@ -42,9 +42,9 @@ def test_trace_adds_up_to_the_step(gpt2_dir):
             assert top["layernorm"].calls == 2 * cfg.n_layers + 1 and top["attn.core"].calls == cfg.n_layers
             leaf = rec.by_leaf()
             assert leaf["trunc"].bytes_sent > 0 and "msb" in leaf  # the protocols underneath are visible
-        bd = bench_model._breakdown(list(step.recordings[:1]))
+        bd = bench_model.op_breakdown(list(step.recordings[:1]))
         assert set(bd) == {"by_model_op", "by_protocol", "inside_ops"} and "softmax" in bd["inside_ops"]
-    print({k: round(v["seconds"], 3) for k, v in bench_model._breakdown([report.steps[0].recordings[0]])
+    print({k: round(v["seconds"], 3) for k, v in bench_model.op_breakdown([report.steps[0].recordings[0]])
            ["by_model_op"].items()})
 
 

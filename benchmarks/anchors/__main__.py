@@ -1,0 +1,81 @@
+"""`python -m benchmarks.anchors`: secureinfer against SPU/PUMA, CrypTen and transformers, side by side, in one run.
+
+See benchmarks/anchors/__init__.py for what is measured and how; BENCHMARKS.md for the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import harness, report, workloads
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.anchors",
+        description="Run secureinfer's secure forward and each anchor (SecretFlow SPU running PUMA's recipes, CrypTen, "
+                    "Hugging Face transformers in plaintext) on the same workloads, one after another in one run, and "
+                    "print time, bytes per party, rounds, accuracy against float64 plaintext, the ratios to "
+                    "secureinfer, and projections to real networks. The anchors' virtual environments are built on "
+                    "first use under --env-dir (minutes; an anchor whose install fails is skipped with its reason).",
+        epilog="examples:\n  python -m benchmarks.anchors --workload minilm            # the issue's headline figure\n"
+               "  python -m benchmarks.anchors --anchor spu --workload gpt2\n"
+               "  python -m benchmarks.anchors --json out.json --markdown out.md   # everything, for BENCHMARKS.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", action="append", choices=workloads.WORKLOADS,
+                        help="only this workload (repeatable; default all: minilm, bert-base, gpt2)")
+    parser.add_argument("--anchor", action="append", choices=harness.ANCHORS,
+                        help="only this anchor (repeatable; default all); secureinfer always runs")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per system and workload (median; default 1)")
+    parser.add_argument("--profile", default="accurate", help="secureinfer's approximation profile (default accurate)")
+    parser.add_argument("--env-dir", type=Path, default=Path(".anchors"), help="where the anchors' venvs live")
+    parser.add_argument("--work-dir", type=Path, default=Path(".anchors/work"),
+                        help="where workload files and raw results go (about 2 GB for all three workloads)")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the anchors' environments")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one system may take on one workload")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip secureinfer's traced per-op breakdown run")
+    parser.add_argument("--no-ops", action="store_true", help="skip the per-op table against CrypTen")
+    parser.add_argument("--json", type=Path, help="write every figure as JSON to this file")
+    parser.add_argument("--markdown", type=Path, help="write the tables as Markdown to this file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the harness and print, and optionally write, its tables."""
+    from secureinfer.bench import machine
+
+    args = parse(argv)
+    cfg = harness.HarnessConfig(workloads=tuple(args.workload or workloads.WORKLOADS),
+                                anchors=tuple(args.anchor or harness.ANCHORS), repeats=args.repeats,
+                                env_dir=args.env_dir, work_dir=args.work_dir, rebuild=args.rebuild,
+                                timeout_s=args.timeout, breakdown=not args.no_breakdown, profile=args.profile,
+                                ops=not args.no_ops)
+    start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    outcome = harness.run(cfg, log)
+    report.print_tables(outcome)
+    text = report.markdown(outcome) + "\n" + report.breakdown_markdown(outcome)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.json:
+        payload = {"benchmark": "anchors", "machine": machine("cpu"), "command": " ".join(sys.argv),
+                   "seconds": time.perf_counter() - start, "config": {k: str(v) for k, v in asdict(cfg).items()},
+                   "environments": outcome.environments, "workloads": outcome.results, "ops": outcome.ops}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

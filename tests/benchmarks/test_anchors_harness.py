@@ -1,0 +1,136 @@
+"""The anchor harness: projections, accuracy figures, ratios, a failed install skipped with its reason, and a real
+run of secureinfer and transformers on a tiny BERT workload through the runners' subprocess protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.anchors import accuracy, harness, projection, report, workloads
+from secureinfer.bench.model import init_like_hf
+from secureinfer.mpc.models.checkpoint import ModelConfig
+
+
+# ------------------------------------------------------------------------------------------------ projection
+
+
+def test_projection_adds_latency_per_round_and_busiest_party_bytes():
+    link = projection.Link("test", 1e9, 1e-3)
+    got = projection.project(2.0, 100, [10**9, 2 * 10**9, 5 * 10**8], link)
+    assert got == pytest.approx(2.0 + 100 * 1e-3 + 2e9 * 8 / 1e9)
+
+
+def test_projection_without_rounds_is_none_and_negative_input_is_refused():
+    assert projection.project(1.0, None, [1, 2, 3], projection.LINKS[0]) is None
+    assert projection.project_all(1.0, 5, None) == {link.name: None for link in projection.LINKS}
+    with pytest.raises(ValueError):
+        projection.project(1.0, -1, [1, 2, 3], projection.LINKS[0])
+
+
+def test_slower_links_project_slower():
+    figures = list(projection.project_all(10.0, 1000, [5 * 10**8] * 3).values())
+    assert figures == sorted(figures) and figures[0] > 10.0
+
+
+# ------------------------------------------------------------------------------------------------ accuracy
+
+
+def test_accuracy_figures_for_hidden_states_and_logits():
+    ref = np.arange(24, dtype=np.float64).reshape(1, 4, 6) + 1.0
+    out = ref.copy()
+    out[0, 2, 3] += 0.5
+    a = accuracy.compare(out, ref, "last_hidden_state")
+    assert a["max_abs_diff"] == pytest.approx(0.5) and a["mean_abs_diff"] == pytest.approx(0.5 / 24)
+    assert 0.99 < a["min_row_cosine"] < 1.0 and a["embedding_cosine"] > a["min_row_cosine"]
+    logits = np.array([[0.1, 3.0, 0.2]])
+    assert accuracy.compare(logits[:, ::-1], logits, "last_logits")["top1_agreement"] == 1.0
+    assert accuracy.compare(np.array([[3.0, 0.1, 0.2]]), logits, "last_logits")["top1_agreement"] == 0.0
+
+
+def test_accuracy_rejects_a_wrong_shape_and_flags_non_finite_output():
+    with pytest.raises(ValueError, match="shape"):
+        accuracy.compare(np.zeros((1, 3)), np.zeros((1, 4)), "last_logits")
+    bad = accuracy.compare(np.array([[np.nan, 1.0]]), np.ones((1, 2)), "last_logits")
+    assert bad == {"finite": False}
+    good = accuracy.compare(np.ones((1, 2)), np.ones((1, 2)), "last_logits")
+    assert accuracy.at_least_as_accurate(good, bad) and not accuracy.at_least_as_accurate(bad, good)
+
+
+def test_at_least_as_accurate_needs_both_figures():
+    base = {"finite": True, "max_abs_diff": 1e-3, "min_row_cosine": 0.9999}
+    assert accuracy.at_least_as_accurate(base, {**base, "max_abs_diff": 2e-3})
+    assert not accuracy.at_least_as_accurate(base, {**base, "max_abs_diff": 5e-4})
+    assert not accuracy.at_least_as_accurate(base, {**base, "min_row_cosine": 0.99999})
+
+
+# ------------------------------------------------------------------------------------------------ ratios
+
+
+def test_ratios_are_anchor_over_ours_and_skip_systems_without_figures():
+    fine = {"finite": True, "max_abs_diff": 1e-3, "min_row_cosine": 0.9999}
+    results = {"secureinfer": {"seconds": 10.0, "bytes_per_party": [5e8, 4e8, 4e8], "accuracy": fine},
+               "spu": {"seconds": 45.0, "bytes_per_party": [1.3e9, 1.37e9, 1.2e9],
+                       "accuracy": {**fine, "max_abs_diff": 3e-3}},
+               "transformers": {"seconds": 0.05, "bytes_per_party": None, "accuracy": fine},
+               "crypten": {"skipped": "install failed: no wheel"}}
+    got = harness.ratios(results)
+    assert got["spu"]["time"] == pytest.approx(4.5) and got["spu"]["bytes"] == pytest.approx(1.37e9 / 5e8)
+    assert got["spu"]["at_least_as_accurate"] is True
+    assert "bytes" not in got["transformers"] and "crypten" not in got
+    assert harness.ratios({"spu": results["spu"]}) == {}
+
+
+# ------------------------------------------------------------------------------------------------ environments
+
+
+def test_a_failed_install_is_skipped_with_its_reason(tmp_path):
+    """A real failing build (a venv without pip asked to pip-install) becomes a skip with the reason, not a crash."""
+    system = harness.System("broken", "nothing.py", "tests.benchmarks.broken_env")
+    cfg = harness.HarnessConfig(env_dir=tmp_path / "envs", work_dir=tmp_path / "work")
+    logged: list[str] = []
+    env = harness.prepare_environment(system, cfg, logged.append)
+    assert env.python is None and env.skipped is not None and "install failed" in env.skipped
+    assert "pip" in env.skipped
+    assert any("skipping broken" in line for line in logged)
+    result = harness.run_system(system, env, tmp_path / "w.json", np.zeros(1), "last_logits", cfg, logged.append)
+    assert result == {"skipped": env.skipped}
+
+
+# ------------------------------------------------------------------------------------------------ a real run
+
+
+def _tiny_bert() -> workloads.Workload:
+    cfg = ModelConfig(arch="bert", vocab_size=100, hidden=32, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=16,
+                      intermediate=64, max_positions=16, norm_eps=1e-12, act="gelu", type_vocab_size=2)
+    params = {k: v.double() for k, v in init_like_hf(cfg, 0.02, 0, scaled_proj=False).items()}
+    ids = torch.arange(3, 11).reshape(1, 8)
+    return workloads.Workload("tiny", cfg, params, ids, torch.ones_like(ids))
+
+
+@pytest.mark.slow
+def test_secureinfer_and_transformers_run_side_by_side_on_a_tiny_bert(tmp_path):
+    cfg = harness.HarnessConfig(anchors=("transformers",), env_dir=tmp_path / "envs", work_dir=tmp_path / "work",
+                                breakdown=True, timeout_s=600)
+    cfg.work_dir.mkdir()
+    outcome = harness.Outcome()
+    envs = harness.prepare_all(cfg, outcome, lambda _: None)
+    result = harness.run_workload(_tiny_bert(), envs, cfg, lambda _: None)
+    ours, plain = result["systems"]["secureinfer"], result["systems"]["transformers"]
+    print({k: ours["accuracy"][k] for k in ("max_abs_diff", "min_row_cosine")}, ours["seconds"], ours["rounds"])
+    # Tolerances: f=18 fixed point through one layer: hidden states within 5e-3 (LayerNorm'd, scale ~3); fp32 1e-4.
+    assert ours["accuracy"]["max_abs_diff"] < 5e-3 and ours["accuracy"]["min_row_cosine"] > 0.9999
+    assert plain["accuracy"]["max_abs_diff"] < 1e-4
+    assert ours["rounds"] > 10 and min(ours["bytes_per_party"]) > 0 and ours["breakdown"]["by_model_op"]
+    assert set(ours["projection"]) == {link.name for link in projection.LINKS}
+    assert plain["bytes_per_party"] is None and "projection" not in plain
+    assert result["ratios"]["transformers"]["time"] > 0
+    outcome.results["tiny"] = result
+    text = report.markdown(outcome) + report.breakdown_markdown(outcome)
+    assert "| secureinfer |" in text and "| transformers |" in text and "per model op" in text
+    json.dumps(dataclasses.asdict(outcome))  # everything the harness keeps is JSON-serialisable
+    assert math.isfinite(ours["seconds"])
