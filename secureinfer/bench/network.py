@@ -56,7 +56,7 @@ def _unix(iso: str) -> float:
 def _load(name: str) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
     from ..mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
 
-    if name in ENCODERS:
+    if name == "minilm":
         path = packaged_checkpoint("all-MiniLM-L6-v2")
         cfg, params = load_checkpoint(path, torch.float64)
         enc = load_tokenizer(path)([MINILM_TEXT], truncation=True, max_length=128, return_tensors="pt")
