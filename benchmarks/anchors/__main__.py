@@ -33,7 +33,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--anchor", action="append", choices=harness.ANCHORS,
                         help="only this anchor (repeatable; default all); secureinfer always runs")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per system and workload (median; default 1)")
-    parser.add_argument("--profile", default="accurate", help="secureinfer's approximation profile (default accurate)")
+    parser.add_argument("--profile", action="append", choices=["accurate", "fast", "lean"],
+                        help="secureinfer's approximation profile (repeatable: each runs, ratios against each; "
+                             "default accurate)")
     parser.add_argument("--env-dir", type=Path, default=Path(".anchors"), help="where the anchors' venvs live")
     parser.add_argument("--work-dir", type=Path, default=Path(".anchors/work"),
                         help="where workload files and raw results go (about 2 GB for all three workloads)")
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = harness.HarnessConfig(workloads=tuple(args.workload or workloads.WORKLOADS),
                                 anchors=tuple(args.anchor or harness.ANCHORS), repeats=args.repeats,
                                 env_dir=args.env_dir, work_dir=args.work_dir, rebuild=args.rebuild,
-                                timeout_s=args.timeout, breakdown=not args.no_breakdown, profile=args.profile,
+                                timeout_s=args.timeout, breakdown=not args.no_breakdown,
+                                profiles=tuple(dict.fromkeys(args.profile or ["accurate"])),
                                 ops=not args.no_ops)
     start = time.perf_counter()
 

@@ -7,6 +7,7 @@ run one after another per workload (secureinfer first), so they see the same mac
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import subprocess
@@ -58,7 +59,7 @@ class HarnessConfig:
     rebuild: bool = False
     timeout_s: float = 3600.0
     breakdown: bool = True
-    profile: str = "accurate"
+    profiles: tuple[str, ...] = ("accurate",)  # secureinfer runs once per profile; the first is "secureinfer"
     ops: bool = True
 
 
@@ -110,8 +111,10 @@ def runner_command(system: System, env: Environment, workload_json: Path, out: P
     target = ["-m", system.runner] if system.runner.startswith("benchmarks.") else [str(HERE / system.runner)]
     cmd = [str(env.python), *target, "--workload", str(workload_json), "--out", str(out), "--output-npy", str(npy),
            "--repeats", str(cfg.repeats)]
-    if system.name == OURS:
-        cmd += ["--profile", cfg.profile] + (["--breakdown"] if cfg.breakdown else [])
+    if system.name.startswith(OURS):
+        primary = system.name == OURS
+        cmd += ["--profile", cfg.profiles[0] if primary else system.name[len(OURS) + 1:]]
+        cmd += ["--breakdown"] if cfg.breakdown and primary else []
     return cmd
 
 
@@ -147,14 +150,19 @@ def run_system(system: System, env: Environment, workload_json: Path, reference:
     return result
 
 
-def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def ours_names(cfg: HarnessConfig) -> list[str]:
+    """secureinfer's entries: "secureinfer" for the first profile, "secureinfer-<profile>" for the others."""
+    return [OURS] + [f"{OURS}-{p}" for p in cfg.profiles[1:]]
+
+
+def ratios(results: dict[str, dict[str, Any]], ours_name: str = OURS) -> dict[str, dict[str, Any]]:
     """Per anchor that ran: its time and bytes over secureinfer's (above 1: secureinfer is faster / sends less)."""
-    ours = results.get(OURS, {})
+    ours = results.get(ours_name, {})
     if "seconds" not in ours:
         return {}
     out = {}
     for name, r in results.items():
-        if name == OURS or "seconds" not in r:
+        if name.startswith(OURS) or "seconds" not in r:
             continue
         entry: dict[str, Any] = {"time": r["seconds"] / ours["seconds"] if ours["seconds"] else None}
         if r.get("bytes_per_party") and ours.get("bytes_per_party"):
@@ -166,7 +174,7 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def prepare_all(cfg: HarnessConfig, outcome: Outcome, log: Callable[[str], None]) -> dict[str, Environment]:
     """Every system's environment (built when missing); what happened is recorded in `outcome`."""
-    envs = {OURS: prepare_environment(SYSTEMS[OURS], cfg, log)}
+    envs = {name: prepare_environment(SYSTEMS[OURS], cfg, log) for name in ours_names(cfg)}
     for name in cfg.anchors:
         envs[name] = prepare_environment(SYSTEMS[name], cfg, log)
         outcome.environments[name] = {"build_seconds": envs[name].build_seconds, "reused": envs[name].reused,
@@ -180,9 +188,12 @@ def run_workload(w: workloads.Workload, envs: dict[str, Environment], cfg: Harne
     log(f"[{w.name}] writing the workload and its float64 plaintext reference ...")
     workload_json = workloads.write(w, cfg.work_dir)
     reference = workloads.reference(w).numpy()
-    per_system = {name: run_system(SYSTEMS[name], envs[name], workload_json, reference, w.output, cfg, log)
-                  for name in (OURS, *cfg.anchors)}
-    return {"systems": per_system, "ratios": ratios(per_system)}
+    systems = {name: dataclasses.replace(SYSTEMS[OURS], name=name) for name in ours_names(cfg)}
+    systems.update({name: SYSTEMS[name] for name in cfg.anchors})
+    per_system = {name: run_system(system, envs[name], workload_json, reference, w.output, cfg, log)
+                  for name, system in systems.items()}
+    return {"systems": per_system, "ratios": ratios(per_system),
+            "ratios_by_profile": {name: ratios(per_system, name) for name in ours_names(cfg)}}
 
 
 def run(cfg: HarnessConfig, log: Callable[[str], None]) -> Outcome:

@@ -32,11 +32,13 @@ def system_rows(workload: dict[str, Any]) -> list[list[str]]:
         q = ratios.get(name, {})
         bytes_max = max(r["bytes_per_party"]) if r.get("bytes_per_party") else None
         proj = r.get("projection") or {}
-        rows.append([name, f"{r['seconds']:.2f}", "1" if name == OURS else f"{q.get('time', 0):.2f}x",
+        mine = name.startswith(OURS)
+        time_ratio = "1" if name == OURS else "-" if mine else f"{q.get('time', 0):.2f}x"
+        rows.append([name, f"{r['seconds']:.2f}", time_ratio,
                      _mb(bytes_max), "1" if name == OURS else (f"{q['bytes']:.2f}x" if "bytes" in q else "-"),
                      "-" if r.get("rounds") is None else str(r["rounds"]), _acc(r),
                      *["-" if proj.get(link.name) is None else f"{proj[link.name]:.1f}" for link in LINKS],
-                     "" if name == OURS else ("yes" if q.get("at_least_as_accurate") else "no")])
+                     "" if mine else ("yes" if q.get("at_least_as_accurate") else "no")])
     return rows
 
 
@@ -67,6 +69,12 @@ def markdown(outcome: Outcome) -> str:
         parts.append("|" + "---|" * len(HEADER))
         parts.extend("| " + " | ".join(row) + " |" for row in system_rows(workload))
         parts.append("")
+        for ours_name, table in workload.get("ratios_by_profile", {}).items():
+            if ours_name != OURS and table:
+                parts.append(f"Against {ours_name}: " + "; ".join(
+                    f"{a} time {_ratio(q.get('time'))}, bytes {_ratio(q.get('bytes'))}, "
+                    f"{ours_name} as accurate: {'yes' if q['at_least_as_accurate'] else 'no'}"
+                    for a, q in table.items()) + "\n")
     if outcome.ops:
         parts.append("#### ops (secureinfer `bench ops` vs CrypTen, same shapes)\n")
         parts.append("| op | shapes | ours ms | CrypTen ms | time ratio | ours MB | CrypTen MB | bytes ratio | ours rounds "

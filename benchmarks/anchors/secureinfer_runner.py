@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                                "secureinfer's secure forward of an anchor-benchmark workload.", 1)
     parser.add_argument("--profile", default="accurate", help="approximation profile (default accurate)")
     parser.add_argument("--breakdown", action="store_true", help="add one traced run's per-op figures (party 0)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process (default 1: the three party threads already share the cores)")
     args = runner_cli.parse(parser, argv)
+    torch.set_num_threads(max(args.threads, 1))
     runner_cli.write(args, *run(args.workload, args.repeats, args.profile, args.breakdown))
     return 0
 

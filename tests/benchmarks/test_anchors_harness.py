@@ -113,9 +113,9 @@ def _tiny_bert() -> workloads.Workload:
 
 
 @pytest.mark.slow
-def test_secureinfer_and_transformers_run_side_by_side_on_a_tiny_bert(tmp_path):
+def test_secureinfer_two_profiles_and_transformers_run_side_by_side_on_a_tiny_bert(tmp_path):
     cfg = harness.HarnessConfig(anchors=("transformers",), env_dir=tmp_path / "envs", work_dir=tmp_path / "work",
-                                breakdown=True, timeout_s=600)
+                                breakdown=True, timeout_s=600, profiles=("accurate", "lean"))
     cfg.work_dir.mkdir()
     outcome = harness.Outcome()
     envs = harness.prepare_all(cfg, outcome, lambda _: None)
@@ -129,8 +129,13 @@ def test_secureinfer_and_transformers_run_side_by_side_on_a_tiny_bert(tmp_path):
     assert set(ours["projection"]) == {link.name for link in projection.LINKS}
     assert plain["bytes_per_party"] is None and "projection" not in plain
     assert result["ratios"]["transformers"]["time"] > 0
+    lean = result["systems"]["secureinfer-lean"]
+    assert lean["config"]["profile"] == "lean" and "breakdown" not in lean and lean["accuracy"]["max_abs_diff"] < 5e-2
+    assert set(result["ratios_by_profile"]) == {"secureinfer", "secureinfer-lean"}
+    assert result["ratios_by_profile"]["secureinfer-lean"]["transformers"]["time"] > 0
     outcome.results["tiny"] = result
     text = report.markdown(outcome) + report.breakdown_markdown(outcome)
     assert "| secureinfer |" in text and "| transformers |" in text and "per model op" in text
+    assert "Against secureinfer-lean: transformers time" in text
     json.dumps(dataclasses.asdict(outcome))  # everything the harness keeps is JSON-serialisable
     assert math.isfinite(ours["seconds"])
