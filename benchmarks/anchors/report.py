@@ -33,7 +33,7 @@ def system_rows(workload: dict[str, Any]) -> list[list[str]]:
         bytes_max = max(r["bytes_per_party"]) if r.get("bytes_per_party") else None
         proj = r.get("projection") or {}
         mine = name.startswith(OURS)
-        time_ratio = "1" if name == OURS else "-" if mine else f"{q.get('time', 0):.2f}x"
+        time_ratio = "1" if name == OURS else "-" if mine else _ratio(q.get("time"))
         rows.append([name, f"{r['seconds']:.2f}", time_ratio,
                      _mb(bytes_max), "1" if name == OURS else (f"{q['bytes']:.2f}x" if "bytes" in q else "-"),
                      "-" if r.get("rounds") is None else str(r["rounds"]), _acc(r),
@@ -47,7 +47,7 @@ HEADER = ["system", "time s", "vs ours", "MB/party", "vs ours", "rounds", "accur
 
 
 def _ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
+    return "-" if x is None else f"{x:.2f}x" if x >= 0.1 else f"{x:.2g}x"
 
 
 def _ops_row(row: dict[str, Any]) -> str:
