@@ -91,7 +91,8 @@ def prepare_environment(system: System, cfg: HarnessConfig, log: Callable[[str],
     python, marker = env.python_path(venv), venv / ".secureinfer-built"
     if python.exists() and marker.exists() and not cfg.rebuild:
         return Environment(python, json.loads(marker.read_text()).get("seconds"), reused=True)
-    log(f"building the {system.name} environment in {venv} (first run only; on a 2-core box SPU took ~1 min, CrypTen ~2 min) ...")
+    log(f"building the {system.name} environment in {venv} "
+        "(first run only; on a 2-core box SPU took ~1 min, CrypTen ~2 min) ...")
     start = time.perf_counter()
     try:
         env.build(venv, log)
