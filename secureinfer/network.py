@@ -42,10 +42,19 @@ class NetworkError(RuntimeError):
     """The network could not serve a request (no node reachable, no committee for a model)."""
 
 
+# gRPC's client core reports a read or write on a stream whose connection broke (a node process died, or the node
+# already ended the stream) as INTERNAL with this text. It is the client library's, not a status a node sent.
+CORE_LINK_ERROR = "Internal error from Core"
+
+
 class RequestFailed(NetworkError):
-    """A node ended the request with a gRPC status; `code` says why (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...)."""
+    """A node ended the request with a gRPC status; `code` says why (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...).
+    The client library's own INTERNAL for a broken connection (CORE_LINK_ERROR) is reported as UNAVAILABLE: the link
+    to that node was lost, which another committee may not suffer."""
 
     def __init__(self, code: grpc.StatusCode, details: str, node: str = "") -> None:
+        if code == grpc.StatusCode.INTERNAL and details == CORE_LINK_ERROR:
+            code, details = grpc.StatusCode.UNAVAILABLE, f"connection lost ({CORE_LINK_ERROR})"
         where = f" at {node}" if node else ""
         super().__init__(f"{code.name}{where}: {details}")
         self.code, self.details, self.node = code, details, node
