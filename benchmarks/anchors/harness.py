@@ -119,6 +119,28 @@ def runner_command(system: System, env: Environment, workload_json: Path, out: P
     return cmd
 
 
+class RunnerFailed(Exception):
+    """A runner gave no result: why (its last stderr line, or the time limit) and its exit status if it exited."""
+
+    def __init__(self, reason: str, returncode: int | None = None) -> None:
+        super().__init__(reason)
+        self.returncode = returncode
+
+
+def run_json(cmd: list[str], out: Path, cfg: HarnessConfig) -> dict[str, Any]:
+    """Run a runner (from the repository root, within cfg.timeout_s) that writes its JSON to `out`; that JSON."""
+    out.unlink(missing_ok=True)
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=cfg.timeout_s,
+                              cwd=HERE.parent.parent)
+    except subprocess.TimeoutExpired:
+        raise RunnerFailed(f"no result within {cfg.timeout_s:.0f} s") from None
+    if proc.returncode != 0 or not out.exists():
+        lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        raise RunnerFailed(lines[-1].strip() if lines else f"exit status {proc.returncode}", proc.returncode)
+    return json.loads(out.read_text())
+
+
 def run_system(system: System, env: Environment, workload_json: Path, reference: np.ndarray, kind: str,
                cfg: HarnessConfig, log: Callable[[str], None]) -> dict[str, Any]:
     """Run one system on one workload; its figures, accuracy and projections, or why it has none."""
@@ -126,21 +148,13 @@ def run_system(system: System, env: Environment, workload_json: Path, reference:
         return {"skipped": env.skipped}
     name = workload_json.stem
     out, npy = cfg.work_dir / f"{system.name}-{name}.json", cfg.work_dir / f"{system.name}-{name}.npy"
-    out.unlink(missing_ok=True)
     log(f"[{name}] {system.name} ...")
     start = time.perf_counter()
     try:
-        proc = subprocess.run(runner_command(system, env, workload_json, out, npy, cfg), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, timeout=cfg.timeout_s, cwd=HERE.parent.parent)
-    except subprocess.TimeoutExpired:
-        log(f"[{name}] {system.name}: gave up after {cfg.timeout_s:.0f} s")
-        return {"failed": f"no result within {cfg.timeout_s:.0f} s"}
-    if proc.returncode != 0 or not out.exists():
-        lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
-        reason = lines[-1] if lines else f"exit status {proc.returncode}"
-        log(f"[{name}] {system.name} failed: {reason}")
-        return {"failed": reason, "returncode": proc.returncode}
-    result = json.loads(out.read_text())
+        result = run_json(runner_command(system, env, workload_json, out, npy, cfg), out, cfg)
+    except RunnerFailed as exc:
+        log(f"[{name}] {system.name} failed: {exc}")
+        return {"failed": str(exc), **({} if exc.returncode is None else {"returncode": exc.returncode})}
     result["wall_seconds"] = time.perf_counter() - start
     result["accuracy"] = accuracy.compare(np.load(npy, allow_pickle=False), reference, kind)
     if system.secure:

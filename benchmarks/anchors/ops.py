@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from typing import Any, Callable
 
-from .harness import HERE, HarnessConfig, Environment
+from .harness import HERE, Environment, HarnessConfig, RunnerFailed, run_json
 
 
 def _run_json(cmd: list[str], out, cfg: HarnessConfig, what: str, log: Callable[[str], None]) -> dict[str, Any] | None:
     log(f"[ops] {what} ...")
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=cfg.timeout_s,
-                              cwd=HERE.parent.parent)
-    except subprocess.TimeoutExpired:
-        log(f"[ops] {what}: gave up after {cfg.timeout_s:.0f} s")
+        return run_json(cmd, out, cfg)
+    except RunnerFailed as exc:
+        log(f"[ops] {what} failed: {exc}")
         return None
-    if proc.returncode != 0 or not out.exists():
-        lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
-        log(f"[ops] {what} failed: {lines[-1] if lines else proc.returncode}")
-        return None
-    return json.loads(out.read_text())
 
 
 def pair(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -50,8 +42,6 @@ def compare_ops(env: Environment | None, cfg: HarnessConfig, log: Callable[[str]
     if env is None or env.python is None:
         return None
     ours_out, theirs_out = cfg.work_dir / "secureinfer-ops.json", cfg.work_dir / "crypten-ops.json"
-    for f in (ours_out, theirs_out):
-        f.unlink(missing_ok=True)
     ours = _run_json([sys.executable, "-m", "secureinfer.cli", "bench", "ops", "--repeat", str(max(cfg.repeats, 3)),
                       "--json", str(ours_out)], ours_out, cfg, "secureinfer bench ops", log)
     theirs = _run_json([str(env.python), str(HERE / "crypten_runner.py"), "--ops", "--out", str(theirs_out),

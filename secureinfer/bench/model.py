@@ -100,14 +100,10 @@ def _repeat(run: Callable[[bool], tuple[Any, Any]], repeats: int, breakdown: boo
 def bench_minilm(profile, config, repeats: int, breakdown: bool, public_weights: bool = False) -> dict[str, Any]:
     """all-MiniLM-L6-v2, one 128-token sentence embedding."""
     from ..mpc.models import plaintext, session
-    from ..mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
+    from ..mpc.models.checkpoint import load_checkpoint, packaged_checkpoint
 
-    path = packaged_checkpoint("all-MiniLM-L6-v2")
-    cfg, params = load_checkpoint(path, torch.float64)
-    enc = load_tokenizer(path)([MINILM_TEXT], truncation=True, max_length=128, return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    if ids.shape[1] != 128:
-        raise RuntimeError(f"the benchmark text should fill 128 tokens, got {ids.shape[1]}")
+    cfg, params = load_checkpoint(packaged_checkpoint("all-MiniLM-L6-v2"), torch.float64)
+    ids, mask = minilm_tokens()
 
     def run(traced: bool):
         return session.secure_encode(cfg, params, ids, mask, profile=profile, config=config, traced=traced,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import write_json
-from .model import MINILM_TEXT, bert_base_params, gpt2_base_params, minilm_tokens
+from .model import bert_base_params, gpt2_base_params, minilm_tokens
 
 MODELS = ("minilm", "bert-base", "gpt2")
 ENCODERS = ("minilm", "bert-base")
@@ -54,13 +54,11 @@ def _unix(iso: str) -> float:
 
 
 def _load(name: str) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
-    from ..mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
+    from ..mpc.models.checkpoint import load_checkpoint, packaged_checkpoint
 
     if name == "minilm":
-        path = packaged_checkpoint("all-MiniLM-L6-v2")
-        cfg, params = load_checkpoint(path, torch.float64)
-        enc = load_tokenizer(path)([MINILM_TEXT], truncation=True, max_length=128, return_tensors="pt")
-        return cfg, params, enc["input_ids"], enc["attention_mask"]
+        cfg, params = load_checkpoint(packaged_checkpoint("all-MiniLM-L6-v2"), torch.float64)
+        return (cfg, params, *minilm_tokens())
     if name == "bert-base":
         cfg, params = bert_base_params()
         return (cfg, {k: v.double() for k, v in params.items()}, *minilm_tokens())

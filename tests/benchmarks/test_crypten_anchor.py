@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.anchors import crypten_env, crypten_runner as runner
+from benchmarks.anchors import crypten_env, crypten_runner as runner, workloads
 from benchmarks.anchors.errors import AnchorInstallError
-from secureinfer.mpc.models import plaintext
 from secureinfer.mpc.models.checkpoint import ModelConfig, parameter_shapes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,27 +151,26 @@ def _tiny_params(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     return params
 
 
-def _reference(cfg: ModelConfig, params: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
-    if cfg.arch == "bert":
-        return plaintext.bert_forward(cfg, params, ids, torch.ones_like(ids))
-    return plaintext.gpt2_forward(cfg, params, ids, plaintext.KVCache.empty(cfg.n_layers))[:, -1]
+def _tiny_workload(arch: str) -> workloads.Workload:
+    cfg = _tiny(arch)
+    ids = torch.randint(0, cfg.vocab_size, (1, 8), generator=torch.Generator().manual_seed(1))
+    return workloads.Workload(f"tiny-{arch}", cfg, _tiny_params(cfg), ids, torch.ones_like(ids))
 
 
 # Plaintext runner vs secureinfer's float64 forward: exact up to float64 rounding, except BERT, whose erf GeLU the
 # runner replaces by the tanh formula (|difference| < 5e-4 per activation).
 @pytest.mark.parametrize("arch,tol", [("bert", 2e-3), ("gpt2", 1e-9)])
 def test_runner_model_code_matches_the_float64_reference_in_plaintext(arch, tol):
-    cfg = _tiny(arch)
-    params = _tiny_params(cfg)
-    ids = torch.randint(0, cfg.vocab_size, (1, 8), generator=torch.Generator().manual_seed(1))
-    arrays = {k: v.numpy() for k, v in params.items()}
+    w = _tiny_workload(arch)
+    cfg, ids = w.cfg, w.input_ids
+    arrays = {k: v.numpy() for k, v in w.params.items()}
     plain = (runner.bert_plain_params if arch == "bert" else runner.gpt2_plain_params)(arrays, cfg.n_layers)
     p = {k: v.as_subclass(_Plain) for k, v in plain.items()}
     onehot = torch.nn.functional.one_hot(ids[0], cfg.vocab_size).to(torch.float64).as_subclass(_Plain)
     meta = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "norm_eps": cfg.norm_eps}
     forward = runner.bert_forward if arch == "bert" else runner.gpt2_forward
     got = torch.Tensor(forward(p, onehot, meta)).as_subclass(torch.Tensor)
-    want = _reference(cfg, params, ids).reshape(got.shape)
+    want = workloads.reference(w).reshape(got.shape)
     assert float((got - want).abs().max()) < tol
 
 
@@ -202,20 +200,9 @@ def test_cli_needs_a_workload_unless_ops(capsys):
 
 # ---------------------------------------------------------------- long: the real CrypTen run in its own venv
 def _write_workload(tmp: Path, arch: str) -> tuple[Path, torch.Tensor]:
-    """A tiny workload in the anchors spec's format and its float64 plaintext output."""
-    cfg = _tiny(arch)
-    params = _tiny_params(cfg)
-    ids = torch.randint(0, cfg.vocab_size, (1, 8), generator=torch.Generator().manual_seed(1))
-    arrays = {k: v.numpy() for k, v in params.items()}
-    np.savez(tmp / f"tiny-{arch}.npz", input_ids=ids.numpy(), attention_mask=np.ones((1, 8), np.int64), **arrays)
-    desc = {"name": f"tiny-{arch}", "arch": arch, "vocab_size": cfg.vocab_size, "hidden": cfg.hidden,
-            "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "intermediate": cfg.intermediate,
-            "max_positions": cfg.max_positions, "type_vocab_size": cfg.type_vocab_size, "norm_eps": cfg.norm_eps,
-            "act": cfg.act, "seq_len": 8, "output": "last_hidden_state" if arch == "bert" else "last_logits",
-            "npz": f"tiny-{arch}.npz"}
-    path = tmp / f"tiny-{arch}.json"
-    path.write_text(json.dumps(desc))
-    return path, _reference(cfg, params, ids)
+    """A tiny workload in the anchors' format and its float64 plaintext output."""
+    w = _tiny_workload(arch)
+    return workloads.write(w, tmp), workloads.reference(w)
 
 
 def _crypten_python() -> Path:

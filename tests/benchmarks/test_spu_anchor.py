@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.anchors import spu_env
+from benchmarks.anchors import spu_env, workloads
 from benchmarks.anchors.errors import AnchorInstallError
+from secureinfer.mpc.models.checkpoint import ModelConfig
 from benchmarks.anchors.spu_runner import (
     LinkStats,
     RunnerError,
@@ -68,6 +69,14 @@ def test_puma_gelu_is_close_to_erf_gelu_and_exact_outside_its_pieces() -> None:
     assert np.array_equal(approx[x > 3.0], x[x > 3.0])
 
 
+def write_workload(folder: pathlib.Path, name: str, cfg: ModelConfig, w: dict[str, np.ndarray],
+                   ids: np.ndarray) -> pathlib.Path:
+    """Write numpy weights and tokens as the anchors' workload `name` (workloads.write); the JSON's path."""
+    tokens = torch.from_numpy(ids)
+    params = {k: torch.from_numpy(v) for k, v in w.items()}
+    return workloads.write(workloads.Workload(name, cfg, params, tokens, torch.ones_like(tokens)), folder)
+
+
 def write_tiny_bert(folder: pathlib.Path, seed: int = 0) -> tuple[pathlib.Path, dict[str, np.ndarray], np.ndarray]:
     """A 2-layer, hidden-64, vocab-100, 8-token BERT workload in the anchors' format; (json, weights, ids)."""
     rng = np.random.default_rng(seed)
@@ -91,13 +100,10 @@ def write_tiny_bert(folder: pathlib.Path, seed: int = 0) -> tuple[pathlib.Path, 
             w[p + ln + ".weight"] = 1 + rng.normal(0, 0.1, hidden)
             w[p + ln + ".bias"] = rng.normal(0, 0.1, hidden)
     ids = rng.integers(0, vocab, (1, 8), dtype=np.int64)
-    np.savez(folder / "tiny.npz", input_ids=ids, attention_mask=np.ones_like(ids), **w)
-    cfg = {"name": "tiny", "arch": "bert", "vocab_size": vocab, "hidden": hidden, "n_layers": layers, "n_heads": 4,
-           "intermediate": inter, "max_positions": positions, "type_vocab_size": 2, "norm_eps": 1e-12,
-           "act": "gelu", "seq_len": 8, "output": "last_hidden_state", "npz": "tiny.npz"}
-    path = folder / "tiny.json"
-    path.write_text(json.dumps(cfg))
-    return path, w, ids
+    cfg = ModelConfig(arch="bert", vocab_size=vocab, hidden=hidden, n_layers=layers, n_heads=4, n_kv_heads=4,
+                      head_dim=hidden // 4, intermediate=inter, max_positions=positions, norm_eps=1e-12, act="gelu",
+                      type_vocab_size=2)
+    return write_workload(folder, "tiny", cfg, w, ids), w, ids
 
 
 def bert_reference(w: dict[str, np.ndarray], ids: np.ndarray, n_layers: int, n_heads: int, gelu,
@@ -156,13 +162,10 @@ def write_tiny_gpt2(folder: pathlib.Path, seed: int = 1) -> tuple[pathlib.Path, 
             w[p + ln + ".weight"] = 1 + rng.normal(0, 0.1, hidden)
             w[p + ln + ".bias"] = rng.normal(0, 0.1, hidden)
     ids = rng.integers(0, vocab, (1, 8), dtype=np.int64)
-    np.savez(folder / "tinygpt.npz", input_ids=ids, attention_mask=np.ones_like(ids), **w)
-    cfg = {"name": "tinygpt", "arch": "gpt2", "vocab_size": vocab, "hidden": hidden, "n_layers": layers,
-           "n_heads": 4, "intermediate": 4 * hidden, "max_positions": positions, "norm_eps": 1e-5,
-           "act": "gelu_tanh", "seq_len": 8, "output": "last_logits", "npz": "tinygpt.npz"}
-    path = folder / "tinygpt.json"
-    path.write_text(json.dumps(cfg))
-    return path, w, ids
+    cfg = ModelConfig(arch="gpt2", vocab_size=vocab, hidden=hidden, n_layers=layers, n_heads=4, n_kv_heads=4,
+                      head_dim=hidden // 4, intermediate=4 * hidden, max_positions=positions, norm_eps=1e-5,
+                      act="gelu_tanh", tie_word_embeddings=True)
+    return write_workload(folder, "tinygpt", cfg, w, ids), w, ids
 
 
 def gpt2_reference(w: dict[str, np.ndarray], ids: np.ndarray, n_layers: int, n_heads: int, gelu,
