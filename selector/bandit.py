@@ -17,6 +17,9 @@ Forgetting: after every observation all statistics are multiplied by `discount` 
 while returns to the prior (mean 0: trust the predictor) with growing variance; its Thompson samples then win again
 now and then, it is re-tried, and it regains trust if it has recovered (discounted Thompson sampling, Raj & Kalyani
 2017). A failed request counts as a residual of at least `failure_penalty`.
+Arm priors: an arm's prior residual scale may be given per call (`arm_beta`, the inverse-gamma scale of the arm
+effect's prior): the selector sets it from how much its predictor's held-out errors differ between the strategies
+of one case (Selector.arm_prior_sd), so arms the predictor ranks reliably are explored less.
 Randomness: a seeded numpy Generator (exploration noise, not secret randomness).
 """
 
@@ -57,27 +60,29 @@ class NIG:
     s: float = 0.0
     ss: float = 0.0
 
-    def posterior(self, c: BanditConfig, kappa0: float) -> tuple[float, float, float, float]:
-        """(mu, kappa, alpha, beta) of the Normal-Inverse-Gamma posterior (prior mean 0, prior weight kappa0)."""
+    def posterior(self, c: BanditConfig, kappa0: float, beta0: float | None = None
+                  ) -> tuple[float, float, float, float]:
+        """(mu, kappa, alpha, beta) of the Normal-Inverse-Gamma posterior (prior mean 0, prior weight kappa0, prior
+        scale beta0, default c.prior_beta)."""
         kappa = kappa0 + self.n
         mu = self.s / kappa
         alpha = c.prior_alpha + self.n / 2
         mean = self.s / self.n if self.n > 1e-12 else 0.0
         scatter = max(self.ss - self.n * mean * mean, 0.0)
-        beta = c.prior_beta + 0.5 * scatter + kappa0 * self.n * mean * mean / (2 * kappa)
+        beta = (c.prior_beta if beta0 is None else beta0) + 0.5 * scatter + kappa0 * self.n * mean * mean / (2 * kappa)
         return mu, kappa, alpha, beta
 
     def mean(self, c: BanditConfig, kappa0: float) -> float:
         return self.posterior(c, kappa0)[0]
 
-    def sample(self, c: BanditConfig, kappa0: float, rng: np.random.Generator) -> float:
-        mu, kappa, alpha, beta = self.posterior(c, kappa0)
+    def sample(self, c: BanditConfig, kappa0: float, rng: np.random.Generator, beta0: float | None = None) -> float:
+        mu, kappa, alpha, beta = self.posterior(c, kappa0, beta0)
         var = beta / rng.gamma(alpha)  # sigma^2 ~ InvGamma(alpha, beta)
         return float(rng.normal(mu, math.sqrt(var / kappa)))
 
-    def surprised(self, e: float, c: BanditConfig, kappa0: float) -> bool:
+    def surprised(self, e: float, c: BanditConfig, kappa0: float, beta0: float | None = None) -> bool:
         """Whether e lies far outside this effect's posterior predictive (a change point)."""
-        mu, kappa, alpha, beta = self.posterior(c, kappa0)
+        mu, kappa, alpha, beta = self.posterior(c, kappa0, beta0)
         sd = math.sqrt(beta / (alpha - 1) * (1 + 1 / kappa))
         return abs(e - mu) > max(c.reset_sigmas * sd, c.reset_min)
 
@@ -111,9 +116,9 @@ class Bandit:
         return (self._get(self.placements, placement).mean(c, c.placement_kappa)
                 + self._get(self.arms, arm).mean(c, c.prior_kappa))
 
-    def sample(self, arm: str, placement: str) -> float:
+    def sample(self, arm: str, placement: str, arm_beta: float | None = None) -> float:
         """One Thompson sample of a plan's residual."""
-        return self.sample_placement(placement) + self.sample_arm(arm)
+        return self.sample_placement(placement) + self.sample_arm(arm, arm_beta)
 
     def sample_placement(self, placement: str) -> float:
         """One Thompson sample of a placement's effect (draw it once per planning round and share it among the
@@ -121,17 +126,19 @@ class Bandit:
         c = self.config
         return self._get(self.placements, placement).sample(c, c.placement_kappa, self.rng)
 
-    def sample_arm(self, arm: str) -> float:
-        """One Thompson sample of an arm's own effect."""
+    def sample_arm(self, arm: str, arm_beta: float | None = None) -> float:
+        """One Thompson sample of an arm's own effect (`arm_beta`: its prior scale, default the config's)."""
         c = self.config
-        return self._get(self.arms, arm).sample(c, c.prior_kappa, self.rng)
+        return self._get(self.arms, arm).sample(c, c.prior_kappa, self.rng, arm_beta)
 
     def observed(self, arm: str, placement: str) -> float:
         """Effective (discounted) number of observations behind this arm."""
         return self._get(self.arms, arm).n
 
-    def update(self, arm: str, placement: str, residual: float, ok: bool = True) -> None:
-        """Forget a little everywhere, then add one residual (failures count at least failure_penalty)."""
+    def update(self, arm: str, placement: str, residual: float, ok: bool = True, arm_beta: float | None = None
+               ) -> None:
+        """Forget a little everywhere, then add one residual (failures count at least failure_penalty; `arm_beta`:
+        the arm's prior scale, as given to sample_arm)."""
         c = self.config
         e = residual if ok else max(residual, c.failure_penalty)
         for table in (self.placements, self.arms):
@@ -145,7 +152,7 @@ class Bandit:
             self.resets += 1
         place.add(e_place)
         e_arm = e - place.mean(c, c.placement_kappa)  # the arm what the (updated) placement does not
-        if arm_stats.surprised(e_arm, c, c.prior_kappa):
+        if arm_stats.surprised(e_arm, c, c.prior_kappa, arm_beta):
             self.arms[arm] = arm_stats = NIG()
             self.resets += 1
         arm_stats.add(e_arm)

@@ -208,10 +208,12 @@ def render_text(exp: Any, *, limit: int = 12) -> str:
              f"{r.n_params / 1e6:.2f}M params): {r.task}, {r.batch} x {r.seq_len} tokens"
              + (f", {r.gen_tokens} new" if r.gen_tokens else ""),
              f"          constraints: {_constraints(r)}",
-             f"models    cost model (engine's round/byte counts, calibrated on the store)"
+             "models    cost model (engine's round/byte counts, calibrated on the store)"
              + (f", predictor trained on {exp.predictor_rows} rows" if exp.predictor_rows else
                 ", no predictor (too few rows: the cost model alone)")
-             + f", bandit after {exp.observations} outcomes",
+             + f", bandit after {exp.observations} outcomes"
+             + (", arm prior sd " + ", ".join(f"{m} {sd:.3f}" for m, sd in sorted(exp.arm_prior_sd.items()))
+                if exp.arm_prior_sd else ""),
              "options"] + [f"  {_option_text(o)}" for o in exp.options]
     ranked = exp.ranked
     if ranked:
@@ -261,6 +263,7 @@ def to_json(exp: Any) -> dict[str, Any]:
     ranked = exp.ranked
     return {"request": dataclasses.asdict(exp.request), "options": [_option_json(o) for o in exp.options],
             "predictor_rows": exp.predictor_rows, "observations": exp.observations,
+            "arm_prior_sd": dict(exp.arm_prior_sd),
             "plan": dataclasses.asdict(ranked[0]) if ranked else None,
             "ranked": [dataclasses.asdict(c) for c in ranked],
             "removed": [dataclasses.asdict(c) for c in exp.dropped]}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -132,3 +133,45 @@ class Predictor:
         p.config = p.model.config
         p.n_train = int(data["n_train"])
         return p
+
+
+# --- how far the predictor's ranking of one case's strategies can be trusted
+
+SPREAD_FOLDS = 3
+MIN_SPREAD_CASES = 8  # cases (with two strategies or more) a mode needs for its spread to be estimated
+
+
+def _host_of(option: Option) -> str:
+    node = option.nodes[0] if isinstance(option, CommitteeOption) else option.node
+    return node.host or node.node_id
+
+
+def within_case_spread(data: Sequence[tuple[RequestFeatures, Option, Strategy, float]], cost_model: CostModel,
+                       config: GBRTConfig = GBRTConfig(), folds: int = SPREAD_FOLDS) -> dict[str, float]:
+    """Per mode ("secure", "plaintext"): the root mean square of the predictor's held-out log-latency residuals
+    around their case mean, where a case is one request on one host, link and device kind, and held out means its
+    whole (model, host, link) combination was left out of training (`folds` folds, assigned round-robin over the
+    sorted combinations: deterministic). It measures how well the predictor orders the strategies of an unseen case
+    once their common offset (the bandit's placement effect) is known: the scale of the arm effect's prior. Modes
+    with fewer than MIN_SPREAD_CASES cases of two strategies or more are left out."""
+    combos = sorted({(r.model, _host_of(o), repr(o.link)) for r, o, _, _ in data})
+    if len(combos) < folds:
+        return {}
+    fold_of = {c: i % folds for i, c in enumerate(combos)}
+    residuals: dict[tuple, list[float]] = {}
+    for k in range(folds):
+        train = [d for d in data if fold_of[(d[0].model, _host_of(d[1]), repr(d[1].link))] != k]
+        test = [d for d in data if fold_of[(d[0].model, _host_of(d[1]), repr(d[1].link))] == k]
+        if not train or not test:
+            continue
+        preds = Predictor(cost_model, config).fit_samples(train).predict_many([(r, o, s) for r, o, s, _ in test])
+        for (r, o, s, t), p in zip(test, preds):
+            case = (r, _host_of(o), repr(o.link), s.mode, device_kind(s.device))
+            residuals.setdefault(case, []).append(math.log(t / p.total_s))
+    out: dict[str, float] = {}
+    for mode in ("secure", "plaintext"):
+        groups = [v for case, v in residuals.items() if case[3] == mode and len(v) > 1]
+        if len(groups) >= MIN_SPREAD_CASES:
+            squares = [(e - statistics.fmean(v)) ** 2 * len(v) / (len(v) - 1) for v in groups for e in v]
+            out[mode] = math.sqrt(statistics.fmean(squares))
+    return out

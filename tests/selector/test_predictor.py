@@ -13,8 +13,8 @@ import pytest
 from secureinfer.selector.cost import CostModel
 from secureinfer.selector.features import SelectorError
 from secureinfer.selector.gbrt import GBRT, GBRTConfig
-from secureinfer.selector.predictor import FEATURES, Predictor, feature_vector
-from secureinfer.selector.records import quiet, samples
+from secureinfer.selector.predictor import FEATURES, Predictor, feature_vector, within_case_spread
+from secureinfer.selector.records import median_samples, quiet, samples
 
 
 def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,3 +102,33 @@ def test_predictor_json_round_trip_and_errors(op_tables, split):
     broken["features"] = ["x"]
     with pytest.raises(SelectorError, match="retrain"):
         Predictor.from_json(json.dumps(broken), cm)
+
+
+def _with_synthetic_latency(data, cost_model, arm_sd: float, seed: int):
+    """The rows' requests, options and strategies with latency = cost model x a random offset per case (sd 0.5 in
+    log latency, shared by the case's strategies) x independent per-row noise of sd `arm_sd`."""
+    rng = np.random.default_rng(seed)
+    offsets: dict = {}
+    out = []
+    for r, o, s, _ in data:
+        case = (r, repr(o.link))
+        offsets.setdefault(case, rng.normal(0, 0.5))
+        t = cost_model.predict(r, o, s).total_s * math.exp(offsets[case] + rng.normal(0, arm_sd))
+        out.append((r, o, s, t))
+    return out
+
+
+@pytest.mark.parametrize("arm_sd", [0.0, 0.2])
+def test_within_case_spread_measures_how_strategies_of_one_case_are_mispredicted(op_tables, sweep_records, arm_sd):
+    """Secure CPU rows with synthetic latencies: offsets common to a case's strategies are not counted (they are
+    the bandit's placement effect); independent per-strategy noise of sd 0.2 is measured as about 0.2."""
+    data = [d for d in median_samples(samples(quiet(sweep_records)))
+            if d[2].mode == "secure" and d[2].device == "cpu" and d[1].nodes[0].host == "dev-vm-2cpu"]
+    cm = CostModel(_tables=op_tables)
+    spread = within_case_spread(_with_synthetic_latency(data, cm, arm_sd, seed=1), cm)
+    print(f"{len(data)} rows, per-strategy noise sd {arm_sd}: within-case spread {spread}")
+    assert set(spread) == {"secure"}
+    if arm_sd == 0.0:
+        assert spread["secure"] < 0.1  # the case offsets (sd 0.5) are not counted
+    else:
+        assert 0.14 < spread["secure"] < 0.3
