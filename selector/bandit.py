@@ -17,9 +17,10 @@ Forgetting: after every observation all statistics are multiplied by `discount` 
 while returns to the prior (mean 0: trust the predictor) with growing variance; its Thompson samples then win again
 now and then, it is re-tried, and it regains trust if it has recovered (discounted Thompson sampling, Raj & Kalyani
 2017). A failed request counts as a residual of at least `failure_penalty`.
-Arm priors: an arm's prior residual scale may be given per call (`arm_beta`, the inverse-gamma scale of the arm
-effect's prior): the selector sets it from how much its predictor's held-out errors differ between the strategies
-of one case (Selector.arm_prior_sd), so arms the predictor ranks reliably are explored less.
+Empirical priors: an arm's and a placement's prior scale may be given per call (`arm_beta`, `placement_beta`: the
+inverse-gamma scale of the effect's prior). The selector sets them from its predictor's held-out errors on the
+training rows (Selector.arm_prior_sd, Selector.placement_prior_sd), so effects the predictor gets right are
+explored less.
 Randomness: a seeded numpy Generator (exploration noise, not secret randomness).
 """
 
@@ -116,15 +117,16 @@ class Bandit:
         return (self._get(self.placements, placement).mean(c, c.placement_kappa)
                 + self._get(self.arms, arm).mean(c, c.prior_kappa))
 
-    def sample(self, arm: str, placement: str, arm_beta: float | None = None) -> float:
+    def sample(self, arm: str, placement: str, arm_beta: float | None = None, placement_beta: float | None = None
+               ) -> float:
         """One Thompson sample of a plan's residual."""
-        return self.sample_placement(placement) + self.sample_arm(arm, arm_beta)
+        return self.sample_placement(placement, placement_beta) + self.sample_arm(arm, arm_beta)
 
-    def sample_placement(self, placement: str) -> float:
+    def sample_placement(self, placement: str, placement_beta: float | None = None) -> float:
         """One Thompson sample of a placement's effect (draw it once per planning round and share it among the
         placement's arms: the effect is common to them, so it must not reorder them)."""
         c = self.config
-        return self._get(self.placements, placement).sample(c, c.placement_kappa, self.rng)
+        return self._get(self.placements, placement).sample(c, c.placement_kappa, self.rng, placement_beta)
 
     def sample_arm(self, arm: str, arm_beta: float | None = None) -> float:
         """One Thompson sample of an arm's own effect (`arm_beta`: its prior scale, default the config's)."""
@@ -135,10 +137,10 @@ class Bandit:
         """Effective (discounted) number of observations behind this arm."""
         return self._get(self.arms, arm).n
 
-    def update(self, arm: str, placement: str, residual: float, ok: bool = True, arm_beta: float | None = None
-               ) -> None:
-        """Forget a little everywhere, then add one residual (failures count at least failure_penalty; `arm_beta`:
-        the arm's prior scale, as given to sample_arm)."""
+    def update(self, arm: str, placement: str, residual: float, ok: bool = True, arm_beta: float | None = None,
+               placement_beta: float | None = None) -> None:
+        """Forget a little everywhere, then add one residual (failures count at least failure_penalty; `arm_beta`,
+        `placement_beta`: the effects' prior scales, as given to the samples)."""
         c = self.config
         e = residual if ok else max(residual, c.failure_penalty)
         for table in (self.placements, self.arms):
@@ -147,7 +149,7 @@ class Bandit:
         place = self.placements.setdefault(placement, NIG())
         arm_stats = self.arms.setdefault(arm, NIG())
         e_place = e - arm_stats.mean(c, c.prior_kappa)  # the placement takes what the arm does not explain
-        if place.surprised(e_place, c, c.placement_kappa):
+        if place.surprised(e_place, c, c.placement_kappa, placement_beta):
             self.placements[placement] = place = NIG()  # a change point: forget the old regime at once
             self.resets += 1
         place.add(e_place)

@@ -213,7 +213,8 @@ def render_text(exp: Any, *, limit: int = 12) -> str:
                 ", no predictor (too few rows: the cost model alone)")
              + f", bandit after {exp.observations} outcomes"
              + (", arm prior sd " + ", ".join(f"{m} {sd:.3f}" for m, sd in sorted(exp.arm_prior_sd.items()))
-                if exp.arm_prior_sd else ""),
+                if exp.arm_prior_sd else "")
+             + (f", placement prior sd {exp.placement_prior_sd:.3f}" if exp.placement_prior_sd else ""),
              "options"] + [f"  {_option_text(o)}" for o in exp.options]
     ranked = exp.ranked
     if ranked:
@@ -263,7 +264,7 @@ def to_json(exp: Any) -> dict[str, Any]:
     ranked = exp.ranked
     return {"request": dataclasses.asdict(exp.request), "options": [_option_json(o) for o in exp.options],
             "predictor_rows": exp.predictor_rows, "observations": exp.observations,
-            "arm_prior_sd": dict(exp.arm_prior_sd),
+            "arm_prior_sd": dict(exp.arm_prior_sd), "placement_prior_sd": exp.placement_prior_sd,
             "plan": dataclasses.asdict(ranked[0]) if ranked else None,
             "ranked": [dataclasses.asdict(c) for c in ranked],
             "removed": [dataclasses.asdict(c) for c in exp.dropped]}

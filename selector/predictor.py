@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -146,17 +147,29 @@ def _host_of(option: Option) -> str:
     return node.host or node.node_id
 
 
-def within_case_spread(data: Sequence[tuple[RequestFeatures, Option, Strategy, float]], cost_model: CostModel,
-                       config: GBRTConfig = GBRTConfig(), folds: int = SPREAD_FOLDS) -> dict[str, float]:
-    """Per mode ("secure", "plaintext"): the root mean square of the predictor's held-out log-latency residuals
-    around their case mean, where a case is one request on one host, link and device kind, and held out means its
-    whole (model, host, link) combination was left out of training (`folds` folds, assigned round-robin over the
-    sorted combinations: deterministic). It measures how well the predictor orders the strategies of an unseen case
-    once their common offset (the bandit's placement effect) is known: the scale of the arm effect's prior. Modes
-    with fewer than MIN_SPREAD_CASES cases of two strategies or more are left out."""
+@dataclass(frozen=True)
+class ResidualSpread:
+    """How far the predictor's held-out log-latency errors spread: between the strategies of one case, per mode
+    (`within`), and between cases (`between`, the sd of the case means)."""
+
+    within: dict[str, float]
+    between: float | None
+
+
+def residual_spread(data: Sequence[tuple[RequestFeatures, Option, Strategy, float]], cost_model: CostModel,
+                    config: GBRTConfig = GBRTConfig(), folds: int = SPREAD_FOLDS) -> ResidualSpread:
+    """The predictor's held-out residuals, log(measured / predicted), where a case is one request on one host, link
+    and device kind, and held out means its whole (model, host, link) combination was left out of training
+    (`folds` folds, round-robin over the sorted combinations: deterministic).
+      within   per mode ("secure", "plaintext"): the root mean square of the residuals around their case mean (with
+               the n/(n-1) correction): how well the predictor orders the strategies of an unseen case once their
+               common offset is known, the scale of the bandit's arm prior. Modes with fewer than
+               MIN_SPREAD_CASES cases of two strategies or more are left out.
+      between  the standard deviation of the case means: how far off the predictor is for an unseen placement as a
+               whole, the scale of the bandit's placement prior (None below MIN_SPREAD_CASES cases)."""
     combos = sorted({(r.model, _host_of(o), repr(o.link)) for r, o, _, _ in data})
     if len(combos) < folds:
-        return {}
+        return ResidualSpread({}, None)
     fold_of = {c: i % folds for i, c in enumerate(combos)}
     residuals: dict[tuple, list[float]] = {}
     for k in range(folds):
@@ -168,10 +181,11 @@ def within_case_spread(data: Sequence[tuple[RequestFeatures, Option, Strategy, f
         for (r, o, s, t), p in zip(test, preds):
             case = (r, _host_of(o), repr(o.link), s.mode, device_kind(s.device))
             residuals.setdefault(case, []).append(math.log(t / p.total_s))
-    out: dict[str, float] = {}
+    within: dict[str, float] = {}
     for mode in ("secure", "plaintext"):
         groups = [v for case, v in residuals.items() if case[3] == mode and len(v) > 1]
         if len(groups) >= MIN_SPREAD_CASES:
             squares = [(e - statistics.fmean(v)) ** 2 * len(v) / (len(v) - 1) for v in groups for e in v]
-            out[mode] = math.sqrt(statistics.fmean(squares))
-    return out
+            within[mode] = math.sqrt(statistics.fmean(squares))
+    means = [statistics.fmean(v) for v in residuals.values()]
+    return ResidualSpread(within, statistics.stdev(means) if len(means) >= MIN_SPREAD_CASES else None)

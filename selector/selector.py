@@ -16,11 +16,15 @@ than 50% slower than the safe default is not tried on the strength of a Thompson
 millisecond plaintext arms were explored at up to 100x regret; benchmarks/selector/README.md has the figures).
 Thompson samples of the placement effect are drawn once per placement per planning round (the effect is common
 to the placement's arms, so it moves them together and never reorders strategies on one committee).
-Empirical arm prior (`empirical_prior`): an arm's prior residual scale is how much the predictor's held-out errors
-differ between the strategies of one unseen case, per mode (predictor.within_case_spread, measured on the training
-rows at every retrain; `arm_prior_sd`), clipped to [ARM_PRIOR_SD_MIN, ARM_PRIOR_SD_MAX]. On the committed stores
-that is ~0.08 in log latency for secure strategies, against the config's generic 0.22: Thompson samples then
-reorder secure strategies only where the predictor's ranking is genuinely uncertain.
+Empirical priors (`empirical_prior`), measured on the training rows at every retrain (predictor.residual_spread:
+the predictor's errors on held-out combinations), each clipped to [PRIOR_SD_MIN, PRIOR_SD_MAX]:
+  arm        an arm's prior residual scale is how much the errors differ between the strategies of one unseen
+             case, per mode (`arm_prior_sd`; on the committed stores ~0.08 in log latency for secure strategies,
+             against the config's generic 0.22), so Thompson samples reorder secure strategies only where the
+             predictor's ranking is genuinely uncertain;
+  placement  a placement effect's prior sd is the sd of the errors' case means (`placement_prior_sd`, ~0.16; the
+             config's prior, kappa 0.3, gives ~0.41), so placements are not shuffled on noise the predictor does
+             not make, while one surprising outcome still moves the placement (its prior weight stays weak).
 """
 
 from __future__ import annotations
@@ -37,13 +41,13 @@ from .bandit import Bandit, BanditConfig
 from .cost import CostModel
 from .features import CommitteeOption, Option, Outcome, Plan, Prediction, RequestFeatures, SelectorError
 from .gbrt import GBRTConfig
-from .predictor import Predictor, within_case_spread
+from .predictor import Predictor, residual_spread
 from .records import median_samples, quiet, read_records, record_of, samples
 from .space import AccuracyTable, Candidate, Policy, Rejected, feasible
 from .store import RunRecord, Store
 
 MIN_TRAIN_ROWS = 20  # fewer measured rows: the cost model alone (calibrated where it can be)
-ARM_PRIOR_SD_MIN, ARM_PRIOR_SD_MAX = 0.05, 0.3  # clip of the empirical arm prior's scale (log latency)
+PRIOR_SD_MIN, PRIOR_SD_MAX = 0.05, 0.3  # clip of the empirical priors' scales (log latency)
 
 
 def option_id(option: Option) -> str:
@@ -86,6 +90,7 @@ class Explanation:
     predictor_rows: int  # rows the predictor was trained on (0: the cost model alone)
     observations: int  # outcomes the bandit has seen
     arm_prior_sd: dict[str, float] = field(default_factory=dict)  # mode -> the arm effect's prior sd (empirical)
+    placement_prior_sd: float | None = None  # the placement effect's prior sd (empirical; None: the config's)
 
     @property
     def ranked(self) -> list[CandidateView]:
@@ -128,7 +133,7 @@ class Selector:
     explore_ratio: float = 1.5
     calibrate: bool = True
     max_load_per_cpu: float | None = 1.75  # train only on rows measured below this load (None: every row)
-    empirical_prior: bool = True  # arm prior scale from the predictor's held-out within-case spread (docstring)
+    empirical_prior: bool = True  # arm and placement prior scales from the predictor's held-out errors (docstring)
 
     def __post_init__(self) -> None:
         if self.explore_ratio < 1.0:
@@ -140,6 +145,7 @@ class Selector:
         self.predictor = Predictor(self.cost_model, self.gbrt_config)
         self.accuracy = AccuracyTable()
         self.arm_prior_sd: dict[str, float] = {}  # mode -> prior sd of an arm's residual (empty: the config's)
+        self.placement_prior_sd: float | None = None  # prior sd of a placement effect (None: the config's)
         self.retrain()
 
     # --- learning
@@ -158,13 +164,21 @@ class Selector:
         if len(data) >= MIN_TRAIN_ROWS:
             self.predictor.fit_samples(data)
             if self.empirical_prior:
-                spread = within_case_spread(data, self.cost_model, self.gbrt_config)
-                self.arm_prior_sd = {m: min(max(sd, ARM_PRIOR_SD_MIN), ARM_PRIOR_SD_MAX) for m, sd in spread.items()}
+                spread = residual_spread(data, self.cost_model, self.gbrt_config)
+                self.arm_prior_sd = {m: _clip(sd) for m, sd in spread.within.items()}
+                self.placement_prior_sd = None if spread.between is None else _clip(spread.between)
 
     def arm_beta(self, strategy: Strategy) -> float | None:
-        """The inverse-gamma prior scale of this strategy's arm effect (None: the bandit config's)."""
+        """The inverse-gamma prior scale of this strategy's arm effect: residual sd arm_prior_sd (None: the bandit
+        config's)."""
         sd = self.arm_prior_sd.get(strategy.mode)
         return None if sd is None else sd * sd * (self.bandit_config.prior_alpha - 1)
+
+    def placement_beta(self) -> float | None:
+        """The inverse-gamma prior scale of a placement effect whose mean has prior sd placement_prior_sd (the
+        effect's prior variance is E[sigma^2] / placement_kappa; None: the bandit config's)."""
+        sd, c = self.placement_prior_sd, self.bandit_config
+        return None if sd is None else sd * sd * (c.prior_alpha - 1) * c.placement_kappa
 
     def observe(self, plan: Plan, outcome: Outcome) -> None:
         """Update the bandit with a served plan's measured outcome (and record it, if `record_to` is set)."""
@@ -175,7 +189,7 @@ class Selector:
         base = self.predictor.predict(plan.request, plan.option, plan.strategy).total_s
         residual = math.log(max(outcome.total_s, 1e-9) / base)
         self.bandit.update(plan.arm, placement(plan.option), residual, ok=outcome.ok,
-                           arm_beta=self.arm_beta(plan.strategy))
+                           arm_beta=self.arm_beta(plan.strategy), placement_beta=self.placement_beta())
         record = record_of(plan, outcome, plan.request)
         self.observed_records.append(record)
         if self.record_to is not None:
@@ -198,7 +212,7 @@ class Selector:
             place = placement(c.option)
             mean = self.bandit.mean(arm, place)
             if place not in place_samples:
-                place_samples[place] = _sample(self.bandit, "placement", place, rng)
+                place_samples[place] = _sample(self.bandit, "placement", place, rng, self.placement_beta())
             sample = place_samples[place] + _sample(self.bandit, "arm", arm, rng, self.arm_beta(c.strategy))
             s = _Scored(c, error, cost, base, mean, sample)
             if request.deadline_s is not None and s.expected_s > request.deadline_s:
@@ -257,16 +271,20 @@ class Selector:
                                        self.accuracy.expected_error(request.arch, c.strategy),
                                        constraint=r.constraint, reason=r.reason))
         return Explanation(request, tuple(options), tuple(views), self.predictor.n_train if self.predictor.fitted
-                           else 0, self.bandit.observations, dict(self.arm_prior_sd))
+                           else 0, self.bandit.observations, dict(self.arm_prior_sd), self.placement_prior_sd)
 
 
-def _sample(bandit: Bandit, effect: str, key: str, rng: np.random.Generator, arm_beta: float | None = None
-            ) -> float:
-    """A Thompson sample of a placement's or an arm's effect, drawn from `rng` (explain draws from a copy)."""
+def _clip(sd: float) -> float:
+    return min(max(sd, PRIOR_SD_MIN), PRIOR_SD_MAX)
+
+
+def _sample(bandit: Bandit, effect: str, key: str, rng: np.random.Generator, beta: float | None = None) -> float:
+    """A Thompson sample of a placement's or an arm's effect (prior scale `beta`, None: the config's), drawn from
+    `rng` (explain draws from a copy)."""
     saved = bandit.rng
     bandit.rng = rng
     try:
-        return bandit.sample_placement(key) if effect == "placement" else bandit.sample_arm(key, arm_beta)
+        return bandit.sample_placement(key, beta) if effect == "placement" else bandit.sample_arm(key, beta)
     finally:
         bandit.rng = saved
 

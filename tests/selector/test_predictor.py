@@ -13,7 +13,7 @@ import pytest
 from secureinfer.selector.cost import CostModel
 from secureinfer.selector.features import SelectorError
 from secureinfer.selector.gbrt import GBRT, GBRTConfig
-from secureinfer.selector.predictor import FEATURES, Predictor, feature_vector, within_case_spread
+from secureinfer.selector.predictor import FEATURES, Predictor, feature_vector, residual_spread
 from secureinfer.selector.records import median_samples, quiet, samples
 
 
@@ -119,16 +119,18 @@ def _with_synthetic_latency(data, cost_model, arm_sd: float, seed: int):
 
 
 @pytest.mark.parametrize("arm_sd", [0.0, 0.2])
-def test_within_case_spread_measures_how_strategies_of_one_case_are_mispredicted(op_tables, sweep_records, arm_sd):
-    """Secure CPU rows with synthetic latencies: offsets common to a case's strategies are not counted (they are
-    the bandit's placement effect); independent per-strategy noise of sd 0.2 is measured as about 0.2."""
+def test_residual_spread_within_and_between_cases(op_tables, sweep_records, arm_sd):
+    """Secure CPU rows with synthetic latencies: offsets common to a case's strategies (sd 0.5) are not counted
+    within cases but between them (the bandit's placement effect); independent per-strategy noise of sd 0.2 is
+    measured as about 0.2."""
     data = [d for d in median_samples(samples(quiet(sweep_records)))
             if d[2].mode == "secure" and d[2].device == "cpu" and d[1].nodes[0].host == "dev-vm-2cpu"]
     cm = CostModel(_tables=op_tables)
-    spread = within_case_spread(_with_synthetic_latency(data, cm, arm_sd, seed=1), cm)
-    print(f"{len(data)} rows, per-strategy noise sd {arm_sd}: within-case spread {spread}")
-    assert set(spread) == {"secure"}
+    spread = residual_spread(_with_synthetic_latency(data, cm, arm_sd, seed=1), cm)
+    print(f"{len(data)} rows, per-strategy noise sd {arm_sd}: {spread}")
+    assert set(spread.within) == {"secure"}
     if arm_sd == 0.0:
-        assert spread["secure"] < 0.1  # the case offsets (sd 0.5) are not counted
+        assert spread.within["secure"] < 0.1  # the case offsets (sd 0.5) are not counted
     else:
-        assert 0.14 < spread["secure"] < 0.3
+        assert 0.14 < spread.within["secure"] < 0.3
+    assert 0.35 < spread.between < 0.7  # ... they are the between-case spread

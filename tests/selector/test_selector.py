@@ -136,10 +136,11 @@ def test_arm_prior_scale_narrows_thompson_samples():
     assert 0.03 < sd_narrow < 0.1
 
 
-def test_empirical_arm_prior_from_the_store(cost_model, sweep_records):
-    """The selector sets the arm prior per mode from its predictor's held-out within-case spread: secure
-    strategies are ordered reliably (small sd), millisecond plaintext timings less so; both within the clip;
-    explain reports it; with empirical_prior=False the config's prior stays."""
+def test_empirical_priors_from_the_store(cost_model, sweep_records):
+    """The selector sets the arm prior per mode from its predictor's held-out within-case spread (secure
+    strategies are ordered reliably: small sd; millisecond plaintext timings less so) and the placement prior from
+    the between-case spread, all within the clip; explain reports them; with empirical_prior=False the config's
+    priors stay."""
     sel = Selector(sweep_records, seed=0, cost_model=cost_model)
     sd = sel.arm_prior_sd
     print(f"empirical arm prior sd: {sd}")
@@ -147,9 +148,13 @@ def test_empirical_arm_prior_from_the_store(cost_model, sweep_records):
     assert 0.05 <= sd["secure"] <= 0.15 and sd["secure"] < sd["plaintext"] <= 0.3
     secure_plan = sel.plan(tiny_gpt2(), [committee("c", ("a", "b", "c"))])[0]
     assert sel.arm_beta(secure_plan.strategy) == pytest.approx(sd["secure"] ** 2)
-    assert sel.explain(tiny_gpt2(), [committee("c", ("a", "b", "c"))]).arm_prior_sd == sd
+    ex = sel.explain(tiny_gpt2(), [committee("c", ("a", "b", "c"))])
+    assert ex.arm_prior_sd == sd and ex.placement_prior_sd == sel.placement_prior_sd
+    assert 0.05 <= sel.placement_prior_sd <= 0.3
+    c = sel.bandit_config  # a fresh placement's mean has prior variance E[sigma^2] / kappa = placement_prior_sd^2
+    assert sel.placement_beta() / (c.prior_alpha - 1) / c.placement_kappa == pytest.approx(sel.placement_prior_sd ** 2)
     off = Selector(sweep_records, seed=0, cost_model=cost_model, empirical_prior=False)
-    assert off.arm_prior_sd == {} and off.arm_beta(secure_plan.strategy) is None
+    assert off.arm_prior_sd == {} and off.arm_beta(secure_plan.strategy) is None and off.placement_beta() is None
 
 
 def test_request_features_for_a_model_config():
