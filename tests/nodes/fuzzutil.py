@@ -185,9 +185,10 @@ class Target:
     # --- raw calls (on the loop) ----------------------------------------------------------------------------------
 
     async def call(self, method: str, requests: list[bytes], *, half_close: bool = True,
-                   max_message_bytes: int = 4 << 20, read_limit: int = 64) -> Code:
+                   max_message_bytes: int = 4 << 20, read_limit: int = 64, watch_timeout_s: float = 0.5) -> Code:
         """Send `requests` (serialized) to `method` of n0 with identity serializers; the status it ends with.
-        Streams: written in order, half-closed unless `half_close` is False (then cut off after the writes)."""
+        Streams: written in order, half-closed unless `half_close` is False (then cut off after the writes).
+        A server stream (Health.Watch, which never ends by itself) is cut off after `watch_timeout_s`."""
         path, stream_in, stream_out, who = METHODS[method]
         self._raced = False
         channel = self.channel(who, max_message_bytes)
@@ -195,7 +196,7 @@ class Target:
             call = channel.stream_stream(path)(timeout=CALL_TIMEOUT_S)
             code = await self._stream(call, requests, half_close, read_limit)
         elif stream_out:
-            call = channel.unary_stream(path)(requests[0] if requests else b"", timeout=0.5)
+            call = channel.unary_stream(path)(requests[0] if requests else b"", timeout=watch_timeout_s)
             code = await self._read_all(call, read_limit)
         else:
             call = channel.unary_unary(path)(requests[0] if requests else b"", timeout=CALL_TIMEOUT_S)
