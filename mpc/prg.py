@@ -17,10 +17,16 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SEED_BYTES = 16
+_AES_SLACK = 15  # update_into may ask for one block minus a byte beyond the data
 
 
 class PRG:
-    """AES-128 in counter mode keyed by a 16-byte seed; a deterministic stream of uniform ring elements."""
+    """AES-128 in counter mode keyed by a 16-byte seed; a deterministic stream of uniform ring elements.
+
+    Draws are written by AES straight into a CPU tensor's memory (no intermediate copy); on CUDA that tensor is
+    copied to the device once, synchronously (an asynchronous copy from pinned memory would need the host buffer
+    kept alive until the copy ran: not worth a race on secret randomness).
+    """
 
     def __init__(self, seed: bytes, device: torch.device | str = "cpu") -> None:
         if len(seed) != SEED_BYTES:
@@ -28,6 +34,7 @@ class PRG:
         self._encryptor = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor()
         self.device = torch.device(device)
         self.drawn_bytes = 0
+        self._zeros = bytearray()  # the plaintext of the keystream, grown to the largest draw
 
     @classmethod
     def fresh(cls, device: torch.device | str = "cpu") -> "PRG":
@@ -39,15 +46,29 @@ class PRG:
         self.drawn_bytes += n
         return self._encryptor.update(bytes(n))
 
-    def ring(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-        """Uniform elements of Z_2^64 (int64) of the given shape, on this PRG's device.
+    def _keystream(self, nbytes: int) -> np.ndarray:
+        """The next `nbytes` bytes of the stream, written by AES straight into a fresh writable uint8 array."""
+        host = np.empty(nbytes + _AES_SLACK, dtype=np.uint8)
+        if nbytes:
+            if len(self._zeros) < nbytes:
+                self._zeros = bytearray(nbytes)
+            self._encryptor.update_into(memoryview(self._zeros)[:nbytes], host)
+        self.drawn_bytes += nbytes
+        return host[:nbytes]
 
-        AES runs on the CPU; on CUDA the draw is copied to the device once (one host-to-device transfer).
-        """
+    def _on_device(self, array: np.ndarray) -> torch.Tensor:
+        out = torch.from_numpy(array)
+        return out if self.device.type == "cpu" else out.to(self.device)
+
+    def ring(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """Uniform elements of Z_2^64 (int64) of the given shape, on this PRG's device."""
         n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
-        buf = np.frombuffer(self.bytes(8 * n), dtype=np.int64).reshape(tuple(shape))
-        out = torch.from_numpy(buf.copy())
-        return out if self.device.type == "cpu" else out.to(self.device, non_blocking=True)
+        return self._on_device(self._keystream(8 * n).view(np.int64).reshape(tuple(shape)))
+
+    def uint8(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """Uniform bytes (uint8) of the given shape, on this PRG's device."""
+        n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+        return self._on_device(self._keystream(n).reshape(tuple(shape)))
 
     def bits(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform 0/1 int64 values of the given shape."""

@@ -69,12 +69,8 @@ def _shifts(device: torch.device) -> torch.Tensor:
 
 
 def rand_bytes(prg: PRG, shape: Sequence[int], device: torch.device) -> torch.Tensor:
-    """Uniform uint8 tensor of `shape` drawn from `prg` (AES on the CPU, copied to `device`)."""
-    n = 1
-    for s in shape:
-        n *= int(s)
-    out = torch.frombuffer(bytearray(prg.bytes(n)), dtype=torch.uint8) if n else torch.empty(0, dtype=torch.uint8)
-    return out.reshape(tuple(shape)).to(device)
+    """Uniform uint8 tensor of `shape` drawn from `prg` (AES on the CPU, written into the tensor; on `device`)."""
+    return prg.uint8(tuple(int(s) for s in shape)).to(device)
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,23 @@ def test_stream_is_position_based():
     assert not torch.equal(a.ring((4,)), b.ring((4,)))
 
 
+def test_draws_are_the_raw_keystream_in_order(device):
+    """ring and uint8 draws, interleaved, are consecutive slices of the AES-CTR keystream (written in place, no
+    copy), and the tensors they return are writable and independent of later draws."""
+    seed = os.urandom(SEED_BYTES)
+    prg, raw = PRG(seed, device), PRG(seed)
+    a, b, c, d = prg.ring((3, 2)), prg.uint8((5,)), prg.ring(()), prg.uint8((0,))
+    want = raw.bytes(48 + 5 + 8)
+    got = (a.cpu().contiguous().view(torch.uint8).flatten().tolist() + b.cpu().tolist()
+           + c.reshape(1).cpu().view(torch.uint8).tolist() + d.cpu().tolist())
+    assert bytes(got) == want and prg.drawn_bytes == raw.drawn_bytes == 61
+    assert b.dtype == torch.uint8 and tuple(b.shape) == (5,) and tuple(c.shape) == () and d.numel() == 0
+    before = a.clone()
+    a += 1  # writable, and no later draw writes into it
+    prg.ring((64,))
+    assert torch.equal(a, before + 1)
+
+
 def test_different_seeds_differ():
     x = PRG(b"\x00" * 16).ring((64,))
     y = PRG(b"\x00" * 15 + b"\x01").ring((64,))

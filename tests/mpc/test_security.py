@@ -369,7 +369,7 @@ CASES = {
                  [ring_const(0)], [ring_const(-(1 << 62) + 1)]),
     "trunc_replicated": (lambda p, x: trunc.trunc_replicated(p, x, 18), [ring_const(0)],
                          [ring_const((1 << 62) - 1)]),
-    "matmul_public_weight": (lambda p, x: trunc.trunc_replicated(p, x.matmul_public(PUBLIC_W), 18),
+    "matmul_public_weight": (lambda p, x: trunc.trunc_replicated(p, x.matmul_public(PUBLIC_W.to(x.lo.device)), 18),
                              [torch.zeros(4, 32, 8)], [torch.full((4, 32, 8), 900.0)]),
     "matmul": (lambda p, x, y: mul.matmul(p, x, y), [ring_const(0, (4, 32, 8)), ring_const(0, (8, 32))],
                [ring_const(LARGE, (4, 32, 8)), ring_const(-LARGE, (8, 32))]),
