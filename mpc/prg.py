@@ -43,8 +43,7 @@ class PRG:
 
     def bytes(self, n: int) -> bytes:
         """The next n pseudorandom bytes of the stream."""
-        self.drawn_bytes += n
-        return self._encryptor.update(bytes(n))
+        return self._keystream(n).tobytes()
 
     def _keystream(self, nbytes: int) -> np.ndarray:
         """The next `nbytes` bytes of the stream, written by AES straight into a fresh writable uint8 array."""
@@ -62,13 +61,11 @@ class PRG:
 
     def ring(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform elements of Z_2^64 (int64) of the given shape, on this PRG's device."""
-        n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
-        return self._on_device(self._keystream(8 * n).view(np.int64).reshape(tuple(shape)))
+        return self._on_device(self._keystream(8 * _count(shape)).view(np.int64).reshape(tuple(shape)))
 
     def uint8(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform bytes (uint8) of the given shape, on this PRG's device."""
-        n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
-        return self._on_device(self._keystream(n).reshape(tuple(shape)))
+        return self._on_device(self._keystream(_count(shape)).reshape(tuple(shape)))
 
     def bits(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform 0/1 int64 values of the given shape."""
@@ -77,6 +74,10 @@ class PRG:
     def below(self, shape: tuple[int, ...] | torch.Size, bits: int) -> torch.Tensor:
         """Uniform integers in [0, 2^bits) as int64, for 0 < bits < 64."""
         return self.ring(shape) & ((1 << bits) - 1)
+
+
+def _count(shape: tuple[int, ...] | torch.Size) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
 
 
 class KeyAgreement:

@@ -147,6 +147,12 @@ def _host_of(option: Option) -> str:
     return node.host or node.node_id
 
 
+def _combination(item: tuple[RequestFeatures, Option, Strategy, float]) -> tuple[str, str, str]:
+    """The (model, host, link) combination a sample belongs to: the held-out unit."""
+    request, option, _, _ = item
+    return request.model, _host_of(option), repr(option.link)
+
+
 @dataclass(frozen=True)
 class ResidualSpread:
     """How far the predictor's held-out log-latency errors spread: between the strategies of one case, per mode
@@ -167,14 +173,15 @@ def residual_spread(data: Sequence[tuple[RequestFeatures, Option, Strategy, floa
                MIN_SPREAD_CASES cases of two strategies or more are left out.
       between  the standard deviation of the case means: how far off the predictor is for an unseen placement as a
                whole, the scale of the bandit's placement prior (None below MIN_SPREAD_CASES cases)."""
-    combos = sorted({(r.model, _host_of(o), repr(o.link)) for r, o, _, _ in data})
+    combos = sorted({_combination(d) for d in data})
     if len(combos) < folds:
         return ResidualSpread({}, None)
     fold_of = {c: i % folds for i, c in enumerate(combos)}
+    folded = [(fold_of[_combination(d)], d) for d in data]
     residuals: dict[tuple, list[float]] = {}
     for k in range(folds):
-        train = [d for d in data if fold_of[(d[0].model, _host_of(d[1]), repr(d[1].link))] != k]
-        test = [d for d in data if fold_of[(d[0].model, _host_of(d[1]), repr(d[1].link))] == k]
+        train = [d for f, d in folded if f != k]
+        test = [d for f, d in folded if f == k]
         if not train or not test:
             continue
         preds = Predictor(cost_model, config).fit_samples(train).predict_many([(r, o, s) for r, o, s, _ in test])

@@ -22,9 +22,10 @@ the predictor's errors on held-out combinations), each clipped to [PRIOR_SD_MIN,
              case, per mode (`arm_prior_sd`; on the committed stores ~0.08 in log latency for secure strategies,
              against the config's generic 0.22), so Thompson samples reorder secure strategies only where the
              predictor's ranking is genuinely uncertain;
-  placement  a placement effect's prior sd is the sd of the errors' case means (`placement_prior_sd`, ~0.16; the
-             config's prior, kappa 0.3, gives ~0.41), so placements are not shuffled on noise the predictor does
-             not make, while one surprising outcome still moves the placement (its prior weight stays weak).
+  placement  a placement effect's prior sd is the sd of the errors' case means (`placement_prior_sd`, ~0.21 on
+             the full stores; the config's prior, kappa 0.3, gives ~0.41), so placements are not shuffled on noise
+             the predictor does not make, while one surprising outcome still moves the placement (its prior weight
+             stays weak).
 """
 
 from __future__ import annotations
