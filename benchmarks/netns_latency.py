@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from secureinfer.cli_simulate import tiny_gpt2
-from secureinfer.mpc.models import plaintext
-from secureinfer.mpc.models.checkpoint import load_checkpoint, packaged_checkpoint
-from secureinfer.netns import NetnsConfig, NetnsNetwork, describe, unavailable_reason
-from secureinfer.simulate import SimulationConfig
+from secureinfer.cli.simulate import tiny_gpt2
+from secureinfer.lab.netns import NetnsConfig, NetnsNetwork, describe, unavailable_reason
+from secureinfer.lab.simulate import SimulationConfig
+from secureinfer.models.checkpoint import load_checkpoint, packaged_checkpoint
+from secureinfer.plaintext import reference as plaintext
 
 _UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 

@@ -12,6 +12,7 @@ import torch
 
 RING_BITS = 64
 RING_DTYPE = torch.int64
+DEFAULT_FRAC_BITS = 18  # PUMA's precision: every default fixed point (sessions, strategies, hosted models) is this one
 
 
 class RingError(ValueError):
@@ -22,7 +23,7 @@ class RingError(ValueError):
 class FixedPoint:
     """Fixed-point format: value = ring element / 2^frac_bits, signed, in Z_2^64."""
 
-    frac_bits: int = 18
+    frac_bits: int = DEFAULT_FRAC_BITS
 
     def __post_init__(self) -> None:
         if not 0 <= self.frac_bits <= 40:

@@ -21,8 +21,8 @@ from typing import Any
 
 import grpc
 
-from .certs import PeerCert
-from .errors import NodeError
+from secureinfer.net.certs import PeerCert
+from secureinfer.net.errors import NodeError
 
 EXEMPT_ROLES: tuple[str, ...] = ("node",)
 RETRY_AFTER_KEY = "secureinfer-retry-after-s"  # trailing metadata of a rate-limited call: seconds until a token

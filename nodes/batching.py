@@ -39,12 +39,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..mpc.models import batching, serving, strategy
-from ..mpc.models.batching import BatchItem
-from ..mpc.models.checkpoint import ModelConfig
-from ..mpc.party import PARTY_NAMES, Party
-from ..v1 import node_pb2
-from .errors import NodeError, PeerFailed, SessionTimeout, status_for
+from secureinfer import strategy
+from secureinfer.models.config import ModelConfig
+from secureinfer.mpc.models import batching, serving
+from secureinfer.mpc.models.batching import BatchItem
+from secureinfer.mpc.party import PARTY_NAMES, Party
+from secureinfer.net.errors import NodeError, PeerFailed, SessionTimeout
+from secureinfer.v1 import node_pb2
+
+from .errors import status_for
 from .logs import log_event
 from .metrics import NodeMetrics
 from .sessions import NodeSession, SessionRegistry

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from secureinfer.mpc.comm import LinkModel
+
 NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 ROLES: frozenset[str] = frozenset({"secure", "plaintext"})
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -96,6 +98,10 @@ class LinkSettings:
             raise ConfigError(f"link.latency_s: must be >= 0, got {self.latency_s}")
         if bandwidth is not None and bandwidth <= 0:
             raise ConfigError(f"link.bandwidth_bytes_per_s: must be > 0, got {bandwidth}")
+
+    def model(self) -> LinkModel:
+        """The engine's link model of these settings (what a node's links are shaped by)."""
+        return LinkModel(self.latency_s, self.bandwidth_bytes_per_s)
 
     def delay_for(self, nbytes: int) -> float:
         """Seconds a message of `nbytes` bytes is held back on this link (latency plus serialization time)."""

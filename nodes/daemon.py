@@ -21,19 +21,21 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..mpc.comm.audit import FrameLog
-from ..v1 import node_pb2, node_pb2_grpc
+from secureinfer.mpc.comm.audit import FrameLog
+from secureinfer.net.certs import NODE_SAN, Identity
+from secureinfer.net.errors import Cancelled
+from secureinfer.net.membership import MembershipTable, sign_record
+from secureinfer.net.options import grpc_options, server_options
+from secureinfer.perfstore import Store, open_store
+from secureinfer.v1 import node_pb2, node_pb2_grpc
+
 from . import capability, logs
-from .certs import NODE_SAN, Identity
-from .config import NodeConfig
-from .errors import Cancelled
 from .admission import Admission, AdmissionSettings
 from .batching import Batcher, BatchSettings
+from .config import NodeConfig
 from .logs import log_event
 from .malformed import MalformedRequests
-from .membership import MembershipTable, sign_record
 from .metrics import NodeMetrics
-from .perfstore import Store, open_store
 from .records import RecordBook, RecordSync
 from .revocation import RevocationError, RevocationInterceptor, RevocationWatch
 from .servicers import InferenceServicer, MembershipServicer, PeerServicer, RecordsServicer
@@ -47,26 +49,6 @@ GOSSIP_FANOUT = 2
 AUDIT_ENV = "SECUREINFER_AUDIT_DIR"
 GOSSIP_TIMEOUT_S = 3.0
 ABSENT_SEED_EVERY = 4  # gossip rounds between calls to seeds missing from the live view
-
-
-def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Message caps and keepalive for servers and channels alike (a dead peer is noticed within seconds)."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.keepalive_permit_without_calls", 1),
-    ]
-
-
-def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """`grpc_options` plus tolerance for the clients' keepalive pings (else: GOAWAY too_many_pings)."""
-    return grpc_options(max_message_bytes) + [
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
-    ]
 
 
 class NodeDaemon:
@@ -160,7 +142,7 @@ class NodeDaemon:
         self._sync = RecordSync(self.records, self.dial, timeout_s=GOSSIP_TIMEOUT_S)
         runtime = NodeRuntime(identity=self.identity, roles=cfg.roles, device=self.device, store=self.store,
                               max_sessions=cfg.max_sessions, session_timeout_s=cfg.session_timeout_s,
-                              max_payload_bytes=4 << 30, shaping=cfg.link, dial=self.dial,
+                              max_payload_bytes=4 << 30, shaping=cfg.link.model(), dial=self.dial,
                               peer_wait_s=self.peer_wait_s, audit=self._audit_log(),
                               batcher=Batcher(BatchSettings(cfg.batch_window_s, cfg.batch_max_rows), self.registry,
                                               self.metrics, self.logger))

@@ -1,4 +1,4 @@
-"""Domain errors of a node, and the one place where any error becomes a gRPC status code."""
+"""The one place where any error a node meets becomes a gRPC status code (the domain errors: net/errors.py)."""
 
 from __future__ import annotations
 
@@ -6,73 +6,14 @@ import asyncio
 
 import grpc
 
-from ..mpc.comm import CommError
-from ..mpc.models.checkpoint import CheckpointError
-from ..mpc.models.serving import RequestError
-from ..mpc.models.weights import WeightsError
-from .certs import CertError
-from .frames import FrameError
-from .transport import LinkTimeout
-
-
-class NodeError(Exception):
-    """A request this node refuses; `code` is the gRPC status the caller gets."""
-
-    code = grpc.StatusCode.INTERNAL
-
-
-class BadRequest(NodeError):
-    """A malformed or inconsistent request (wrong task, committee, output or shape)."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class UnknownModel(NodeError):
-    """The model is not hosted here (or not by that committee)."""
-
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class Unauthorized(NodeError):
-    """The caller's certificate does not allow this (wrong role, or not the committee's node)."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Busy(NodeError):
-    """Too many sessions at once; try another node or later."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class StoreFull(NodeError):
-    """The node's performance store holds its maximum number of records."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class SessionExists(NodeError):
-    """A session with this id is already open."""
-
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class SessionTimeout(NodeError):
-    """The session's deadline passed."""
-
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-class PeerFailed(NodeError):
-    """Another participant of the session failed or went away."""
-
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class Cancelled(NodeError):
-    """The session was cancelled by its caller or by a shutdown."""
-
-    code = grpc.StatusCode.CANCELLED
+from secureinfer.models.config import CheckpointError
+from secureinfer.models.requests import RequestError
+from secureinfer.mpc.comm import CommError
+from secureinfer.mpc.models.weights import WeightsError
+from secureinfer.net.certs import CertError
+from secureinfer.net.errors import NodeError
+from secureinfer.net.frames import FrameError
+from secureinfer.net.transport import LinkTimeout
 
 
 _BY_TYPE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (

@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from ..v1 import node_pb2, node_pb2_grpc
-from .errors import BadRequest, NodeError, StoreFull
-from .perfstore import RunRecord, Store
-from .perfwire import (DEFAULT_PAGE, MAX_BATCH, MAX_CURSOR, MAX_PAGE, check_batch, check_keys, check_record,
-                       from_message, stamp_reporter, to_message)
+from secureinfer.net.errors import BadRequest, NodeError, StoreFull
+from secureinfer.net.perfwire import (DEFAULT_PAGE, MAX_BATCH, MAX_CURSOR, MAX_PAGE, check_batch, check_keys,
+                                      check_record, from_message, stamp_reporter, to_message)
+from secureinfer.perfstore import RunRecord, Store
+from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 MAX_RECORDS = 1_000_000  # rows a node keeps; pushes beyond are RESOURCE_EXHAUSTED, gossip stops taking rows
 SYNC_PAGES = 4  # pages of keys taken from one peer in one gossip round

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from .certs import CA_CERT, CA_KEY, CertError, _load_cert, _load_key, _read, _utc
+from secureinfer.net.certs import CA_CERT, CA_KEY, CertError, _load_cert, _load_key, _read, _utc
 
 CRL_FILE = "crl.pem"
 DEFAULT_VALID_DAYS = 365

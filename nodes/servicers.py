@@ -9,14 +9,15 @@ from typing import Any
 
 import grpc
 
-from ..v1 import node_pb2, node_pb2_grpc
+from secureinfer.net.certs import CertError, PeerCert, peer_from_context
+from secureinfer.net.membership import MembershipTable
+from secureinfer.v1 import node_pb2, node_pb2_grpc
+
 from . import errors
 from .admission import RETRY_AFTER_KEY, Admission, AdmissionSettings, Refused
-from .certs import CertError, PeerCert, peer_from_context
 from .logs import log_event
-from .membership import MembershipTable
-from .records import RecordBook
 from .metrics import NodeMetrics
+from .records import RecordBook
 from .sessions import NodeRuntime, NodeSession, SessionRegistry, check_open
 
 _TASKS = {node_pb2.TASK_PUBLISH: "publish", node_pb2.TASK_ENCODE: "encode", node_pb2.TASK_DECODE: "decode"}

@@ -38,20 +38,26 @@ from typing import Any
 import grpc
 import torch
 
-from ..mpc.approx import profile as approx_profile
-from ..mpc.models import checkpoint, plain_serving, serving, strategy, weights
-from ..mpc.models.session import release_memory
-from ..mpc.party import PARTY_NAMES, EngineConfig, Party
-from ..mpc.ring import FixedPoint
-from ..mpc.runtime import OWNER
-from ..v1 import node_pb2, node_pb2_grpc
-from .certs import Identity, PeerCert
-from .errors import BadRequest, Busy, Cancelled, PeerFailed, SessionExists, SessionTimeout, Unauthorized
-from .frames import FrameError
-from .membership import DEFAULT_FRAC_BITS, hosted_frac_bits
-from .store import Hosted, ModelStore, config_from_json, config_to_json, public_model
-from .config import LinkSettings
-from .transport import GrpcChannel, Link
+from secureinfer import strategy
+from secureinfer.models import checkpoint
+from secureinfer.mpc.approx import profile as approx_profile
+from secureinfer.mpc.comm import LinkModel
+from secureinfer.mpc.models import serving, weights
+from secureinfer.mpc.models.session import release_memory
+from secureinfer.mpc.party import PARTY_NAMES, EngineConfig, Party
+from secureinfer.mpc.ring import FixedPoint
+from secureinfer.mpc.ring import DEFAULT_FRAC_BITS
+from secureinfer.mpc.runtime import OWNER
+from secureinfer.net.certs import Identity, PeerCert
+from secureinfer.net.errors import BadRequest, Busy, Cancelled, PeerFailed, SessionExists, SessionTimeout, Unauthorized
+from secureinfer.net.frames import FrameError
+from secureinfer.net.membership import hosted_frac_bits
+from secureinfer.net.transport import GrpcChannel, Link
+from secureinfer.net.wire import config_from_json, config_to_json
+from secureinfer.plaintext import serving as plain_serving
+from secureinfer.v1 import node_pb2, node_pb2_grpc
+
+from .store import Hosted, ModelStore, public_model
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
@@ -69,7 +75,7 @@ class NodeRuntime:
     max_sessions: int
     session_timeout_s: float
     max_payload_bytes: int
-    shaping: LinkSettings
+    shaping: LinkModel
     dial: Callable[[str, str], grpc.aio.Channel]  # (address, node_id) -> a mutual-TLS channel to that node
     peer_wait_s: float = PEER_WAIT_S  # how long a session and an incoming peer link wait for each other
     batcher: Any = None  # a batching.Batcher: runs SecureStrategy(batch_requests=True) steps together; None: refused

@@ -25,7 +25,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..mpc.models.strategy import PlaintextStrategy, SecureStrategy, Strategy
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy, Strategy
+
 from .features import CommitteeOption, Option, Prediction, RequestFeatures, SelectorError, WorkerOption
 from .opcosts import OpCost, OpKey, levels, measure_table
 

@@ -19,7 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from ..mpc.models.strategy import Strategy, StrategyError, check_allowed, from_json
+from secureinfer.strategy import Strategy, StrategyError, check_allowed, from_json
+
 from .features import CommitteeOption, LinkFeatures, NodeFeatures, RequestFeatures, SelectorError, WorkerOption
 from .records import host_cpu_gflops, node_of, request_of
 

@@ -38,7 +38,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from ..mpc.models.strategy import Strategy
+from secureinfer.strategy import Strategy
+
 from .cost import device_kind
 from .evalcases import Case, EvalRequest, cases_from_records, feasible, link_name
 from .evaluate import (Choice, EvalConfig, EvalReport, Toolkit, _miss_kind, _privacy_ok, _safe_default,

@@ -37,7 +37,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from ..mpc.models.strategy import Strategy
+from secureinfer.strategy import Strategy
+
 from .evalcases import KINDS, Candidate, Case, EvalRequest, RequestKind, cases_from_records, feasible, request_mix
 from .features import Option, Outcome, Plan, Prediction, RequestFeatures, SelectorError, WorkerOption
 
@@ -248,7 +249,7 @@ def _miss_kind(request: EvalRequest, cand: Candidate) -> str:
 
 
 def _privacy_ok(strategy: Strategy, f: RequestFeatures) -> bool:
-    from ..mpc.models.strategy import StrategyError, check_allowed
+    from secureinfer.strategy import StrategyError, check_allowed
 
     try:
         check_allowed(strategy, secret_prompt=f.secret_prompt, open_model=f.open_model)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..mpc.models.strategy import Strategy
+from secureinfer.strategy import Strategy
 
 TASKS = ("embed", "generate", "logits")
 # Float32 matmul GFLOP/s per CPU core, for a GPU node that reports no CPU speed (measured: 69 on the H200 host's
@@ -79,7 +79,7 @@ class RequestFeatures:
 
 def _config_params(cfg: Any) -> int:
     """Parameter count of a ModelConfig (mpc/models/checkpoint.parameter_shapes), without loading weights."""
-    from ..mpc.models.checkpoint import parameter_shapes
+    from secureinfer.models.config import parameter_shapes
 
     total = 0
     for shape in parameter_shapes(cfg).values():

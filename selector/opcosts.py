@@ -19,18 +19,19 @@ from typing import Callable
 
 import torch
 
-from ..mpc import runtime
-from ..mpc.approx import exp as approx_exp
-from ..mpc.approx import poly
-from ..mpc.approx import profile as profiles
-from ..mpc.approx.reciprocal import reciprocal
-from ..mpc.models import blocks
-from ..mpc.nn import activations, softmax
-from ..mpc.nn import attention as nn_attention
-from ..mpc.party import EngineConfig, Party
-from ..mpc.protocols import mul, reveal, trunc
-from ..mpc.ring import FixedPoint, RING_BITS
-from ..mpc.shares import AShare
+from secureinfer.mpc import runtime
+from secureinfer.mpc.approx import exp as approx_exp
+from secureinfer.mpc.approx import poly
+from secureinfer.mpc.approx import profile as profiles
+from secureinfer.mpc.approx.reciprocal import reciprocal
+from secureinfer.mpc.models import blocks
+from secureinfer.mpc.models.llama import NORM_SHIFT_BITS
+from secureinfer.mpc.nn import activations, softmax
+from secureinfer.mpc.nn import attention as nn_attention
+from secureinfer.mpc.party import EngineConfig, Party
+from secureinfer.mpc.protocols import mul, reveal, trunc
+from secureinfer.mpc.ring import DEFAULT_FRAC_BITS, RING_BITS, FixedPoint
+from secureinfer.mpc.shares import AShare
 
 # Per-op: (name, what it counts). Element counts are "n", row counts "rows".
 OPS: dict[str, str] = {
@@ -50,7 +51,6 @@ OPS: dict[str, str] = {
     "rmsnorm": "RMSNorm with LLaMA's widened domain (shift_bits 7), per element and per row",
     "output": "output shares sent to the client, per element",
 }
-RMS_SHIFT_BITS = 7  # mpc/models/llama.NORM_SHIFT_BITS
 _RECIP_HI = 7  # softmax reciprocal window [1, 2^7) (rows of up to 127 keys); the bytes barely depend on it
 
 
@@ -61,7 +61,7 @@ class OpKey:
     the norms with public and secret gains.)"""
 
     profile: str = "accurate"
-    frac_bits: int = 18
+    frac_bits: int = DEFAULT_FRAC_BITS
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def _ops(key: OpKey, config: EngineConfig, n: int) -> dict[str, Callable[[Party,
     def norm(center: bool, rows: int, cols: int) -> Callable[[Party, AShare], object]:
         gamma = config.fxp.encode(torch.ones(cols, dtype=torch.float64))  # public gains: the same cost as secret
         beta = config.fxp.encode(torch.zeros(cols, dtype=torch.float64)) if center else None
-        shift = 0 if center else RMS_SHIFT_BITS
+        shift = 0 if center else NORM_SHIFT_BITS
         return lambda p, x: blocks.normalize(p, x[: rows * cols].reshape(rows, cols), gamma, beta, prof,
                                              eps=1e-5, center=center, shift_bits=shift)
 

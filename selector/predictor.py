@@ -24,12 +24,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..mpc.models.strategy import PlaintextStrategy, SecureStrategy, Strategy
+from secureinfer.perfstore import RunRecord
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy, Strategy
+
 from .cost import CostModel, device_kind, option_gflops
 from .features import CommitteeOption, Option, Prediction, RequestFeatures, SelectorError
 from .gbrt import GBRT, GBRTConfig
 from .records import quiet, samples
-from .store import RunRecord
 
 FEATURES: tuple[str, ...] = (
     "log_params", "layers", "log_hidden", "log_vocab", "log_seq", "batch", "gen_tokens", "task_embed",

@@ -16,10 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from ..mpc.models.strategy import Strategy, from_json, to_json
+from secureinfer.perfstore import RunRecord, Store, run_key
+from secureinfer.strategy import Strategy, from_json, to_json
+
 from .features import (CommitteeOption, LinkFeatures, NodeFeatures, Option, Outcome, Plan, RequestFeatures,
                        WorkerOption)
-from .store import RunRecord, Store, run_key
 
 # model -> (n_heads, n_kv_heads, intermediate)
 MODEL_SHAPES: dict[str, tuple[int, int, int]] = {

@@ -37,7 +37,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..mpc.models.strategy import Strategy
+from secureinfer.perfstore import RunRecord, Store
+from secureinfer.strategy import Strategy
+
 from .bandit import Bandit, BanditConfig
 from .cost import CostModel
 from .features import CommitteeOption, Option, Outcome, Plan, Prediction, RequestFeatures, SelectorError
@@ -45,7 +47,6 @@ from .gbrt import GBRTConfig
 from .predictor import Predictor, residual_spread
 from .records import median_samples, quiet, read_records, record_of, samples
 from .space import AccuracyTable, Candidate, Policy, Rejected, feasible
-from .store import RunRecord, Store
 
 MIN_TRAIN_ROWS = 20  # fewer measured rows: the cost model alone (calibrated where it can be)
 PRIOR_SD_MIN, PRIOR_SD_MAX = 0.05, 0.3  # clip of the empirical priors' scales (log latency)

@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..mpc.models.strategy import (PROFILES, PlaintextStrategy, SecureStrategy, Strategy, StrategyError,
-                                   check_allowed)
+from secureinfer.perfstore import RunRecord
+from secureinfer.strategy import PROFILES, PlaintextStrategy, SecureStrategy, Strategy, StrategyError, check_allowed
+
 from .cost import device_kind, variant
 from .features import CommitteeOption, Option, RequestFeatures, SelectorError, WorkerOption
-from .store import RunRecord
 
 FRAC_BITS = (16, 18)
 MODES = ("secure", "plaintext")

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from secureinfer.bench import sweep
-from secureinfer.bench.sweep import LINKS, Case, Link, Node, Run
-from secureinfer.mpc.models.strategy import PlaintextStrategy, SecureStrategy, from_json
-from secureinfer.selector.store import open_store
+from secureinfer.lab.bench import sweep
+from secureinfer.lab.bench.sweep import LINKS, Case, Link, Node, Run
+from secureinfer.perfstore import open_store
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy, from_json
 
 NODE = Node(device="cpu", description="cpu", cpu_count=2, matmul_gflops=10.0, memory_bytes=2**34, host="test-host",
             cpu_model="test cpu")
@@ -126,7 +126,7 @@ def test_selector_grid_links_per_case():
 
 def test_cli_help_lists_the_sweep_catalog():
     """The CLI's help (written out in cli.py, so the parser needs no torch) names every model, link and grid."""
-    from secureinfer import cli
+    from secureinfer.cli import app as cli
 
     for name, spec in sweep.MODELS.items():
         assert f"  {name:<13} {spec.what}\n" in cli.SWEEP_EPILOG

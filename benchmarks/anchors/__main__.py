@@ -53,7 +53,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the harness and print, and optionally write, its tables."""
-    from secureinfer.bench import machine
+    from secureinfer.lab.bench import machine
 
     args = parse(argv)
     cfg = harness.HarnessConfig(workloads=tuple(args.workload or workloads.WORKLOADS),

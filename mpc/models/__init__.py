@@ -1,7 +1,11 @@
-"""Models: checkpoint loading (HF directories, GGUF), plaintext float64 reference forwards, and weight publishing.
+"""The secure models: BERT, GPT-2 and LLaMA on three parties' replicated shares, and their sessions.
 
-BERT, GPT-2 and LLaMA are defined once (arch.py, against the backend interface in ops.py) and executed by a secure
-backend (secure_ops.py: bert.py, gpt2.py, llama.py) and a plaintext one (torch_ops.py: plaintext.py, fast/).
-
-This layer knows nothing of gRPC, the selector or the CLI (see DESIGN.md, "Layers").
+  secure_ops.py   the secure backend of the shared model definitions (secureinfer.models.arch)
+  blocks.py       prepared weights, attention with a secret KV cache, embedding and LM head
+  bert.py, gpt2.py, llama.py   each family's secure model
+  weights.py      publishing a model's weights as secret shares (owner and parties)
+  serving.py      the session protocol between a client and the parties (party side and client side)
+  session.py      whole sessions on the in-process runtime (owner, client and three parties as threads)
+  batching.py     concurrent requests' steps stacked into one secure forward
+  trace.py        where a secure forward spends its time, bytes and rounds
 """

@@ -21,13 +21,15 @@ from dataclasses import dataclass
 
 import torch
 
+from secureinfer.models.config import ModelConfig
+from secureinfer.models.requests import CLIENT, RequestError
+
 from ..party import Party
 from ..protocols import reveal
 from ..shares import AShare, cat
-from .blocks import SecretKVCache
-from .checkpoint import ModelConfig
 from . import serving
-from .serving import CLIENT, RequestError, Step
+from .blocks import SecretKVCache
+from .serving import Step
 
 
 @dataclass(frozen=True)

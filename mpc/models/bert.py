@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import torch
 
+from secureinfer.models import arch
+from secureinfer.models.config import ModelConfig
+
 from ..approx.profile import ApproxProfile
 from ..party import Party
 from ..shares import AShare
-from . import arch
 from .blocks import Dense, Weight, query_scale
-from .checkpoint import ModelConfig
 from .secure_ops import MEAN_BOUND_BITS, SecureBuilder, SecureOps, tanh
 
 __all__ = ["MEAN_BOUND_BITS", "SecureBert", "owner_params", "tanh"]

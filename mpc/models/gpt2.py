@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import torch
 
+from secureinfer.models import arch
+from secureinfer.models.config import ModelConfig
+
 from ..approx.profile import ApproxProfile
 from ..party import Party
 from ..shares import AShare
-from . import arch
 from .blocks import SecretKVCache, Weight, query_scale
-from .checkpoint import ModelConfig
 from .secure_ops import GELU_TANH, SecureBuilder, SecureOps, gelu_spec
 
 __all__ = ["GELU_TANH", "SecureGPT2", "gelu_spec", "owner_params"]

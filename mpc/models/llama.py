@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import torch
 
+from secureinfer.models import arch
+from secureinfer.models.config import ModelConfig
+
 from ..approx.profile import ApproxProfile
 from ..party import Party
 from ..shares import AShare
-from . import arch
 from .blocks import SecretKVCache, Weight, query_scale
-from .checkpoint import ModelConfig
 from .secure_ops import SecureBuilder, SecureOps
 
 NORM_SHIFT_BITS = 7  # RMSNorm rows with sums of squares up to 2^32 (SmolLM2-135M reaches ~5e8 ~ 2^29)

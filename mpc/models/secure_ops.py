@@ -24,16 +24,17 @@ from typing import Sequence
 
 import torch
 
-from ..approx import exp as approx_exp
-from ..approx import poly
+from secureinfer.models.arch import Norm, rope_cos_sin
+
 from ..approx.profile import ApproxProfile, EvenSplit
 from ..approx.reciprocal import reciprocal
+from ..approx import exp as approx_exp
+from ..approx import poly
 from ..nn import activations
 from ..party import Party
 from ..protocols import b2a, compare
 from ..shares import AShare, add
 from . import blocks
-from .arch import Norm, rope_cos_sin
 from .blocks import AttentionBlock, Dense, SecretKVCache, Table, Weight
 from .trace import op
 

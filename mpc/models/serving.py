@@ -22,27 +22,22 @@ from typing import Any
 
 import torch
 
+from secureinfer.models.config import ModelConfig
+from secureinfer.models.requests import CLIENT, DECODE_OUTPUTS, ENCODE_OUTPUTS, PUBLIC_WORKER, RequestError
+from secureinfer.models.sampling import SamplingConfig, next_token
+
 from ..approx.profile import ApproxProfile
-from ..comm import Channel, CommError, CommStats
 from ..nn.embedding import one_hot
+from ..comm import Channel, CommError, CommStats
 from ..party import PARTY_NAMES, EngineConfig, Party
 from ..protocols import reveal, sharing
 from ..ring import FixedPoint
 from ..shares import AShare
 from . import bert, gpt2, llama, trace, weights
 from .blocks import SecretKVCache
-from .checkpoint import ModelConfig
-from .sampling import SamplingConfig, next_token
 
-CLIENT = "client"
-ENCODE_OUTPUTS = ("embedding", "pooled", "hidden", "logits")
-DECODE_OUTPUTS = ("all", "last")
 _FAMILIES = {"bert": (bert.SecureBert, bert.owner_params), "gpt2": (gpt2.SecureGPT2, gpt2.owner_params),
              "llama": (llama.SecureLlama, llama.owner_params)}
-
-
-class RequestError(ValueError):
-    """A client's step that cannot be served: wrong token width, too many positions, malformed metadata."""
 
 
 def build_model(cfg: ModelConfig, shares: dict, profile: ApproxProfile, *, config: EngineConfig | None = None):
@@ -179,7 +174,6 @@ def serve(party: Party, model: Any, step: Step, with_meta: bool, *, client: str 
 
 
 ClientSteps = list[tuple[float, int]]  # per step: client-observed seconds, positions processed
-PUBLIC_WORKER = "P0"  # the one plaintext worker of a public session
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,15 @@ from typing import Any, Callable
 
 import torch
 
-from .. import runtime
+from secureinfer.models.config import ModelConfig
+from secureinfer.models.sampling import SamplingConfig
+
 from ..approx.profile import ACCURATE, ApproxProfile
-from ..comm import Channel, LinkModel
 from ..comm.audit import Recorder
+from .. import runtime
+from ..comm import Channel, LinkModel
 from ..party import PARTY_NAMES, EngineConfig, Party
 from . import serving, trace, weights
-from .checkpoint import ModelConfig
-from .sampling import SamplingConfig
 from .serving import Generation, build_model, owner_params
 
 __all__ = ["Generation", "SessionReport", "StepReport", "build_model", "owner_params", "secure_encode",

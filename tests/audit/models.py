@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
+from secureinfer.models.config import ModelConfig, parameter_shapes
 from secureinfer.mpc.comm.audit import Inbound, Recorder
 from secureinfer.mpc.models import serving, session
-from secureinfer.mpc.models.checkpoint import ModelConfig, parameter_shapes
 from secureinfer.mpc.party import PARTY_NAMES, EngineConfig
 
 from .leakage import Canaries, make_canaries

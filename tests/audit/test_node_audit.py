@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 import torch
 
+from secureinfer.lab.simulate import LocalNetwork, SimulationConfig
 from secureinfer.mpc.comm.audit import Inbound, read_log
-from secureinfer.mpc.models import plaintext, serving
+from secureinfer.mpc.models import serving
 from secureinfer.mpc.party import PARTY_NAMES
 from secureinfer.nodes.daemon import AUDIT_ENV
-from secureinfer.simulate import LocalNetwork, SimulationConfig
+from secureinfer.plaintext import reference as plaintext
 
 from ..e2e.conftest import node_processes
 from .leakage import Canaries, ViewReport, canary_finds, compare_views, make_canaries

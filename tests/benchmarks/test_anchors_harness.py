@@ -10,10 +10,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from benchmarks.anchors import accuracy, harness, projection, report, workloads
-from secureinfer.bench.model import init_like_hf
-from secureinfer.mpc.models.checkpoint import ModelConfig
+
+from secureinfer.lab.bench.model import init_like_hf
+from secureinfer.models.config import ModelConfig
 
 
 # ------------------------------------------------------------------------------------------------ projection

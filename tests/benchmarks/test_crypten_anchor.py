@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from benchmarks.anchors import crypten_env, crypten_runner as runner, workloads
 from benchmarks.anchors.errors import AnchorInstallError
-from secureinfer.mpc.models.checkpoint import ModelConfig, parameter_shapes
+
+from secureinfer.models.config import ModelConfig, parameter_shapes
 
 REPO = Path(__file__).resolve().parents[2]
 ORIGINAL_NN_INIT = (

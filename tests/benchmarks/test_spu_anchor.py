@@ -11,10 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from benchmarks.anchors import spu_env, workloads
 from benchmarks.anchors.errors import AnchorInstallError
-from secureinfer.mpc.models.checkpoint import ModelConfig
 from benchmarks.anchors.spu_runner import (
     LinkStats,
     RunnerError,
@@ -24,6 +22,8 @@ from benchmarks.anchors.spu_runner import (
     parse_link_details,
     puma_gelu,
 )
+
+from secureinfer.models.config import ModelConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RUNNER = REPO / "benchmarks" / "anchors" / "spu_runner.py"

@@ -1,4 +1,4 @@
-"""Fixtures for the end-to-end tests: real node processes on loopback with mutual TLS (secureinfer.simulate).
+"""Fixtures for the end-to-end tests: real node processes on loopback with mutual TLS (secureinfer.lab.simulate).
 
 Every network started here is stopped when its fixture ends, failures included; `LocalNetwork` also kills its nodes
 if the test process dies. `node_processes(workdir)` lists the node processes of a network still alive.
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from secureinfer.mpc.models.checkpoint import load_checkpoint
-from secureinfer.simulate import LocalNetwork, SimulationConfig
+from secureinfer.lab.simulate import LocalNetwork, SimulationConfig
+from secureinfer.models.checkpoint import load_checkpoint
 
 from ..models.conftest import VOCAB, save, tiny_bert, tiny_gpt2, tiny_llama
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from secureinfer.lab.simulate import LocalNetwork, SimulationConfig, SimulationError
 from secureinfer.nodes.config import ConfigError, NodeConfig
-from secureinfer.simulate import LocalNetwork, SimulationConfig, SimulationError
 
 from .conftest import node_processes
 
@@ -79,7 +79,7 @@ def test_with_block_stops_the_nodes_even_when_it_raises():
 def test_nodes_die_with_a_killed_harness(tmp_path):
     workdir = tmp_path / "orphans"
     script = ("import os, time\n"
-              "from secureinfer.simulate import LocalNetwork, SimulationConfig\n"
+              "from secureinfer.lab.simulate import LocalNetwork, SimulationConfig\n"
               "net = LocalNetwork(SimulationConfig(n_nodes=2, workdir=os.environ['SIM_WORKDIR'])).start()\n"
               "print('up', flush=True)\n"
               "time.sleep(600)\n")

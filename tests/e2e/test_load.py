@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from secureinfer.bench.load import LoadReport, LoadSpec, run_load
 from secureinfer.client import Client
-from secureinfer.nodes.certs import Identity
-from secureinfer.simulate import LocalNetwork, SimulationConfig
+from secureinfer.lab.bench.load import LoadReport, LoadSpec, run_load
+from secureinfer.lab.simulate import LocalNetwork, SimulationConfig
+from secureinfer.net.certs import Identity
 
 from .conftest import node_processes
 

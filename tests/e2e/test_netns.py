@@ -1,5 +1,5 @@
 """Multi-host runs on one machine: every node in its own network namespace with its own address, links capped by tbf
-(secureinfer.netns). Secure generation across namespaces equals the in-process run; a cap visibly limits the bytes a
+(secureinfer.lab.netns). Secure generation across namespaces equals the in-process run; a cap visibly limits the bytes a
 node puts on its link per second; a link cut mid-request (`ip link set eth0 down`) ends in a clear error, or in a
 retry on the other committee, within a bounded time, and the surviving nodes stay healthy.
 
@@ -23,10 +23,11 @@ import pytest
 import torch
 
 from secureinfer.client import Client
-from secureinfer.mpc.models import plaintext, session
-from secureinfer.netns import PREFIX, NetnsConfig, NetnsNetwork, remove_stale_namespaces, unavailable_reason
-from secureinfer.network import RequestFailed
-from secureinfer.simulate import SimulationConfig
+from secureinfer.client.connection import RequestFailed
+from secureinfer.lab.netns import PREFIX, NetnsConfig, NetnsNetwork, remove_stale_namespaces, unavailable_reason
+from secureinfer.lab.simulate import SimulationConfig
+from secureinfer.mpc.models import session
+from secureinfer.plaintext import reference as plaintext
 
 from .conftest import node_processes, random_ids
 

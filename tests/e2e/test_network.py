@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from secureinfer.client import Client
-from secureinfer.mpc.models import plaintext, session
-from secureinfer.network import NetworkError, RequestFailed, SessionSpec
-from secureinfer.nodes import certs
-from secureinfer.nodes.certs import Identity
+from secureinfer.client.connection import NetworkError, RequestFailed, SessionSpec
+from secureinfer.mpc.models import session
+from secureinfer.net import certs
+from secureinfer.net.certs import Identity
+from secureinfer.plaintext import reference as plaintext
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 from .conftest import random_ids

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from secureinfer.mpc.models import plaintext
-from secureinfer.mpc.models.checkpoint import ModelConfig, parameter_shapes
+from secureinfer.models.config import ModelConfig, parameter_shapes
+from secureinfer.plaintext import reference as plaintext
 
 from .conftest import random_ids
 
@@ -31,7 +31,7 @@ def _tiny_gpt2() -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 def cuda_network():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device here; CUDA tests run on the GPU machine")
-    from secureinfer.simulate import LocalNetwork, SimulationConfig
+    from secureinfer.lab.simulate import LocalNetwork, SimulationConfig
 
     with LocalNetwork(SimulationConfig(n_nodes=3, device="cuda")) as net:
         yield net

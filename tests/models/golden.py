@@ -65,8 +65,8 @@ def _steps(report: Any) -> list[dict[str, Any]]:
 def minilm_forward() -> dict[str, Any]:
     """all-MiniLM-L6-v2 (real weights), one 128-token sentence embedding, default profile."""
     from secureinfer.mpc.models import session
-    from secureinfer.mpc.models.checkpoint import load_checkpoint, packaged_checkpoint
-    from secureinfer.bench.model import minilm_tokens
+    from secureinfer.models.checkpoint import load_checkpoint, packaged_checkpoint
+    from secureinfer.lab.bench.model import minilm_tokens
 
     cfg, params = load_checkpoint(packaged_checkpoint("all-MiniLM-L6-v2"), torch.float64)
     ids, mask = minilm_tokens()
@@ -78,7 +78,7 @@ def minilm_forward() -> dict[str, Any]:
 def gpt2_forward() -> dict[str, Any]:
     """GPT-2-base shape (seeded random weights): a 32-token prefill and one decoded token, default profile."""
     from secureinfer.mpc.models import session
-    from secureinfer.bench.model import gpt2_base_params
+    from secureinfer.lab.bench.model import gpt2_base_params
 
     cfg, params = gpt2_base_params()
     prompt = torch.randint(0, cfg.vocab_size, (1, 32), generator=torch.Generator().manual_seed(1))

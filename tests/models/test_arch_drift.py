@@ -18,13 +18,16 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from secureinfer.mpc.models import arch, plaintext, session
-from secureinfer.mpc.models.checkpoint import ModelConfig, load_checkpoint
-from secureinfer.mpc.models.fast import FastDecoder
-from secureinfer.mpc.models.ops import ModelOps, WeightBuilder
+from secureinfer.models import arch
+from secureinfer.models.checkpoint import load_checkpoint
+from secureinfer.models.config import ModelConfig
+from secureinfer.models.ops import ModelOps, WeightBuilder
+from secureinfer.mpc.models import session
 from secureinfer.mpc.models.secure_ops import SecureBuilder, SecureOps
-from secureinfer.mpc.models.strategy import PlaintextStrategy
-from secureinfer.mpc.models.torch_ops import TorchBuilder, TorchOps
+from secureinfer.plaintext import reference as plaintext
+from secureinfer.plaintext.fast import FastDecoder
+from secureinfer.plaintext.torch_ops import TorchBuilder, TorchOps
+from secureinfer.strategy import PlaintextStrategy
 
 from .conftest import VOCAB, randomize, save
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from secureinfer.models.checkpoint import load_checkpoint
 from secureinfer.mpc import runtime
 from secureinfer.mpc.approx.profile import ACCURATE
-from secureinfer.mpc.models import batching, plaintext, serving, weights
+from secureinfer.mpc.models import batching, serving, weights
 from secureinfer.mpc.models.batching import BatchItem
 from secureinfer.mpc.models.blocks import SecretKVCache
-from secureinfer.mpc.models.checkpoint import load_checkpoint
 from secureinfer.mpc.nn.embedding import one_hot
 from secureinfer.mpc.protocols import reveal
+from secureinfer.plaintext import reference as plaintext
 
 from .conftest import VOCAB
 from .test_secure_models import TOL, _ids

@@ -7,9 +7,9 @@ import sys
 
 import torch
 
-from secureinfer.bench import model as bench_model
+from secureinfer.lab.bench import model as bench_model
+from secureinfer.models.checkpoint import load_checkpoint
 from secureinfer.mpc.models import session, trace
-from secureinfer.mpc.models.checkpoint import load_checkpoint
 
 from .conftest import VOCAB
 

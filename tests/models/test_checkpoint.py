@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from secureinfer.mpc.models.checkpoint import (CheckpointError, ModelConfig, load_checkpoint, load_tokenizer,
-                                               packaged_checkpoint, parameter_shapes)
-from secureinfer.mpc.models.gguf_import import hf_name, unpermute_rotary
+from secureinfer.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
+from secureinfer.models.config import CheckpointError, ModelConfig, parameter_shapes
+from secureinfer.models.gguf_import import hf_name, unpermute_rotary
 
 from .conftest import save, tiny_bert, tiny_gpt2, tiny_llama
 
@@ -212,8 +212,8 @@ def test_corrupt_gguf(tmp_path):
 
 
 def test_layer_imports_no_grpc_selector_or_cli():
-    code = ("import sys; import secureinfer.mpc.models.checkpoint, secureinfer.mpc.models.plaintext, "
-            "secureinfer.mpc.models.gguf_import; "
+    code = ("import sys; import secureinfer.models.checkpoint, secureinfer.plaintext.reference, "
+            "secureinfer.models.gguf_import; "
             "bad = [m for m in sys.modules if m.split('.')[0] == 'grpc' or m.startswith(('secureinfer.selector', "
             "'secureinfer.nodes', 'secureinfer.cli'))]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

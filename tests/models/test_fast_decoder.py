@@ -17,10 +17,10 @@ import threading
 import pytest
 import torch
 
-from secureinfer.mpc.models import plaintext
-from secureinfer.mpc.models.checkpoint import load_checkpoint, packaged_checkpoint
-from secureinfer.mpc.models.fast import BatchingWorker, FastDecoder, quantize_int8
-from secureinfer.mpc.models.strategy import PlaintextStrategy, StrategyError
+from secureinfer.models.checkpoint import load_checkpoint, packaged_checkpoint
+from secureinfer.plaintext import reference as plaintext
+from secureinfer.plaintext.fast import BatchingWorker, FastDecoder, quantize_int8
+from secureinfer.strategy import PlaintextStrategy, StrategyError
 
 from .conftest import VOCAB, save, tiny_gpt2, tiny_llama
 
@@ -299,7 +299,7 @@ def test_compiled_decode_step_equals_eager(models):
 
 @pytest.mark.slow
 def test_smollm2_fp32_static_greedy_equals_plaintext():
-    from secureinfer.mpc.models.checkpoint import load_tokenizer
+    from secureinfer.models.checkpoint import load_tokenizer
 
     path = packaged_checkpoint("SmolLM2-135M-Instruct")
     cfg, params = load_checkpoint(path)  # float32 storage; the reference computes in float64
@@ -319,7 +319,7 @@ def test_smollm2_fp32_static_greedy_equals_plaintext():
 def test_bench_plaintext_on_a_tiny_model(models, monkeypatch, tmp_path, capsys):
     import json
 
-    from secureinfer.bench import plaintext as bench
+    from secureinfer.lab.bench import plaintext as bench
     from secureinfer.cli import build_parser
 
     cfg, params = models["llama"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from secureinfer.mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
-from secureinfer.mpc.models.plaintext import (KVCache, bert_classify, bert_forward, gpt2_forward, greedy_generate,
-                                              l2_normalize, llama_forward, mean_pool, sentence_embedding)
+from secureinfer.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
+from secureinfer.plaintext.reference import (KVCache, bert_classify, bert_forward, gpt2_forward, greedy_generate,
+                                             l2_normalize, llama_forward, mean_pool, sentence_embedding)
 
 from .conftest import VOCAB, save, tiny_bert, tiny_llama
 

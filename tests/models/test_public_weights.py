@@ -13,12 +13,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from secureinfer.models.checkpoint import load_checkpoint
+from secureinfer.models.config import ModelConfig
 from secureinfer.mpc import runtime
-from secureinfer.mpc.models import blocks, plaintext, serving, session
-from secureinfer.mpc.models.checkpoint import ModelConfig, load_checkpoint
-from secureinfer.mpc.models.strategy import SecureStrategy
+from secureinfer.mpc.models import blocks, serving, session
 from secureinfer.mpc.protocols import reveal, trunc
 from secureinfer.mpc.shares import AShare
+from secureinfer.plaintext import reference as plaintext
+from secureinfer.strategy import SecureStrategy
 
 from .conftest import VOCAB, save, tiny_bert, tiny_llama
 from .test_secure_models import TOL, _ids  # the same tolerances as the secret-weights tests
@@ -241,7 +243,7 @@ def test_strategy_maps_to_session_options():
 def minilm_both():
     """all-MiniLM-L6-v2 at 128 tokens (two sentences padded to 128, one of them filling it), secret and public
     weights, measured in one process one after the other."""
-    from secureinfer.mpc.models.checkpoint import load_tokenizer, packaged_checkpoint
+    from secureinfer.models.checkpoint import load_tokenizer, packaged_checkpoint
 
     from .test_secure_real import SENTENCES
 

@@ -13,13 +13,14 @@ import dataclasses
 import pytest
 import torch
 
+from secureinfer.models.checkpoint import load_checkpoint
+from secureinfer.models.sampling import SamplingConfig
 from secureinfer.mpc import runtime
 from secureinfer.mpc.approx.profile import ACCURATE, FAST
-from secureinfer.mpc.models import plaintext, session
+from secureinfer.mpc.models import session
 from secureinfer.mpc.models.blocks import normalize
-from secureinfer.mpc.models.checkpoint import load_checkpoint
-from secureinfer.mpc.models.sampling import SamplingConfig
 from secureinfer.mpc.protocols import reveal
+from secureinfer.plaintext import reference as plaintext
 
 from .conftest import VOCAB, save, tiny_bert, tiny_llama
 

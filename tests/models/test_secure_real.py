@@ -13,8 +13,9 @@ import time
 import pytest
 import torch
 
-from secureinfer.mpc.models import plaintext, session
-from secureinfer.mpc.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
+from secureinfer.models.checkpoint import load_checkpoint, load_tokenizer, packaged_checkpoint
+from secureinfer.mpc.models import session
+from secureinfer.plaintext import reference as plaintext
 
 SENTENCES = [
     "Secure inference keeps both the prompt and the weights private.",

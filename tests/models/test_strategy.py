@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from secureinfer.mpc.models.strategy import (PlaintextStrategy, SecureStrategy, StrategyError, check_allowed,
-                                             from_json, to_json)
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy, StrategyError, check_allowed, from_json, to_json
 
 
 @pytest.mark.parametrize("strategy", [

@@ -1,10 +1,10 @@
-"""The op accuracy table (secureinfer.bench.accuracy): every op vs float64 torch, printed with `pytest -s`."""
+"""The op accuracy table (secureinfer.lab.bench.accuracy): every op vs float64 torch, printed with `pytest -s`."""
 
 from __future__ import annotations
 
 import pytest
 
-from secureinfer.bench.accuracy import accuracy_table, format_table
+from secureinfer.lab.bench.accuracy import accuracy_table, format_table
 from secureinfer.mpc.approx import ACCURATE, FAST, LEAN
 
 

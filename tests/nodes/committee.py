@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
+from secureinfer.client.connection import Connector, SessionSpec
+from secureinfer.models.config import ModelConfig
 from secureinfer.mpc.comm import Channel
 from secureinfer.mpc.models import serving, weights
-from secureinfer.mpc.models.checkpoint import ModelConfig
 from secureinfer.mpc.party import PARTY_NAMES, EngineConfig
-from secureinfer.network import Connector, SessionSpec
-from secureinfer.nodes.membership import CommitteeView
-from secureinfer.nodes.store import config_to_json
+from secureinfer.net.membership import CommitteeView
+from secureinfer.net.wire import config_to_json
 from secureinfer.v1 import node_pb2
 
 from .netutil import Cluster, LoopThread, Pki, tiny_config, tiny_params

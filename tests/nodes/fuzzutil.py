@@ -24,13 +24,14 @@ import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from secureinfer.client.connection import Connector, SessionSpec
 from secureinfer.mpc.comm import Channel
-from secureinfer.mpc.models import plaintext, serving
+from secureinfer.mpc.models import serving
 from secureinfer.mpc.party import EngineConfig
-from secureinfer.network import Connector, SessionSpec
+from secureinfer.net.membership import CommitteeView
+from secureinfer.net.options import grpc_options
 from secureinfer.nodes.config import NodeConfig
-from secureinfer.nodes.daemon import grpc_options
-from secureinfer.nodes.membership import CommitteeView
+from secureinfer.plaintext import reference as plaintext
 from secureinfer.v1 import node_pb2
 
 from .committee import publish

@@ -16,10 +16,11 @@ import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from secureinfer.mpc.models.checkpoint import ModelConfig, parameter_shapes
-from secureinfer.nodes.certs import Identity, create_ca, issue
+from secureinfer.models.config import ModelConfig, parameter_shapes
+from secureinfer.net.certs import Identity, create_ca, issue
+from secureinfer.net.options import grpc_options
 from secureinfer.nodes.config import NodeConfig
-from secureinfer.nodes.daemon import NodeDaemon, grpc_options
+from secureinfer.nodes.daemon import NodeDaemon
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 T = TypeVar("T")

@@ -11,11 +11,11 @@ import grpc
 import pytest
 import torch
 
-from secureinfer.mpc.models import plaintext
+from secureinfer.net.certs import PeerCert
 from secureinfer.nodes.admission import (RETRY_AFTER_KEY, Admission, AdmissionError, AdmissionSettings, RateLimited,
                                          TooManySessions)
-from secureinfer.nodes.certs import PeerCert
 from secureinfer.nodes.config import ConfigError, NodeConfig
+from secureinfer.plaintext import reference as plaintext
 
 from .committee import SECRET, running_committee
 from .netutil import Cluster, LoopThread, Outcome, Pki, finish, open_message, wait_until

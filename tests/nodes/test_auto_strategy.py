@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 import torch
 
-from secureinfer.autoselect import selector_from_network
 from secureinfer.client import Client
-from secureinfer.mpc.models import plaintext
-from secureinfer.mpc.models.strategy import PlaintextStrategy, SecureStrategy
-from secureinfer.network import NetworkError
+from secureinfer.client.auto import selector_from_network
+from secureinfer.client.connection import NetworkError
+from secureinfer.plaintext import reference as plaintext
 from secureinfer.selector.cost import CostModel
 from secureinfer.selector.features import CommitteeOption, Outcome, Plan, Prediction, WorkerOption
 from secureinfer.selector.selector import Selector
 from secureinfer.selector.space import Policy
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy
 from secureinfer.v1 import node_pb2
 
 from .committee import SECRET, Net, publish, running_committee
@@ -135,7 +135,7 @@ def test_secret_request_runs_on_the_committee_and_reports_bytes_and_rounds(net: 
 
 
 def _work() -> Any:
-    from secureinfer.autoselect import Work
+    from secureinfer.client.auto import Work
 
     return Work(task="logits", batch=2, seq_len=3)
 
@@ -144,7 +144,7 @@ def test_a_secret_request_never_gets_a_plaintext_plan_whatever_the_selector_says
     rogue = StandIn(lambda r, opts: [(PlaintextStrategy(precision="fp32"), worker(opts)),
                                      (SecureStrategy(profile="accurate"), committee(opts))])
     public_before = sessions(net, "n0", "public")
-    with client(net, pki, rogue) as alice, caplog.at_level(logging.WARNING, logger="secureinfer.autoselect"):
+    with client(net, pki, rogue) as alice, caplog.at_level(logging.WARNING, logger="secureinfer.client.auto"):
         alice.generate("tiny", PROMPT, 2, strategy="auto")  # privacy="secret" by default
         (request,) = rogue.requests
         assert request.secret_prompt and request.open_model and request.gen_tokens == 2
@@ -198,8 +198,8 @@ def test_selector_from_network_learns_from_every_nodes_records(net: Net, pki: Pk
 def test_unusable_plans_are_named_and_a_secret_prompt_only_ever_passes_on_three_secure_parties() -> None:
     """Every strategy of the selector's space on every kind of placement: what the client would run (no network)."""
     cfg = tiny_config()
-    from secureinfer.autoselect import Placement, unusable
-    from secureinfer.nodes.membership import CommitteeView
+    from secureinfer.client.auto import Placement, unusable
+    from secureinfer.net.membership import CommitteeView
     from secureinfer.selector.features import LinkFeatures, NodeFeatures, RequestFeatures
     from secureinfer.selector.space import plaintext_strategies, secure_strategies
 

@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 import torch
 
+from secureinfer import strategy
+from secureinfer.client.connection import Connector, SessionSpec
+from secureinfer.models.sampling import SamplingConfig
 from secureinfer.mpc.comm import Channel
-from secureinfer.mpc.models import plaintext, serving, strategy
-from secureinfer.mpc.models.sampling import SamplingConfig
+from secureinfer.mpc.models import serving
 from secureinfer.mpc.party import PARTY_NAMES, EngineConfig
-from secureinfer.network import Connector, SessionSpec
+from secureinfer.plaintext import reference as plaintext
 from secureinfer.v1 import node_pb2
 
 from .committee import SECRET, Net, publish, running_committee

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from secureinfer.nodes.certs import CertError, Identity, issue
+from secureinfer.net.certs import CertError, Identity, issue
 from secureinfer.nodes.config import NodeConfig
 from secureinfer.nodes.daemon import NodeDaemon
 from secureinfer.v1 import node_pb2

@@ -15,16 +15,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from secureinfer.nodes.certs import (
-    NODE_SAN,
-    CertError,
-    Identity,
-    create_ca,
-    issue,
-    peer_from_context,
-    verify_certificate,
-    verify_signature,
-)
+from secureinfer.net.certs import (NODE_SAN, CertError, Identity, create_ca, issue, peer_from_context,
+                                   verify_certificate, verify_signature)
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +248,7 @@ def test_peer_from_context_without_certificate(network: Path) -> None:
 def _cli(*argv: str) -> int:
     import argparse
 
-    from secureinfer import cli_certs
+    from secureinfer.cli import certs as cli_certs
 
     parser = argparse.ArgumentParser(prog="secureinfer")
     cli_certs.add_parser(parser.add_subparsers(dest="command"))

@@ -18,13 +18,15 @@ import grpc
 import pytest
 import torch
 
-from secureinfer.autoselect import Placement, unusable
+from secureinfer import strategy
 from secureinfer.client import Client, ModelOwner, NetworkError, RequestFailed
-from secureinfer.mpc.models import plaintext, session, strategy
+from secureinfer.client.auto import Placement, unusable
+from secureinfer.mpc.models import session
 from secureinfer.mpc.party import EngineConfig
 from secureinfer.mpc.ring import FixedPoint
-from secureinfer.nodes.membership import CommitteeView
-from secureinfer.nodes.store import config_to_json
+from secureinfer.net.membership import CommitteeView
+from secureinfer.net.wire import config_to_json
+from secureinfer.plaintext import reference as plaintext
 from secureinfer.selector.features import CommitteeOption, LinkFeatures, NodeFeatures, Plan, Prediction, \
     RequestFeatures
 from secureinfer.v1 import node_pb2

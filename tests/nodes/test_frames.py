@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from secureinfer.nodes import frames
-from secureinfer.nodes.frames import CHUNK_BYTES, DTYPES, Assembler, FrameError, encode
+from secureinfer.net import frames
+from secureinfer.net.frames import CHUNK_BYTES, DTYPES, Assembler, FrameError, encode
 from secureinfer.v1 import node_pb2
 
 

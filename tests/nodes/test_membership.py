@@ -8,15 +8,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from secureinfer.nodes.certs import Identity, create_ca, issue
-from secureinfer.nodes.membership import (
-    CommitteeView,
-    MembershipTable,
-    RecordError,
-    pick_secure_nodes,
-    sign_record,
-    verify_record,
-)
+from secureinfer.net.certs import Identity, create_ca, issue
+from secureinfer.net.membership import (CommitteeView, MembershipTable, RecordError, pick_secure_nodes, sign_record,
+                                        verify_record)
 from secureinfer.v1 import node_pb2
 
 NODES = [f"n{i}" for i in range(6)]

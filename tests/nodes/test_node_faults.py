@@ -18,13 +18,14 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2
 
+from secureinfer.client.connection import RequestFailed, SessionSpec
+from secureinfer.models.config import ModelConfig
 from secureinfer.mpc.comm import Channel
-from secureinfer.mpc.models import plaintext, serving
-from secureinfer.mpc.models.checkpoint import ModelConfig
+from secureinfer.mpc.models import serving
 from secureinfer.mpc.party import EngineConfig
-from secureinfer.network import RequestFailed, SessionSpec
-from secureinfer.nodes.membership import CommitteeView
-from secureinfer.nodes.store import config_to_json
+from secureinfer.net.membership import CommitteeView
+from secureinfer.net.wire import config_to_json
+from secureinfer.plaintext import reference as plaintext
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 from .committee import PUBLIC, SECRET, Net, publish, running_committee

@@ -8,7 +8,7 @@ import time
 import pytest
 from grpc_health.v1 import health_pb2
 
-from secureinfer.nodes.membership import sign_record
+from secureinfer.net.membership import sign_record
 from secureinfer.v1 import node_pb2
 
 from .netutil import Cluster, Pki, unary_outcome, wait_until

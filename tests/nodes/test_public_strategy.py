@@ -15,13 +15,15 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2
 
+from secureinfer import strategy
 from secureinfer.client import Client
+from secureinfer.client.connection import RequestFailed, SessionSpec
+from secureinfer.models.sampling import SamplingConfig
 from secureinfer.mpc.comm import Channel
-from secureinfer.mpc.models import plain_serving, plaintext, serving, strategy
-from secureinfer.mpc.models.sampling import SamplingConfig
+from secureinfer.mpc.models import serving
 from secureinfer.mpc.party import EngineConfig
-from secureinfer.network import RequestFailed, SessionSpec
-from secureinfer.nodes.membership import CommitteeView
+from secureinfer.net.membership import CommitteeView
+from secureinfer.plaintext import serving as plain_serving, reference as plaintext
 from secureinfer.v1 import node_pb2
 
 from .committee import PUBLIC, SECRET, Net, running_committee

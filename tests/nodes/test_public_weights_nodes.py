@@ -20,15 +20,17 @@ import grpc
 import pytest
 import torch
 
+from secureinfer import strategy
 from secureinfer.client import Client, ModelOwner, NetworkError, RequestFailed
+from secureinfer.client.connection import SessionSpec
+from secureinfer.models.sampling import SamplingConfig
 from secureinfer.mpc.comm import Channel
-from secureinfer.mpc.models import plaintext, serving, session, strategy
-from secureinfer.mpc.models.sampling import SamplingConfig
+from secureinfer.mpc.models import serving, session
 from secureinfer.mpc.party import EngineConfig
 from secureinfer.mpc.protocols import trunc
-from secureinfer.network import SessionSpec
-from secureinfer.nodes.membership import CommitteeView
-from secureinfer.nodes.store import config_to_json
+from secureinfer.net.membership import CommitteeView
+from secureinfer.net.wire import config_to_json
+from secureinfer.plaintext import reference as plaintext
 from secureinfer.v1 import node_pb2
 
 from .committee import PUBLIC, SECRET, Net, publish, running_committee

@@ -20,13 +20,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from secureinfer.mpc.models.strategy import PlaintextStrategy, SecureStrategy, to_json
-from secureinfer.nodes.errors import BadRequest
-from secureinfer.nodes.perfstore import RunRecord, open_store, run_key
-from secureinfer.nodes.perfwire import (MAX_BATCH, check_batch, check_record, from_message, nullable,
-                                        to_message)
+from secureinfer.net.errors import BadRequest
+from secureinfer.net.perfwire import MAX_BATCH, check_batch, check_record, from_message, nullable, to_message
 from secureinfer.nodes.records import RecordBook
+from secureinfer.perfstore import RunRecord, open_store, run_key
 from secureinfer.selector.records import read_records
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy, to_json
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 from .netutil import Cluster, LoopThread, Pki, unary_outcome, wait_until

@@ -120,7 +120,7 @@ def test_rotation_new_certificate_replaces_the_revoked_old_one(own: Cluster) -> 
     start_three(own)
     old_pem = (directory / "n2.pem").read_bytes()
     own.stop("n2")
-    from secureinfer.nodes.certs import issue
+    from secureinfer.net.certs import issue
 
     issue(directory, "n2", "node", force=True)  # the operator issues n2 a new certificate and key
     new_pem = (directory / "n2.pem").read_bytes()

@@ -12,9 +12,8 @@ import grpc
 import pytest
 import torch
 
-from secureinfer.mpc.comm import CommError
-from secureinfer.nodes.config import LinkSettings
-from secureinfer.nodes.transport import GrpcChannel, Link
+from secureinfer.mpc.comm import CommError, LinkModel
+from secureinfer.net.transport import GrpcChannel, Link
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 from .netutil import LoopThread
@@ -56,7 +55,7 @@ class FakeStream:
 class Pair:
     """Two GrpcChannels, P0 and P1, joined by one fake stream and pumped on the test loop."""
 
-    def __init__(self, loop: LoopThread, shaping: LinkSettings = LinkSettings(), deadline_s: float = 20.0) -> None:
+    def __init__(self, loop: LoopThread, shaping: LinkModel = LinkModel(), deadline_s: float = 20.0) -> None:
         self.loop = loop
 
         async def build() -> None:
@@ -126,7 +125,7 @@ def test_unknown_peer_is_an_error(pair: Pair) -> None:
 
 
 def test_latency_shaping_delays_delivery(loop: LoopThread) -> None:
-    pair = Pair(loop, LinkSettings(latency_s=0.25))
+    pair = Pair(loop, LinkModel(latency_s=0.25))
     try:
         start = time.monotonic()
         pair.c0.send("P1", b"ping", "t")
@@ -145,7 +144,7 @@ def test_latency_shaping_delays_delivery(loop: LoopThread) -> None:
 
 def test_shaped_messages_are_written_before_the_close(loop: LoopThread) -> None:
     """`finish` right after a delayed send must not overtake it (the last message would be lost)."""
-    pair = Pair(loop, LinkSettings(latency_s=0.2))
+    pair = Pair(loop, LinkModel(latency_s=0.2))
     try:
         pair.c0.send("P1", b"result", "t")
         pair.c0.finish()
@@ -155,7 +154,7 @@ def test_shaped_messages_are_written_before_the_close(loop: LoopThread) -> None:
 
 
 def test_bandwidth_shaping_delays_by_size(loop: LoopThread) -> None:
-    pair = Pair(loop, LinkSettings(bandwidth_bytes_per_s=2_000_000.0))
+    pair = Pair(loop, LinkModel(bandwidth_bytes_per_s=2_000_000.0))
     try:
         start = time.monotonic()
         pair.c0.send("P1", bytes(400_000), "t")  # 0.2 s at 2 MB/s

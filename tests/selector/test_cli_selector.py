@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from secureinfer import cli
-from secureinfer.selector.store import open_store
+from secureinfer.perfstore import open_store
 
 from .test_evaluate import synthetic
 

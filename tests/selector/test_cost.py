@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from secureinfer.models.config import ModelConfig, parameter_shapes
 from secureinfer.mpc import runtime
 from secureinfer.mpc.approx import profile as profiles
 from secureinfer.mpc.models import session
-from secureinfer.mpc.models.checkpoint import ModelConfig, parameter_shapes
-from secureinfer.mpc.models.strategy import PlaintextStrategy, SecureStrategy
 from secureinfer.mpc.nn import activations
 from secureinfer.mpc.nn import attention as nn_attention
 from secureinfer.mpc.party import EngineConfig
@@ -23,6 +22,7 @@ from secureinfer.selector.cost import decode_steps, nnls
 from secureinfer.selector.features import RequestFeatures, SelectorError
 from secureinfer.selector.opcosts import OpKey, levels
 from secureinfer.selector.records import quiet, request_of, samples, strategy_of
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy
 
 from .conftest import committee, tiny_gpt2, worker
 
@@ -152,7 +152,7 @@ def test_nnls_respects_the_sign_constraint():
 
 def test_model_shapes_cover_the_sweep_models():
     """records.MODEL_SHAPES has every sweep model, with the heads and MLP width of its config."""
-    from secureinfer.bench.sweep.models import MODELS, load_model
+    from secureinfer.lab.bench.sweep.models import MODELS, load_model
     from secureinfer.selector.records import MODEL_SHAPES
 
     assert set(MODELS) <= set(MODEL_SHAPES)

@@ -8,14 +8,14 @@ import math
 
 import pytest
 
-from secureinfer.mpc.models.strategy import PlaintextStrategy, SecureStrategy, to_json
+from secureinfer.perfstore import RunRecord, run_key
 from secureinfer.selector.cost import option_gflops
 from secureinfer.selector.evalcases import cases_from_records
 from secureinfer.selector.features import CPU_GFLOPS_PER_CORE, Prediction
 from secureinfer.selector.predictor import FEATURES, feature_vector
 from secureinfer.selector.records import host_cpu_gflops, node_of, record_of
 from secureinfer.selector.space import enumerate_candidates
-from secureinfer.selector.store import RunRecord, run_key
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy, to_json
 
 from .conftest import H200, committee, gpu_node, tiny_gpt2, worker
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from secureinfer.mpc.models.strategy import SecureStrategy, to_json
+from secureinfer.perfstore import RunRecord, run_key
 from secureinfer.selector import evalnet
 from secureinfer.selector.evalcases import RequestKind
 from secureinfer.selector.evaluate import EvalConfig, Toolkit
 from secureinfer.selector.features import CommitteeOption, Plan, Prediction
-from secureinfer.selector.store import RunRecord, run_key
+from secureinfer.strategy import SecureStrategy, to_json
 
 H200 = "cuda:0 (NVIDIA H200)"
 CPU, CUDA = SecureStrategy(profile="lean", device="cpu"), SecureStrategy(profile="lean", device="cuda")

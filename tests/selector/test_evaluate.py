@@ -9,12 +9,12 @@ import math
 
 import pytest
 
-from secureinfer.mpc.models.strategy import PlaintextStrategy, SecureStrategy, to_json
+from secureinfer.perfstore import RunRecord, run_key
 from secureinfer.selector import evalcases, evalreport, evaluate
 from secureinfer.selector.evalcases import Candidate, RequestKind, cases_from_records, feasible, request_mix
 from secureinfer.selector.evaluate import EvalConfig, Toolkit
 from secureinfer.selector.features import LinkFeatures, Plan, Prediction, SelectorError
-from secureinfer.selector.store import RunRecord, run_key
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy, to_json
 
 ACC, FAST = SecureStrategy(profile="accurate"), SecureStrategy(profile="fast")
 PLAIN = PlaintextStrategy(precision="fp32")

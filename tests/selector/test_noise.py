@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from secureinfer.mpc.models.strategy import SecureStrategy
 from secureinfer.selector.bandit import BanditConfig
 from secureinfer.selector.records import median_samples
 from secureinfer.selector.selector import Selector
+from secureinfer.strategy import SecureStrategy
 
 from .conftest import committee, tiny_gpt2
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from secureinfer.mpc.models.strategy import SecureStrategy, check_allowed
 from secureinfer.selector.cost import CostModel
 from secureinfer.selector.features import CommitteeOption, Outcome, RequestFeatures, SelectorError, WorkerOption
 from secureinfer.selector.selector import Selector
 from secureinfer.selector.space import Policy
+from secureinfer.strategy import SecureStrategy, check_allowed
 
 from .conftest import committee, worker
 

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from secureinfer.mpc.models.strategy import from_json
+from secureinfer.perfstore import open_store
 from secureinfer.selector import Selector as Exported
 from secureinfer.selector.bandit import NIG, Bandit, BanditConfig
 from secureinfer.selector.features import Outcome, RequestFeatures, SelectorError
 from secureinfer.selector.selector import Selector, placement
 from secureinfer.selector.space import Policy
-from secureinfer.selector.store import open_store
+from secureinfer.strategy import from_json
 
 from .conftest import committee, tiny_gpt2, worker
 
@@ -158,7 +158,7 @@ def test_empirical_priors_from_the_store(cost_model, sweep_records):
 
 
 def test_request_features_for_a_model_config():
-    from secureinfer.mpc.models.checkpoint import ModelConfig
+    from secureinfer.models.config import ModelConfig
 
     cfg = ModelConfig(arch="llama", vocab_size=96, hidden=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                       intermediate=48, max_positions=64, norm_eps=1e-5, act="silu", rope_theta=10000.0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from secureinfer.mpc.models.strategy import PlaintextStrategy, SecureStrategy
 from secureinfer.selector.features import CommitteeOption, RequestFeatures, SelectorError
 from secureinfer.selector.space import (AccuracyTable, Candidate, Policy, check, enumerate_candidates, feasible,
                                         prior_error)
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy
 
 from .conftest import committee, cpu_node, gpu_node, tiny_gpt2, worker
 

@@ -11,9 +11,8 @@ import threading
 
 import pytest
 
-from secureinfer.nodes import perfstore as store_mod  # the implementation; selector.store re-exports it
-from secureinfer.selector.store import (COLUMN_NAMES, RunRecord, SchemaVersionError, StoreError, open_store,
-                                        run_key)
+from secureinfer.perfstore import store as store_mod  # open_store reads the schema version and migrations here
+from secureinfer.perfstore import COLUMN_NAMES, RunRecord, SchemaVersionError, StoreError, open_store, run_key
 
 
 def record(i: int = 0, **changes) -> RunRecord:
@@ -146,7 +145,7 @@ WRITER = textwrap.dedent("""
     import dataclasses, sys
     sys.path.insert(0, {root!r})
     from tests.selector.test_store import record
-    from secureinfer.selector.store import open_store, run_key
+    from secureinfer.perfstore import open_store, run_key
     st = open_store(sys.argv[1])
     w = int(sys.argv[2])
     for i in range(40):

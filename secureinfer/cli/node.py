@@ -1,0 +1,165 @@
+"""CLI pieces for operators: `secureinfer node serve` and `secureinfer network status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+NODE_EXAMPLE = """\
+example node.toml (paths are relative to the file):
+
+  [node]
+  node_id = "node-a"            # must equal the name in its certificate (secureinfer certs issue --role node)
+  host = "0.0.0.0"
+  port = 7001
+  advertise = "10.0.0.5:7001"   # what other nodes and clients dial
+  roles = ["secure", "plaintext"]
+  device = "auto"               # cpu, cuda, cuda:N or auto
+  certs_dir = "certs"           # ca.pem, node-a.pem, node-a.key
+  seeds = ["10.0.0.6:7001"]     # any node already in the network; none for the first node
+  revocation_list = "certs/crl.pem"  # the CA-signed revocation list (default: crl.pem in certs_dir, if there)
+  data_dir = "data"             # keeps data/perf.sqlite: performance records (perf_store = FILE to move it)
+  metrics_port = 9101           # Prometheus text format at http://127.0.0.1:9101/metrics
+  batch_window_s = 0.05         # SecureStrategy(batch_requests=True): how long a batch waits for partners
+  batch_max_rows = 32           # ... and the most sequences one batched forward takes
+  client_rate_per_s = 2.0       # per client certificate: sessions per second (leave out: no limit) ...
+  client_burst = 4              # ... with this many at once; over it: RESOURCE_EXHAUSTED saying when to retry
+  client_max_sessions = 2       # per client certificate: concurrent sessions here (other nodes are never limited)
+
+  [link]                        # optional software-injected link shaping (for experiments)
+  latency_s = 0.0
+"""
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    """Add `node` and `network` to the top-level subcommands."""
+    node = commands.add_parser("node", help="run a node daemon", description="Run a secureinfer node daemon.")
+    node_cmds = node.add_subparsers(dest="node_command", metavar="WHAT")
+    serve = node_cmds.add_parser(
+        "serve", help="serve until SIGTERM/SIGINT",
+        description="Start a node: load its certificate, measure its capability, join the network through its "
+        "seeds and serve secure sessions (as one party of a committee) and/or plaintext requests, over mutual TLS.",
+        epilog=NODE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--config", required=True, metavar="FILE", help="the node's TOML configuration")
+    serve.set_defaults(handler=_serve)
+    health = node_cmds.add_parser(
+        "health", help="exit 0 when the local node answers SERVING (container and Kubernetes probes)",
+        description="Ask the node configured in FILE for its standard gRPC health status, over mutual TLS with the "
+        "node's own certificate (so it works where plaintext probes cannot: every port of a node demands a client "
+        "certificate of the network). Exit 0 for SERVING, 1 otherwise, 2 for a bad configuration.",
+        epilog="examples:\n  secureinfer node health --config /etc/secureinfer/node-a.toml\n"
+        "  secureinfer node health --config node-a.toml --address 10.0.0.5:7001 --timeout 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    health.add_argument("--config", required=True, metavar="FILE", help="the node's TOML configuration")
+    health.add_argument("--address", metavar="HOST:PORT",
+                        help="where to ask (default: this machine, at the configured port or the port_file's)")
+    health.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait (default 3)")
+    health.set_defaults(handler=_health)
+    node.set_defaults(handler=lambda _args: _usage(node))
+
+    network = commands.add_parser("network", help="look at a running network",
+                                  description="Inspect a running secureinfer network through any of its nodes.")
+    net_cmds = network.add_subparsers(dest="network_command", metavar="WHAT")
+    status = net_cmds.add_parser(
+        "status", help="list the live nodes and the models they host",
+        description="Ask a seed node for its membership view: every live node's address, roles, device, measured "
+        "speed and hosted models (records are signed by each node; they are verified here against the CA).")
+    status.add_argument("--seed", required=True, action="append", metavar="HOST:PORT", help="a node to ask")
+    status.add_argument("--certs", required=True, metavar="DIR", help="directory with ca.pem and your identity")
+    status.add_argument("--name", required=True, help="your identity's name in DIR (a client, owner or node)")
+    status.set_defaults(handler=_status)
+    network.set_defaults(handler=lambda _args: _usage(network))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from secureinfer.nodes.capability import CapabilityError
+    from secureinfer.net.certs import CertError
+    from secureinfer.nodes.config import ConfigError, NodeConfig
+    from secureinfer.nodes.daemon import serve
+    from secureinfer.perfstore import StoreError
+
+    try:
+        config = NodeConfig.from_file(Path(args.config))
+        asyncio.run(serve(config))
+    except (ConfigError, CertError, CapabilityError, StoreError, OSError) as exc:  # StoreError: a bad perf store
+        print(f"secureinfer node serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from secureinfer.net.certs import CertError, Identity
+    from secureinfer.nodes.config import ConfigError, NodeConfig
+
+    try:
+        config = NodeConfig.from_file(Path(args.config))
+        identity = Identity.load(config.certs_dir, config.node_id)
+        address = args.address or local_address(config)
+    except (ConfigError, CertError, OSError, ValueError) as exc:
+        print(f"secureinfer node health: {exc}", file=sys.stderr)
+        return 2
+    options = identity.channel_options(config.node_id)
+    with grpc.secure_channel(address, identity.channel_credentials(), options) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"secureinfer node health: {config.node_id} at {address}: {exc.code().name}: {exc.details()}",
+                  file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{config.node_id} at {address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def local_address(config) -> str:
+    """Where a node configured by `config` is reached from its own machine (wildcard hosts become loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(config.host, config.host)
+    port = config.port
+    if port == 0:
+        if config.port_file is None:
+            raise ValueError("port is 0 and there is no port_file: give --address HOST:PORT")
+        port = int(config.port_file.read_text().strip())
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _status(args: argparse.Namespace) -> int:
+    from secureinfer.client import Client
+    from secureinfer.client.connection import NetworkError
+    from secureinfer.net.certs import CertError
+
+    try:
+        with Client.from_dir(Path(args.certs), args.name, args.seed, timeout_s=15.0) as client:
+            records = client.nodes()
+    except (NetworkError, CertError) as exc:
+        print(f"secureinfer network status: {exc}", file=sys.stderr)
+        return 2
+    print(format_status(records))
+    return 0
+
+
+def format_status(records: list) -> str:
+    """A table of node records: one line per node, then its hosted models."""
+    now = time.time()
+    lines = [f"{'NODE':<16} {'ADDRESS':<22} {'ROLES':<18} {'DEVICE':<24} {'GFLOP/s':>8} {'MEM GiB':>8} {'AGE s':>6}"]
+    for r in sorted(records, key=lambda r: r.node_id):
+        cap = r.capability
+        lines.append(f"{r.node_id:<16} {r.address:<22} {','.join(r.roles):<18} {cap.device:<24} "
+                     f"{cap.matmul_gflops:>8.1f} {cap.memory_bytes / 2**30:>8.1f} {now - r.issued_at:>6.1f}")
+        for m in r.models:
+            kind = ("secret, public weights" if m.public_weights else "secret") if m.privacy == 1 else "public"
+            bits = f" at f={m.frac_bits or 18}" if m.privacy == 1 else ""  # a record without the field: 18
+            lines.append(f"    hosts {m.model_id} ({m.arch}, {kind}){bits} committee {m.committee_id} "
+                         f"as party {m.party_index} of {'/'.join(m.node_ids)}")
+    lines.append(f"{len(records)} live node(s)")
+    return "\n".join(lines)

@@ -1,0 +1,312 @@
+"""strategy="auto": the SDK asks a selector where and how to run a request, runs it, and records what it measured.
+
+    selector = selector_from_network(client)                 # trained on the history every node shares
+    client = Client.from_dir(certs, "alice", seeds=[...], selector=selector)
+    client.generate("tiny", prompt, 8, strategy="auto")      # privacy="public" also allows plaintext workers
+
+Per request: the request's features come from the model's public config and the request's shape; the options from
+the membership view (the committees and workers hosting the model, each node's signed capability record, and the
+one-way latency as half the round trip of a health call from here); the selector ranks plans; plans this network
+cannot execute, or the request may not use, are dropped here as well (a secret prompt never runs in plaintext,
+whatever a selector says); the request runs on the first plan left and, on a retryable failure, on the next plan
+at another placement. Every attempt's outcome goes to `selector.observe` and, as a performance record, to a node
+(fire and forget: a failed push never fails the request).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from secureinfer.models.config import ModelConfig
+from secureinfer.mpc.models import serving
+from secureinfer.mpc.ring import DEFAULT_FRAC_BITS
+from secureinfer.net.certs import NODE_SAN
+from secureinfer.net.membership import CommitteeView, MembershipTable
+from secureinfer.perfstore import RunRecord
+from secureinfer.plaintext import serving as plain_serving
+from secureinfer.selector.features import (CommitteeOption, LinkFeatures, NodeFeatures, Option, Outcome, Plan,
+                                           RequestFeatures, SelectorError, WorkerOption)
+from secureinfer.selector.records import record_of
+from secureinfer.strategy import SecureStrategy, StrategyError, check_allowed, to_json
+from secureinfer.v1 import node_pb2
+
+from .connection import Measured, NetworkError, RequestFailed, SessionSpec, session_io
+
+if TYPE_CHECKING:
+    from . import Client
+    from secureinfer.selector.selector import Selector
+
+logger = logging.getLogger(__name__)
+RTT_TTL_S = 30.0  # how long a measured round trip is reused
+Program = Callable[[Any, ModelConfig, serving.TokenIO], tuple[Any, serving.ClientSteps]]
+
+
+class PlanSource(Protocol):
+    """What the client needs of a selector (secureinfer.selector.selector.Selector has it)."""
+
+    def plan(self, request: RequestFeatures, options: Sequence[Option]) -> list[Plan]: ...
+
+    def observe(self, plan: Plan, outcome: Outcome) -> None: ...
+
+
+@dataclass(frozen=True)
+class Work:
+    """The shape of one request: its task, rows, prompt tokens per row, and new tokens asked for."""
+
+    task: str  # "embed" | "logits" | "generate"
+    batch: int
+    seq_len: int
+    gen_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """An option the selector may choose, and the hosted committee (or worker) it runs on."""
+
+    option: Option
+    view: CommitteeView
+
+
+def node_features(record: node_pb2.NodeRecord) -> NodeFeatures:
+    """A node as its signed membership record describes it."""
+    cap = record.capability
+    return NodeFeatures(node_id=record.node_id, device=cap.device or "cpu", cpu_count=cap.cpu_count,
+                        matmul_gflops=cap.matmul_gflops, memory_bytes=cap.memory_bytes, host=record.node_id)
+
+
+def placements(table: MembershipTable, views: Sequence[CommitteeView], rtts: dict[str, float | None]
+               ) -> list[Placement]:
+    """The committees and workers in `views` whose every node is in `table` and answered a health call (`rtts`:
+    round trip per address); link latency is half the slowest member's round trip."""
+    records = {r.node_id: r for r in table.live()}
+    out = []
+    for view in views:
+        times = [rtts.get(a) for a in view.addresses]
+        if any(t is None for t in times) or any(n not in records for n in view.node_ids):
+            continue
+        link = LinkFeatures(latency_s=max(times) / 2)
+        nodes = tuple(node_features(records[n]) for n in view.node_ids)
+        if view.privacy == node_pb2.PRIVACY_SECRET:
+            out.append(Placement(CommitteeOption(view.committee_id, nodes, link), view))
+        else:
+            out.append(Placement(WorkerOption(nodes[0], link), view))
+    return out
+
+
+def request_features(cfg: ModelConfig, model_id: str, work: Work, *, secret_prompt: bool, open_model: bool
+                     ) -> RequestFeatures:
+    """The selector's view of a request: the model's public shape, the work, and its privacy constraints."""
+    return RequestFeatures.for_model(cfg, model=model_id, seq_len=work.seq_len, batch=work.batch,
+                                     gen_tokens=work.gen_tokens, task=work.task, secret_prompt=secret_prompt,
+                                     open_model=open_model)
+
+
+def _device_kind(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def unusable(plan: Plan, place: Placement, cfg: ModelConfig, request: RequestFeatures) -> str | None:
+    """Why this network cannot (or this request may not) run `plan` on `place`, or None if it can."""
+    chosen = plan.strategy
+    try:
+        check_allowed(chosen, secret_prompt=request.secret_prompt, open_model=request.open_model)
+    except StrategyError as exc:
+        return f"privacy: {exc}"
+    secure = isinstance(chosen, SecureStrategy)
+    if secure != (place.view.privacy == node_pb2.PRIVACY_SECRET) or secure != isinstance(place.option,
+                                                                                          CommitteeOption):
+        return f"{chosen.mode} strategy on a {'committee' if not secure else 'worker'}"
+    if request.secret_prompt and (not secure or len(set(place.view.node_ids)) < 3):
+        return "privacy: a secret prompt runs only on three distinct secure parties"
+    nodes = place.option.nodes if isinstance(place.option, CommitteeOption) else (place.option.node,)
+    if any(_device_kind(n.device) != _device_kind(chosen.device) for n in nodes):
+        return f"device: {chosen.device} on nodes computing on {', '.join(n.device for n in nodes)}"
+    if chosen.batch_requests:  # a node's record does not say whether it batches: never risk a refusal
+        return "batch_requests: node records do not advertise batching"
+    if secure:
+        held = getattr(place.view, "frac_bits", DEFAULT_FRAC_BITS)
+        if chosen.frac_bits != held:
+            return f"fractional bits: the committee holds the model at frac_bits={held}, not {chosen.frac_bits}"
+        if chosen.public_weights != getattr(place.view, "public_weights", False):
+            return "public_weights must match how the committee holds the model"
+        return None
+    try:
+        plain_serving.check_strategy(cfg, chosen, chosen.device)
+    except serving.RequestError as exc:
+        return str(exc)
+    return None
+
+
+def outcome_of(measured: Measured[Any], steps: serving.ClientSteps, work: Work) -> Outcome:
+    """What the client measured: wall time open to close, the first step, the mean later step of a generation, and
+    the busiest node's bytes and rounds (secure sessions report them)."""
+    sent = [n.bytes_sent for n in measured.nodes if n.bytes_sent is not None]
+    rounds = [n.rounds for n in measured.nodes if n.rounds is not None]
+    later = [s for s, _ in steps[1:]]
+    generate = work.task == "generate"
+    per_token = sum(later) / len(later) if generate and later else None
+    extra = {"bytes_sum": sum(sent) if sent else None, "steps": list(steps),
+             "gen_tokens": len(steps) if generate else 0}  # one sampled token per step
+    return Outcome(total_s=measured.seconds, prefill_s=steps[0][0] if steps else None, per_token_s=per_token,
+                   bytes_per_party=float(max(sent)) if sent else None, rounds=max(rounds) if rounds else None,
+                   ok=True, extra=extra)
+
+
+def record_for(plan: Plan, place: Placement, outcome: Outcome, request: RequestFeatures, client: str,
+               error: str | None = None) -> RunRecord:
+    """The performance record of one attempt (selector.records.record_of, plus where and how it was measured)."""
+    record = record_of(plan, outcome, request)
+    steps = outcome.extra.get("steps") or []
+    env = {"source": "sdk", "client": client, "committee_id": place.view.committee_id,
+           "node_ids": list(place.view.node_ids), "predicted_s": plan.predicted.total_s,
+           "predicted_by": plan.predicted.source}
+    return dataclasses.replace(
+        record, error=None if outcome.ok else (error or "failed")[:1000],
+        bytes_per_party_sum=outcome.extra.get("bytes_sum"), gen_tokens=outcome.extra.get("gen_tokens",
+                                                                                          record.gen_tokens),
+        steps_json=json.dumps([{"seconds": s, "tokens": n} for s, n in steps]), env_json=json.dumps(env))
+
+
+class AutoRunner:
+    """Runs requests on the selector's plans for one Client (see the module docstring); thread-safe."""
+
+    def __init__(self, client: "Client", selector: PlanSource) -> None:
+        self.client = client
+        self.selector = selector
+        self.pushes: list[Any] = []  # futures of background pushes (Client.close waits for them briefly)
+        self._rtts: dict[str, tuple[float | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def _measure(self, views: Sequence[CommitteeView]) -> dict[str, float | None]:
+        """Round trips to every node of `views` (remeasured after RTT_TTL_S)."""
+        from .records import measure_rtts
+
+        targets = {(a, n) for v in views for a, n in zip(v.addresses, v.node_ids)}
+        now = time.monotonic()
+        stale = [t for t in targets if t[0] not in self._rtts or now - self._rtts[t[0]][1] > RTT_TTL_S]
+        if stale:
+            for address, rtt in measure_rtts(self.client.connector, sorted(stale)).items():
+                self._rtts[address] = (rtt, now)
+        return {a: self._rtts[a][0] for a, _ in targets}
+
+    def plans(self, model_id: str, cfg: ModelConfig, table: MembershipTable, work: Work, privacy: str,
+              committee: CommitteeView | None) -> tuple[RequestFeatures, list[tuple[Plan, Placement]]]:
+        """The request's features and its runnable plans, best first (the selector's order)."""
+        hosting = table.choose_committees(model_id)
+        open_model = any(v.privacy == node_pb2.PRIVACY_PUBLIC or getattr(v, "public_weights", False) for v in hosting)
+        request = request_features(cfg, model_id, work, secret_prompt=privacy == "secret", open_model=open_model)
+        views = [committee] if committee is not None else hosting
+        places = placements(table, views, self._measure(views))
+        if not places:
+            raise NetworkError(f"no committee or worker hosting {model_id!r} answered (see `secureinfer network "
+                               f"status`)")
+        by_key = {_key(p.option): p for p in places}
+        try:
+            with self._lock:
+                ranked = self.selector.plan(request, [p.option for p in places])
+        except SelectorError as exc:
+            raise NetworkError(f"the selector found no plan for this request: {exc}") from exc
+        runnable = []
+        for plan in ranked:
+            place = by_key.get(_key(plan.option))
+            reason = "not an option offered" if place is None else unusable(plan, place, cfg, request)
+            if reason is None:
+                runnable.append((plan, place))
+            else:  # a privacy reason means the selector proposed what it must not: say so louder
+                logger.log(logging.WARNING if reason.startswith("privacy") else logging.DEBUG,
+                           "plan %s dropped: %s", plan.arm, reason)
+        if not runnable:
+            raise NetworkError(f"none of the selector's {len(ranked)} plans for {model_id!r} can run on this network "
+                               f"for a {privacy} request")
+        return request, runnable
+
+    def run(self, model_id: str, privacy: str, output: str, program: Program, committee: CommitteeView | None,
+            retry: Callable[[], bool], work: Work) -> Any:
+        """Run the request on its best plan, falling back to the next placement on a retryable failure."""
+        table = self.client._view()
+        cfg = self.client.model_config(model_id, view=table)
+        request, ranked = self.plans(model_id, cfg, table, work, privacy, committee)
+        failed: set[tuple[str, tuple[str, ...]]] = set()
+        last: RequestFailed | None = None
+        for plan, place in ranked:
+            where = (place.view.committee_id, place.view.node_ids)
+            if where in failed:
+                continue
+            try:
+                return self._attempt(plan, place, cfg, request, output, program, work)
+            except RequestFailed as exc:
+                last = exc
+                failed.add(where)
+                if not (exc.retryable and retry()):
+                    raise
+        raise last if last is not None else NetworkError(f"no plan could run {model_id!r}")
+
+    def _attempt(self, plan: Plan, place: Placement, cfg: ModelConfig, request: RequestFeatures, output: str,
+                 program: Program, work: Work) -> Any:
+        secure = plan.mode == "secure"
+        spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
+                           privacy=node_pb2.PRIVACY_SECRET if secure else node_pb2.PRIVACY_PUBLIC,
+                           model_id=request.model, output=output, strategy_json=to_json(plan.strategy))
+        io, spec = session_io(spec.privacy, place.view, spec)  # secure: the committee's fixed point
+        start = time.monotonic()
+        try:
+            measured = self.client.connector.run_measured(place.view, spec, lambda ch: program(ch, cfg, io))
+        except RequestFailed as exc:
+            if exc.retryable:  # the placement failed (a node died, was busy, ran out of time), not the request
+                outcome = Outcome(total_s=time.monotonic() - start, ok=False, extra={"code": exc.code.name})
+                self._feedback(plan, place, outcome, request, error=str(exc))
+            raise
+        value, steps = measured.result
+        outcome = outcome_of(measured, steps, work)
+        self._feedback(plan, place, outcome, request)
+        return value
+
+    def _feedback(self, plan: Plan, place: Placement, outcome: Outcome, request: RequestFeatures,
+                  error: str | None = None) -> None:
+        """Tell the selector, and push the record to a node in the background (the plan's first node if the
+        request ran there, else the first seed)."""
+        with self._lock:
+            self.selector.observe(plan, outcome)
+        record = record_for(plan, place, outcome, request, self.client.identity.name, error)
+        address, node_id = ((place.view.addresses[0], place.view.node_ids[0]) if outcome.ok
+                            else (self.client.connector.seeds[0], NODE_SAN))
+        from .records import push_records
+
+        self.pushes = [f for f in self.pushes if not f.done()]
+        self.pushes.append(push_records(self.client.connector, address, node_id, [record]))
+
+    def wait_pushes(self, timeout_s: float) -> None:
+        """Give background pushes up to `timeout_s` to finish (their failures are ignored)."""
+        deadline = time.monotonic() + timeout_s
+        for future in self.pushes:
+            try:
+                future.result(max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - fire and forget: a failed push never fails anything
+                pass
+
+
+def _key(option: Option) -> str:
+    if isinstance(option, CommitteeOption):
+        return "committee:" + option.committee_id + ":" + ",".join(n.node_id for n in option.nodes)
+    return "worker:" + option.node.node_id
+
+
+def selector_from_network(client: "Client", *, max_records: int = 100_000, **selector_kwargs: Any) -> "Selector":
+    """A Selector trained on the performance records of the client's first seed that answers (every node's
+    history, spread by gossip); keyword arguments go to `Selector` (policy, seed)."""
+    from .records import pull_records
+    from secureinfer.selector.selector import Selector
+
+    return Selector(pull_records(client.connector, max_records=max_records), **selector_kwargs)
+
+
+def work_of(task: str, ids_shape: Sequence[int], gen_tokens: int = 0) -> Work:
+    """The Work of a request on token ids of shape (B, T)."""
+    return Work(task=task, batch=int(ids_shape[0]), seq_len=int(ids_shape[1]), gen_tokens=gen_tokens)

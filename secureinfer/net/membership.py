@@ -1,0 +1,256 @@
+"""Signed node records and the gossip table of who is in the network, what they host and how fast they are.
+
+Each node describes itself in a NodeRecord signed with its certificate's key and re-signs it with a higher heartbeat
+every heartbeat interval; records spread by gossip and expire (issued_at + ttl_s) when their node stops re-signing.
+Nothing here makes a network call: the Membership servicer feeds what it hears into `MembershipTable.merge`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from secureinfer.mpc.ring import DEFAULT_FRAC_BITS
+from secureinfer.v1 import node_pb2
+
+from .certs import CertError, Identity, verify_certificate, verify_signature
+
+NodeRecord = node_pb2.NodeRecord
+MAX_TTL_S = 3600.0
+MAX_FUTURE_S = 60.0  # how far ahead of our clock a record's issued_at may be (clock skew)
+PARTIES = 3
+
+
+class RecordError(ValueError):
+    """A node record is forged, tampered with, expired or malformed, or too few nodes qualify for a request."""
+
+
+@dataclass(frozen=True)
+class CommitteeView:
+    """A committee that hosts a model: its nodes and addresses in party order, its privacy (a Privacy value), and
+    whether a secure committee holds the model's open weights in the clear (public-weights sessions run there), and
+    the fixed point f its sessions run with (secure committees; the model's weights are encoded at it)."""
+
+    committee_id: str
+    node_ids: tuple[str, ...]
+    addresses: tuple[str, ...]
+    privacy: int
+    public_weights: bool = False
+    frac_bits: int = DEFAULT_FRAC_BITS
+
+
+def hosted_frac_bits(hosted: node_pb2.HostedModel) -> int:
+    """The fixed point f a hosted model's sessions run with (a record without the field: the default, 18)."""
+    return hosted.frac_bits or DEFAULT_FRAC_BITS
+
+
+def _signed_bytes(record: NodeRecord) -> bytes:
+    """The bytes a record's signature covers: its deterministic serialization with the signature field empty."""
+    blank = NodeRecord()
+    blank.CopyFrom(record)
+    blank.signature = b""
+    return blank.SerializeToString(deterministic=True)
+
+
+def sign_record(identity: Identity, record: NodeRecord) -> NodeRecord:
+    """A copy of record carrying identity's certificate and its signature over the rest of the record."""
+    if identity.role != "node":
+        raise RecordError(f"only node identities sign node records; {identity.name!r} is a {identity.role}")
+    if record.node_id != identity.name:
+        raise RecordError(f"record names node {record.node_id!r} but the signer is {identity.name!r}")
+    signed = NodeRecord()
+    signed.CopyFrom(record)
+    signed.certificate_pem = identity.cert_pem
+    signed.signature = identity.sign(_signed_bytes(signed))
+    return signed
+
+
+def is_live(record: NodeRecord, now: float) -> bool:
+    """True while a record has not expired (issued_at + ttl_s >= now)."""
+    return record.issued_at + record.ttl_s >= now
+
+
+def verify_record(record: NodeRecord, ca_pem: bytes, now: float | None = None) -> None:
+    """Raise RecordError unless record is signed by the node it names, with a node certificate from the CA, and live."""
+    now = time.time() if now is None else now
+    who = record.node_id or "<no node_id>"
+    if not 0.0 < record.ttl_s <= MAX_TTL_S:
+        raise RecordError(f"record of {who!r}: ttl_s {record.ttl_s} is outside (0, {MAX_TTL_S:g}]")
+    if not math.isfinite(record.issued_at):
+        raise RecordError(f"record of {who!r}: issued_at {record.issued_at} is not a time")
+    if record.issued_at > now + MAX_FUTURE_S:
+        raise RecordError(f"record of {who!r}: issued {record.issued_at - now:.0f} s in the future")
+    if not is_live(record, now):
+        raise RecordError(f"record of {who!r}: expired {now - record.issued_at - record.ttl_s:.0f} s ago")
+    if not record.certificate_pem or not record.signature:
+        raise RecordError(f"record of {who!r}: unsigned (no certificate or signature)")
+    try:
+        peer = verify_certificate(record.certificate_pem, ca_pem, now)
+    except CertError as exc:
+        raise RecordError(f"record of {who!r}: certificate rejected: {exc}") from None
+    if peer.role != "node":
+        raise RecordError(f"record of {who!r}: signed by a {peer.role} certificate ({peer.name!r}), not a node's")
+    if peer.name != record.node_id:
+        raise RecordError(f"record of {who!r}: signed by node {peer.name!r}, which may only speak for itself")
+    try:
+        verify_signature(record.certificate_pem, _signed_bytes(record), record.signature)
+    except CertError:
+        raise RecordError(f"record of {who!r}: bad signature (altered after signing)") from None
+
+
+def _copy(record: NodeRecord) -> NodeRecord:
+    """A private copy of a record (protobuf messages are mutable)."""
+    out = NodeRecord()
+    out.CopyFrom(record)
+    return out
+
+
+def _speed(record: NodeRecord) -> tuple[float, int, str]:
+    """Sort key, best node first: measured matmul speed, then memory, then name."""
+    return (-record.capability.matmul_gflops, -record.capability.memory_bytes, record.node_id)
+
+
+class MembershipTable:
+    """The records this node knows, newest heartbeat per node; safe to share between threads."""
+
+    def __init__(self, ca_pem: bytes, self_id: str, clock: Callable[[], float] = time.time,
+                 revoked: Callable[[bytes], bool] | None = None) -> None:
+        """`revoked(certificate_pem)`: True for a certificate on the network's revocation list (its records are
+        dropped); None: nothing is revoked."""
+        self.ca_pem = ca_pem
+        self.self_id = self_id
+        self.clock = clock
+        self.revoked = revoked
+        self.rejected = 0
+        self._lock = threading.Lock()
+        self._records: dict[str, NodeRecord] = {}
+
+    def merge(self, records: Iterable[NodeRecord]) -> int:
+        """Verify and take in gossiped records; return how many were new or newer (invalid ones count as rejected)."""
+        now = self.clock()
+        accepted: list[NodeRecord] = []
+        rejected = 0
+        for record in records:
+            if record.node_id == self.self_id:
+                continue  # this node is the only authority on its own record
+            try:
+                verify_record(record, self.ca_pem, now)
+            except RecordError:
+                rejected += 1
+                continue
+            if self.revoked is not None and self.revoked(record.certificate_pem):
+                rejected += 1
+                continue
+            accepted.append(_copy(record))
+        changed = 0
+        with self._lock:
+            self.rejected += rejected
+            for record in accepted:
+                known = self._records.get(record.node_id)
+                if known is None or record.heartbeat > known.heartbeat:
+                    self._records[record.node_id] = record
+                    changed += 1
+            self._prune(now)
+        return changed
+
+    def set_self(self, record: NodeRecord) -> None:
+        """Install this node's own (already signed) record; raise RecordError if it is not valid."""
+        if record.node_id != self.self_id:
+            raise RecordError(f"own record names {record.node_id!r}, but this table belongs to {self.self_id!r}")
+        verify_record(record, self.ca_pem, self.clock())
+        with self._lock:
+            self._records[self.self_id] = _copy(record)
+
+    def forget_revoked(self) -> list[str]:
+        """Drop the records of other nodes whose certificate is now revoked; returns their node ids."""
+        if self.revoked is None:
+            return []
+        with self._lock:
+            gone = [n for n, r in self._records.items() if n != self.self_id and self.revoked(r.certificate_pem)]
+            for node_id in gone:
+                del self._records[node_id]
+        return sorted(gone)
+
+    def _prune(self, now: float) -> None:
+        """Forget expired records (caller holds the lock)."""
+        for node_id in [n for n, r in self._records.items() if not is_live(r, now)]:
+            del self._records[node_id]
+
+    def live(self, now: float | None = None) -> list[NodeRecord]:
+        """Copies of the unexpired records, this node's own included, sorted by node_id."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            self._prune(now)
+            return [_copy(self._records[n]) for n in sorted(self._records)]
+
+    def get(self, node_id: str) -> NodeRecord | None:
+        """A copy of one node's live record, or None."""
+        now = self.clock()
+        with self._lock:
+            record = self._records.get(node_id)
+            return _copy(record) if record is not None and is_live(record, now) else None
+
+    def sample_peers(self, k: int, rng: random.Random) -> list[NodeRecord]:
+        """Up to k live records of other nodes, chosen uniformly with rng (gossip targets)."""
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        others = [r for r in self.live() if r.node_id != self.self_id]
+        return rng.sample(others, min(k, len(others)))
+
+    def choose_committees(self, model_id: str) -> list[CommitteeView]:
+        """The committees whose every member is live, healthy and hosts model_id, fastest (slowest member) first."""
+        healthy = {r.node_id: r for r in self.live() if r.healthy}
+        secret: dict[str, dict[int, tuple[tuple[str, ...], bool, int]]] = {}
+        views: list[tuple[float, CommitteeView]] = []
+        for record in healthy.values():
+            for hosted in record.models:
+                if hosted.model_id != model_id:
+                    continue
+                if hosted.privacy == node_pb2.PRIVACY_PUBLIC:
+                    view = CommitteeView(hosted.committee_id, (record.node_id,), (record.address,), hosted.privacy)
+                    views.append((record.capability.matmul_gflops, view))
+                elif hosted.privacy == node_pb2.PRIVACY_SECRET:
+                    # A claim counts only where the node stands at its own index in the member list it gives.
+                    members = tuple(hosted.node_ids)
+                    if len(members) == PARTIES and hosted.party_index < PARTIES \
+                            and members[hosted.party_index] == record.node_id:
+                        claim = (members, hosted.public_weights, hosted_frac_bits(hosted))
+                        secret.setdefault(hosted.committee_id, {})[hosted.party_index] = claim
+        for committee_id, claims in secret.items():
+            first = claims.get(0)
+            if first is None or len(set(first[0])) != PARTIES:
+                continue
+            if any(claims.get(i) != first for i in range(PARTIES)):
+                continue  # a party missing, or the parties disagree on the members, the weights or the precision
+            members, public_weights, frac_bits = first
+            records = [healthy[n] for n in members]
+            view = CommitteeView(committee_id, members, tuple(r.address for r in records), node_pb2.PRIVACY_SECRET,
+                                 public_weights, frac_bits)
+            views.append((min(r.capability.matmul_gflops for r in records), view))
+        views.sort(key=lambda item: (-item[0], item[1].committee_id, item[1].node_ids))
+        return [view for _, view in views]
+
+
+def pick_secure_nodes(
+    records: Iterable[NodeRecord], k: int = PARTIES, exclude: Iterable[str] = (), now: float | None = None
+) -> list[NodeRecord]:
+    """The k best live, healthy nodes with the "secure" role (not in exclude), fastest first; RecordError if too few."""
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    now = time.time() if now is None else now
+    skip = set(exclude)
+    newest: dict[str, NodeRecord] = {}
+    for record in records:
+        if record.node_id in skip or not record.healthy or "secure" not in record.roles or not is_live(record, now):
+            continue
+        known = newest.get(record.node_id)
+        if known is None or record.heartbeat > known.heartbeat:
+            newest[record.node_id] = record
+    ranked = sorted(newest.values(), key=_speed)
+    if len(ranked) < k:
+        raise RecordError(f"need {k} live, healthy secure nodes but only {len(ranked)} are known")
+    return ranked[:k]
