@@ -32,11 +32,6 @@ def _window_mask(lo_bit: int, hi_bit: int) -> int:
     return mask - (1 << RING_BITS) if mask >= 1 << (RING_BITS - 1) else mask
 
 
-def _or(party: Party, a: BShare, b: BShare) -> BShare:
-    """Bitwise OR of two boolean shares: a ^ b ^ (a & b). 1 AND."""
-    return a ^ b ^ boolean.and_(party, a, b)
-
-
 def _or_public(x: BShare, c: int) -> BShare:
     """x | c for a public pattern c (local)."""
     return x.and_public(~c).xor_public(c)
@@ -51,7 +46,7 @@ def highest_bit(party: Party, x: AShare, lo_bit: int, hi_bit: int) -> AShare:
     p = _or_public(bits, 1 << lo_bit)
     step = 1
     while step < width:
-        p = _or(party, p, p.rshift(step))
+        p = boolean.or_(party, p, p.rshift(step))
         step *= 2
     onehot = p ^ p.rshift(1)
     shifts = torch.arange(lo_bit, hi_bit, device=x.device)

@@ -1,7 +1,7 @@
-"""Secure BERT encoder (BertModel names): arch.py's BERT definition on the secure backend.
+"""Secure BERT encoder (BertModel names): secureinfer.models.arch's BERT definition on the secure backend.
 
 Forward on secret one-hot rows (B, T, V) with a public padding mask and token types (arch.bert_hidden;
-plaintext.bert_forward runs the same definition in float64):
+secureinfer.plaintext.reference.bert_forward runs the same definition in float64):
   x = LayerNorm(one-hot @ word + position[0..T) + token_type[types])   (1 round for the one-hot product; the
       position and type rows are public-index lookups, local)
   per layer: x = LayerNorm(x + attention(x)); x = LayerNorm(x + W_out gelu(W_i x + b_i) + b_out)

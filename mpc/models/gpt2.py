@@ -1,7 +1,7 @@
-"""Secure GPT-2-family decoder (GPT2LMHeadModel names): arch.py's GPT-2 definition on the secure backend.
+"""Secure GPT-2-family decoder (GPT2LMHeadModel names): the shared GPT-2 definition, secure backend.
 
-Forward on secret one-hot rows (B, T, V) at public positions past..past+T-1 (arch.gpt2_logits; plaintext.gpt2_forward
-runs the same definition in float64):
+Forward on secret one-hot rows (B, T, V) at public positions past..past+T-1 (arch.gpt2_logits;
+secureinfer.plaintext.reference.gpt2_forward runs the same definition in float64):
   x = one-hot @ wte + wpe[past..past+T)   (1 round; the position rows are a public-index lookup, local)
   per block: x = x + c_proj(attn(c_attn(LN_1(x)))); x = x + mlp.c_proj(gelu_tanh(mlp.c_fc(LN_2(x))))
   logits = LN_f(x) @ wte^T (or lm_head.weight^T); with `last_only` the last block's queries, MLP, LN_f and the

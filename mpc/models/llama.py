@@ -1,7 +1,7 @@
-"""Secure LLaMA-family decoder (LlamaForCausalLM names): arch.py's LLaMA definition on the secure backend.
+"""Secure LLaMA-family decoder (LlamaForCausalLM names): the shared LLaMA definition, secure backend.
 
-Forward on secret one-hot rows (B, T, V) at public positions past..past+T-1 (arch.llama_logits; plaintext.llama_forward
-runs the same definition in float64):
+Forward on secret one-hot rows (B, T, V) at public positions past..past+T-1 (arch.llama_logits;
+secureinfer.plaintext.reference.llama_forward runs the same definition in float64):
   x = one-hot @ embed_tokens   (1 round, no truncation)
   per layer: h = RMSNorm(x); q, k, v = h Wq, h Wk, h Wv (one fused matmul and truncation); q, k rotated with the
       public cos/sin of their positions (one truncation for both); keys/values appended to the cache; query head j

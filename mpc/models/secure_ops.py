@@ -1,4 +1,4 @@
-"""The secure backend of the model definitions (arch.py): blocks.py's ops on one party's replicated shares.
+"""The secure backend of the model definitions (secureinfer.models.arch): blocks.py's ops on one party's shares.
 
 `SecureBuilder` prepares weights as blocks.py keeps them (`Dense`, `Table`, `AttentionBlock`; secret shares or public
 ring tensors); `SecureOps` runs a forward for one party under an approximation profile, with the secret KV cache,

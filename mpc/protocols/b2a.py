@@ -2,7 +2,7 @@
 
 A boolean bit b (bit 0 of a BShare) is b = d ^ e with d = b_D ^ b_{D+1}, known to party D alone, and e = b_{D+2},
 known to D+1 and D+2. In the ring, b = e + c*d with c = 1 - 2e. Everything below is the arithmetic form of the
-split round of `boolean`: F = c_0 + sum_k c_k * beta_k with beta_k known to D and c_k to D+1 and D+2.
+split round of `split`: F = c_0 + sum_k c_k * beta_k with beta_k known to D and c_k to D+1 and D+2.
   - D sends E = beta + W to D+1 and E' = beta + W' to D+2 (W from the D/D+2 PRG, W' from the D/D+1 PRG);
   - D+2 sends M = sum_k c_k W_k + r - t2 to D+1; D+1 sends M' = sum_k c_k W'_k + s - t1 to D+2 (r: D/D+2 PRG,
     s: D/D+1 PRG; t1, t2: optional terms only D+1, resp. D+2, knows);
@@ -25,7 +25,7 @@ import torch
 
 from ..party import Party
 from ..shares import AShare, BShare
-from .boolean import SplitStep, known_parts, role, run_split_round, split_slices
+from .split import SplitStep, known_parts, role, run_split_round, split_slices
 
 
 def _arith_step(party: Party, r: int, beta: torch.Tensor | None, c0: torch.Tensor | None,

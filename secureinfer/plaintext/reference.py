@@ -1,7 +1,7 @@
-"""Plaintext reference forwards for BERT, GPT-2 and LLaMA: the shared definitions (arch.py) on the torch backend.
+"""Plaintext reference forwards for BERT, GPT-2 and LLaMA: the shared definitions on the torch backend.
 
-These are the references the secure models are compared against; both run arch.py's one definition per
-architecture (see its docstring for the op order), here with torch_ops.py in float64 whatever the parameter dtype
+These are the references the secure models are compared against; both run secureinfer.models.arch's one definition
+per architecture (see its docstring for the op order), here with torch_ops in float64 whatever the parameter dtype
 (the module constant F64, read at call time: the bench sweep swaps it for lower-precision plaintext runs).
 `PlainModel` prepares a model's weights once (views, no copies) and runs its forwards; the functions below are the
 same forwards for one call each.
@@ -72,7 +72,7 @@ def _check_ids(cfg: ModelConfig, input_ids: torch.Tensor) -> None:
 
 
 class PlainModel:
-    """A BERT, GPT-2 or LLaMA in the clear: arch.py's definition on the torch backend, weights prepared once.
+    """A BERT, GPT-2 or LLaMA in the clear: the shared definition on the torch backend, weights prepared once.
 
     `dtype` (default F64) is the compute dtype; the weights are views of `params` (cast only where the dtypes
     differ), on the parameters' device."""

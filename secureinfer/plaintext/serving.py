@@ -1,9 +1,9 @@
-"""The worker's side of a public session: the same step protocol as serving.py, with tokens and outputs in the clear.
+"""A plaintext worker's side of a public session: a secure committee's step protocol, tokens and outputs in the clear.
 
-For open models and non-private prompts: one worker runs the plaintext forward (plaintext.PlainModel: arch.py's
+For open models and non-private prompts: one worker runs the plaintext forward (reference.PlainModel: the shared
 definition on the torch backend in float64, weights prepared once per session, with its KV cache for decoders) on
-its device. Control messages, metadata and step order are those of `serving.serve`, so the
-client code is shared (`serving.PUBLIC`).
+its device. Control messages, metadata and step order are those of the secure parties' `serve`
+(secureinfer.mpc.models.serving), so the client code is shared (`serving.PUBLIC`).
 
 With a PlaintextStrategy, a GPT-2 / LLaMA decoder asked for "last" runs on a FastDecoder (fast/decoder.py) built
 once per session on the worker's device: the first step after ready / reset prefills the prompt rows, each later

@@ -1,4 +1,4 @@
-"""The plaintext backend of the model definitions (arch.py): float tensors and torch's fused kernels.
+"""The plaintext backend of the model definitions (secureinfer.models.arch): float tensors and torch's fused kernels.
 
 `TorchBuilder` casts the checkpoint's weights to one dtype on one device. With `pack` (serving: the fast decoder)
 it copies once into the layout torch runs fastest: contiguous nn.Linear (out, in) weights, q|k|v and gate|up fused

@@ -137,7 +137,9 @@ def test_compose_certs_service_issues_every_node_a_certificate(compose: dict[str
 
 @pytest.fixture(scope="module")
 def k8s() -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "secureinfer.yaml").read_text()) if d]
+    files = sorted((DEPLOY / "k8s").glob("*.yaml"))  # applied together: kubectl apply -f deploy/k8s/
+    assert files, "deploy/k8s holds no manifests"
+    return [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
 
 
 def kind(docs: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import torch
 from secureinfer.models.checkpoint import load_checkpoint
 from secureinfer.models.config import ModelConfig
 from secureinfer.mpc import runtime
-from secureinfer.mpc.models import blocks, serving, session
+from secureinfer.mpc.models import blocks, serving, session, trace
 from secureinfer.mpc.protocols import reveal, trunc
 from secureinfer.mpc.shares import AShare
 from secureinfer.plaintext import reference as plaintext
@@ -242,7 +242,7 @@ def test_strategy_maps_to_session_options():
 @pytest.fixture(scope="module")
 def minilm_both():
     """all-MiniLM-L6-v2 at 128 tokens (two sentences padded to 128, one of them filling it), secret and public
-    weights, measured in one process one after the other."""
+    weights, measured in one process one after the other, traced (per-op bytes and rounds of every party)."""
     from secureinfer.models.checkpoint import load_tokenizer, packaged_checkpoint
 
     from .test_secure_real import SENTENCES
@@ -256,7 +256,7 @@ def minilm_both():
     want = plaintext.sentence_embedding(cfg, params, ids, mask)
     runs = {}
     for mode in ("secret", "public"):
-        emb, report = session.secure_encode(cfg, params, ids, mask, public_weights=mode == "public")
+        emb, report = session.secure_encode(cfg, params, ids, mask, public_weights=mode == "public", traced=True)
         cos = torch.nn.functional.cosine_similarity(emb, want, dim=-1)
         runs[mode] = (cos, report)
         step = report.steps[0]
@@ -282,12 +282,41 @@ def test_minilm_public_weights_accuracy_and_where_bytes_go(minilm_both):
     assert ratio > 1.02
 
 
+DENSE_OPS = ("attn.qkv", "attn.out", "mlp.fc1", "mlp.fc2")
+
+
+def _per_op(report: session.SessionReport) -> dict[str, tuple[int, int]]:
+    """Per model op of the forward: (bytes sent summed over the three parties, rounds of party 0)."""
+    parties = [trace.merge([r]).by_top() for r in report.steps[0].recordings]
+    return {name: (sum(p[name].bytes_sent for p in parties), stats.rounds) for name, stats in parties[0].items()}
+
+
+def _dense_op_outputs(cfg: ModelConfig, tokens: int) -> dict[str, int]:
+    """Output elements of each dense op of a BERT forward over `tokens` positions (all layers)."""
+    c, i = cfg.hidden, cfg.intermediate
+    per_layer = {"attn.qkv": 3 * c, "attn.out": c, "mlp.fc1": i, "mlp.fc2": c}
+    return {op: cfg.n_layers * tokens * width for op, width in per_layer.items()}
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 5 asks for >= 5x fewer bytes per party with public weights; measured x1.03. In this engine a secret-weight "
-    "matmul already costs only its truncation (the 3-out-of-3 term goes straight into it), so public weights can "
-    "only make that truncation cheaper (59 -> 43 bytes per output element) and drop the embedding's resharing: "
-    "~10% of MiniLM's bytes are dense layers at all; softmax (attention) and GeLU are ~85%."))
-def test_minilm_public_weights_bytes_drop_5x(minilm_both):
-    _, _, _, ratio = minilm_both
-    assert ratio >= 5.0
+def test_minilm_public_weights_save_only_the_weights_share_of_each_op(minilm_both):
+    """What public weights save, op by op, on real MiniLM (traced, every party): each dense layer costs only the
+    replicated truncation of its output (43 instead of 59 bytes per element at f = 18, over the parties) in the same
+    rounds; the one-hot embedding sends nothing and takes no round; every other op (attention core, GeLU, LayerNorm,
+    pooling, the output) is the activations' and costs exactly the same: public weights cannot make it cheaper."""
+    cfg, ids, runs, ratio = minilm_both
+    secret, public = _per_op(runs["secret"][1]), _per_op(runs["public"][1])
+    outputs = _dense_op_outputs(cfg, ids.numel())
+    f = 18
+    for op in DENSE_OPS:
+        assert secret[op] == (trunc.bytes_per_element(f) * outputs[op], secret[op][1]), (op, secret[op])
+        assert public[op] == (trunc.bytes_per_element(f, replicated=True) * outputs[op], secret[op][1]), (op,
+                                                                                                          public[op])
+    assert secret["embed"] == (SAVED_PER_EMBEDDED * ids.numel() * cfg.hidden, 1)
+    assert public.get("embed", (0, 0)) == (0, 0)
+    others = sorted(set(secret) - set(DENSE_OPS) - {"embed"})
+    assert others and {op: public[op] for op in others} == {op: secret[op] for op in others}
+    dense_share = sum(secret[op][0] for op in DENSE_OPS) / sum(b for b, _ in secret.values())
+    print(f"MiniLM: dense layers carry {dense_share:.1%} of the secret-weights bytes; public weights cut those by "
+          f"{1 - trunc.bytes_per_element(f, replicated=True) / trunc.bytes_per_element(f):.1%}: the forward's bytes "
+          f"per party fall x{ratio:.4f}")

@@ -1,4 +1,4 @@
-"""Boolean protocols (protocols/boolean.py): AND, bit planes, the prefix plan, and A2B, checked exactly on the ring.
+"""Boolean protocols (boolean, planes, split, prefix): AND, bit planes, the prefix plan and A2B, exactly on the ring.
 
 Every output is compared bit-for-bit with int64 torch; rounds and bytes per party are asserted exactly (n = 240
 elements: each of the three dealer slices holds 80 elements, a whole number of bytes per bit plane).
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secureinfer.mpc import runtime
-from secureinfer.mpc.protocols import boolean, reveal
+from secureinfer.mpc.protocols import boolean, planes, prefix, reveal, split
 from secureinfer.mpc.shares import BShare
 
 from .helpers import ring_edge_data, run_opened, view_independence_failures
@@ -51,19 +51,19 @@ def test_and_or_exact_one_round_8_bytes(config):
 def test_planes_round_trip(device):
     for n in (1, 7, 8, 9, 100):
         x = ring_data(n, n).to(device)
-        planes = boolean.to_planes(x)
-        assert planes.shape == (64, (n + 7) // 8) and planes.dtype == torch.uint8
-        bits = boolean.unpack_bits(planes, n).to(torch.int64).cpu()  # (64, n)
+        sliced = planes.to_planes(x)
+        assert sliced.shape == (64, (n + 7) // 8) and sliced.dtype == torch.uint8
+        bits = planes.unpack_bits(sliced, n).to(torch.int64).cpu()  # (64, n)
         want = (x.cpu().unsqueeze(0) >> torch.arange(64).unsqueeze(1)) & 1
         assert torch.equal(bits, want)
-        assert torch.equal(boolean.from_planes(planes, n).cpu(), x.cpu())
+        assert torch.equal(planes.from_planes(sliced, n).cpu(), x.cpu())
 
 
 def test_anf_tables_reproduce_functions():
     for w in (1, 2, 4):
         fns = [boolean.block_generate(w), boolean.block_propagate(w), boolean.bit_of_sum(w - 1)]
         for fn in fns:
-            table = boolean.anf_table(fn, w)
+            table = split.anf_table(fn, w)
             for a in range(1 << w):
                 for v in range(1 << w):
                     val = 0
@@ -74,14 +74,14 @@ def test_anf_tables_reproduce_functions():
 
 
 def test_prefix_plan_trims_to_a_tree_and_keeps_all_carries():
-    levels, need_g, need_p = boolean.prefix_plan(32, frozenset({31}))
+    levels, need_g, need_p = prefix.prefix_plan(32, frozenset({31}))
     assert [sum(op.do_g + op.do_p for op in lvl) for lvl in levels] == [31, 15, 7, 3, 1]
     assert need_g == frozenset(range(32)) and need_p == frozenset(range(1, 32))
-    levels, _, _ = boolean.prefix_plan(32, frozenset(range(31)))
+    levels, _, _ = prefix.prefix_plan(32, frozenset(range(31)))
     assert len(levels) == 5
     # Symbolic check: simulate spans; each needed output must cover blocks 0..u.
     for n in (1, 2, 5, 16, 21, 32):
-        levels, need_g, need_p = boolean.prefix_plan(n, frozenset(range(n)))
+        levels, need_g, need_p = prefix.prefix_plan(n, frozenset(range(n)))
         span = {u: (u, u) for u in range(n)}
         for lvl in levels:
             new = dict(span)

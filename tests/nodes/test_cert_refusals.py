@@ -1,4 +1,4 @@
-"""Certificate refusals over real gRPC against running daemons (the leakage audit's certificate checks, issue 8):
+"""Certificate refusals over real gRPC against running daemons (the leakage audit's certificate checks):
 an expired certificate, and a node answering for another node's name. Wrong-CA callers and forged membership
 records are covered in test_node_faults.py, test_certs.py and test_node_gossip.py."""
 

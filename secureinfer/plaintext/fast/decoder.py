@@ -1,7 +1,7 @@
 """FastDecoder: the plaintext GPT-2 / LLaMA decoder run the way torch runs fast, configured by a PlaintextStrategy.
 
-The model is arch.py's definition (the one the secure models and plaintext.py's references run) on the torch
-backend (torch_ops.py); what changes is how it executes:
+The model is the shared definition (secureinfer.models.arch: the one the secure models and the float64 references
+run) on the torch backend (torch_ops); what changes is how it executes:
   precision   weights converted once to fp64 / fp32 / bf16 / fp16 (RMSNorm statistics in fp32 for half types);
   int8        weight-only, per-output-channel scales, dequantized inside each block matmul (weights.py);
   fused       q|k|v and gate|up are single matmuls; attention is torch's scaled_dot_product_attention;
@@ -114,7 +114,7 @@ class FastDecoder:
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, cache: KVSlots, rows: slice | torch.Tensor,
                  key_len: int, n_layers: int, out_index: torch.Tensor | None) -> torch.Tensor:
         """Logits for tokens ids (B, T) at positions pos (B, T) of cache `rows`: (B, T, V), or (B, 1, V) at
-        out_index (B,). The model is arch.py's definition on the torch backend."""
+        out_index (B,). The model is the shared definition on the torch backend."""
 
         def kv(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return cache.write_read(layer, rows, pos, k, v, key_len)  # (B, KV, key_len, d)

@@ -1,6 +1,6 @@
-"""Decoder weights packed once for fast execution: arch.py's loaders on the torch backend with `pack`.
+"""Decoder weights packed once for fast execution: the shared loaders (secureinfer.models.arch) on the torch backend with `pack`.
 
-Packing, from the Hugging Face-named parameter dict (see checkpoint.py), through `torch_ops.TorchBuilder(pack=True)`:
+Packing, from the Hugging Face-named parameter dict (see secureinfer.models.checkpoint), through `torch_ops.TorchBuilder(pack=True)`:
   GPT-2  c_attn (already fused q|k|v) and the Conv1D weights transposed to nn.Linear's (out, in) layout.
   LLaMA  q|k|v fused into one (H*d + 2*KV*d, C) matrix, gate|up fused into one (2*I, C) matrix.
 int8 weight-only quantization (per output channel, symmetric): scale_o = max_i |W_oi| / 127, Q = round(W / scale)
