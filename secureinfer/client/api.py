@@ -1,7 +1,5 @@
-"""The SDK: `Client` (embed, classify, logits, generate) and `ModelOwner` (publish), over a network of nodes.
+"""`Client`: inference on hosted models (embed, classify, logits, generate, stream) over a network of nodes.
 
-    owner = ModelOwner.from_dir(certs, "owner", seeds=["127.0.0.1:7001"])
-    owner.publish("minilm", cfg, params)                      # secret shares to a committee of three nodes
     client = Client.from_dir(certs, "alice", seeds=["127.0.0.1:7001"])
     emb = client.embed("minilm", input_ids, attention_mask)   # only this process sees the tokens and the output
     for token in client.stream("smollm2", prompt_ids, 8):     # tokens as they are sampled, here
@@ -10,20 +8,19 @@
 Tokenization happens at the client (pass token ids, or texts with a tokenizer); so do sampling and the
 reconstruction of outputs. `privacy="secret"` runs on a committee of three secure parties; `"public"` runs an open
 model in the clear on one plaintext worker. A request that fails on one committee because a node died, was busy or
-ran out of time is retried on the next committee hosting the model, when there is one. `strategy="auto"` (or a
-Client made with `selector=`) lets the selector choose mode, placement and strategy per request and records each
-outcome in the network's performance store (secureinfer/autoselect.py).
+ran out of time is retried on the next committee hosting the model, when there is one (failover.py).
+`strategy="auto"` (or a Client made with `selector=`) lets the selector choose mode, placement and strategy per
+request and records each outcome in the network's performance store (auto.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -31,185 +28,32 @@ import torch
 from secureinfer.models.config import ModelConfig
 from secureinfer.models.sampling import SamplingConfig
 from secureinfer.mpc.comm import Channel
-from secureinfer.mpc.models import serving, weights
+from secureinfer.mpc.models import serving
 from secureinfer.mpc.models.serving import Generation
-from secureinfer.mpc.party import PARTY_NAMES
-from secureinfer.mpc.ring import FixedPoint
-from secureinfer.mpc.ring import DEFAULT_FRAC_BITS
 from secureinfer.net.certs import Identity
-from secureinfer.net.membership import CommitteeView, MembershipTable, pick_secure_nodes
-from secureinfer.net.wire import config_from_json, config_to_json
-from secureinfer.strategy import SecureStrategy, Strategy, StrategyError, check_frac_bits, to_json as strategy_to_json
+from secureinfer.net.membership import CommitteeView, MembershipTable
+from secureinfer.strategy import SecureStrategy, Strategy, to_json as strategy_to_json
 from secureinfer.v1 import node_pb2
 
-from .auto import AutoRunner, PlanSource, Work, work_of
-from .connection import Connector, NetworkError, RequestFailed, SessionSpec, session_io
+from .auto import AutoRunner, PlanSource, Program, Work, work_of
+from .connection import NetworkError, SessionSpec, session_io
+from .failover import failover
+from .member import DEFAULT_TIMEOUT_S, Member, privacy_code
 
-_PRIVACY = {"secret": node_pb2.PRIVACY_SECRET, "public": node_pb2.PRIVACY_PUBLIC}
-DEFAULT_TIMEOUT_S = 600.0
 PUSH_WAIT_S = 2.0  # how long close() waits for performance records still being pushed
 
 
-def _privacy(name: str) -> int:
-    if name not in _PRIVACY:
-        raise ValueError(f"privacy must be 'secret' or 'public', got {name!r}")
-    return _PRIVACY[name]
-
-
-class _Member:
-    """What Client and ModelOwner share: a connector, the membership view, committee lookup."""
-
-    def __init__(self, identity: Identity, seeds: Sequence[str], timeout_s: float) -> None:
-        self.identity = identity
-        self.connector = Connector(identity, seeds, timeout_s)
-        self.timeout_s = timeout_s
-
-    @classmethod
-    def from_dir(cls, certs_dir: str | Path, name: str, seeds: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S,
-                 **kwargs: Any):
-        """Load the identity `name` ({name}.pem, {name}.key, ca.pem) from `certs_dir` (kwargs: e.g. a Client's
-        selector)."""
-        return cls(Identity.load(Path(certs_dir), name), seeds, timeout_s, **kwargs)
-
-    def close(self) -> None:
-        self.connector.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _view(self) -> MembershipTable:
-        """A seed's membership view, its signed records verified here against the network CA (one Status call)."""
-        table = MembershipTable(self.identity.ca_pem, self_id="")
-        table.merge(list(self.connector.status().records))
-        return table
-
-    def nodes(self) -> list[node_pb2.NodeRecord]:
-        """The live node records a seed knows (signed; verified here against the network CA)."""
-        return self._view().live()
-
-    def committees(self, model_id: str, privacy: str = "secret", *, view: MembershipTable | None = None
-                   ) -> list[CommitteeView]:
-        """The committees (or, public, the workers) hosting `model_id`, fastest first (in `view`, else a fresh one)."""
-        wanted = _privacy(privacy)
-        return [c for c in (view or self._view()).choose_committees(model_id) if c.privacy == wanted]
-
-    def wait_for_model(self, model_id: str, privacy: str = "secret", timeout_s: float = 30.0) -> list[CommitteeView]:
-        """Wait until the membership view shows a committee hosting `model_id` (records spread by gossip)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            views = self.committees(model_id, privacy)
-            if views or time.monotonic() > deadline:
-                break
-            time.sleep(0.25)
-        if not views:
-            raise NetworkError(f"no {privacy} committee hosts {model_id!r} after {timeout_s:.0f} s")
-        return views
-
-    def model_config(self, model_id: str, *, view: MembershipTable | None = None) -> ModelConfig:
-        """The public architecture of a hosted model, from any node's record (in `view`, else a fresh one)."""
-        for record in (view or self._view()).live():
-            for hosted in record.models:
-                if hosted.model_id == model_id and hosted.config_json:
-                    return config_from_json(hosted.config_json)
-        raise NetworkError(f"no node hosts a model named {model_id!r}")
-
-
-class ModelOwner(_Member):
-    """Publishes models: secret shares to committees of three secure nodes, or open weights to plaintext workers."""
-
-    def publish(self, model_id: str, cfg: ModelConfig, params: dict[str, torch.Tensor], *, privacy: str = "secret",
-                committees: int = 1, nodes: Sequence[str] = (), wait_s: float = 30.0, public_weights: bool = False,
-                frac_bits: int | None = None) -> list[CommitteeView]:
-        """Publish to `committees` disjoint committees (or the given node ids) and wait up to `wait_s` until the
-        membership view shows them all (so clients find the model right away); returns them.
-
-        `public_weights` (an open model, privacy "secret"): send the weights in the clear to every party of each
-        committee instead of sharing them; requests with SecureStrategy(public_weights=True) run there, with the
-        prompt and every activation still secret shares.
-
-        `frac_bits` (privacy "secret", in [12, 24]; None: 18): the fixed point the weights are encoded at and every
-        session of the model runs with; requests then need SecureStrategy(frac_bits=...) equal to it, or none."""
-        if public_weights and privacy != "secret":
-            raise ValueError("public_weights is for secure committees (privacy='secret'); a plaintext worker holds "
-                             "the weights in the clear anyway")
-        if frac_bits is not None and privacy != "secret":
-            raise ValueError("frac_bits is for secure committees (privacy='secret'); a plaintext worker computes in "
-                             "floating point")
-        try:
-            check_frac_bits(DEFAULT_FRAC_BITS if frac_bits is None else frac_bits)
-        except StrategyError as exc:
-            raise ValueError(str(exc)) from exc
-        records = self.nodes()
-        chosen = self._choose(records, privacy, committees, nodes)
-        spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=_privacy(privacy), model_id=model_id,
-                           model_config_json=config_to_json(cfg), public_weights=public_weights,
-                           fractional_bits=frac_bits or 0)
-        published = serving.owner_params(cfg, params) if privacy == "secret" else params
-        fxp = FixedPoint(frac_bits or DEFAULT_FRAC_BITS)
-        for view in chosen:
-            def program(channel: Channel, view: CommitteeView = view) -> None:
-                if privacy == "secret" and public_weights:
-                    for p in PARTY_NAMES:
-                        weights.publish_public(channel, published, p)
-                    parties = PARTY_NAMES
-                elif privacy == "secret":
-                    weights.publish(channel, published, fxp)
-                    parties = PARTY_NAMES
-                else:
-                    weights.publish_public(channel, published, serving.PUBLIC_WORKER)
-                    parties = (serving.PUBLIC_WORKER,)
-                for p in parties:
-                    if channel.recv(p, "stored") != b"stored":
-                        raise NetworkError(f"{p} did not confirm the model was stored")
-
-            self.connector.run_session(view, spec, program)
-        deadline = time.monotonic() + wait_s
-        wanted = {view.committee_id for view in chosen}
-        while wanted - {view.committee_id for view in self.committees(model_id, privacy)}:
-            if time.monotonic() > deadline:
-                raise NetworkError(f"published {model_id!r}, but the nodes' records do not show it after {wait_s} s")
-            time.sleep(0.2)
-        return chosen
-
-    def _choose(self, records: list[node_pb2.NodeRecord], privacy: str, committees: int, nodes: Sequence[str]
-                ) -> list[CommitteeView]:
-        by_id = {r.node_id: r for r in records}
-        size = 3 if privacy == "secret" else 1
-        if nodes:
-            missing = [n for n in nodes if n not in by_id]
-            if missing or len(nodes) % size:
-                raise NetworkError(f"nodes must be live and a multiple of {size}; unknown: {missing}")
-            groups = [list(nodes[i:i + size]) for i in range(0, len(nodes), size)]
-        else:
-            groups, used = [], set()
-            for _ in range(committees):
-                if privacy == "secret":
-                    picked = pick_secure_nodes(records, 3, exclude=tuple(used))
-                else:
-                    picked = [r for r in records if "plaintext" in r.roles and r.node_id not in used][:1]
-                    if not picked:
-                        raise NetworkError("no live plaintext worker is free for this model")
-                groups.append([r.node_id for r in picked])
-                used.update(groups[-1])
-        return [CommitteeView(committee_id=secrets.token_hex(6), node_ids=tuple(g),
-                              addresses=tuple(by_id[n].address for n in g), privacy=_privacy(privacy))
-                for g in groups]
-
-
-class Client(_Member):
+class Client(Member):
     """Runs inference on hosted models; tokens and outputs exist in the clear only in this process (secret).
 
-    With a `selector` (e.g. `autoselect.selector_from_network(client)`), requests without an explicit strategy, or
-    with strategy="auto", run where and how the selector plans, and their measured outcomes are recorded (see
-    secureinfer/autoselect.py)."""
+    With a `selector` (e.g. `client.use_selector(selector_from_network(client))`, both from secureinfer.client),
+    requests without an explicit strategy, or with strategy="auto", run where and how the selector plans, and their
+    measured outcomes are recorded (see secureinfer/client/auto.py)."""
 
     def __init__(self, identity: Identity, seeds: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S, *,
                  selector: PlanSource | None = None) -> None:
         super().__init__(identity, seeds, timeout_s)
-        self._auto = AutoRunner(self, selector) if selector is not None else None
+        self._auto = self._runner(selector) if selector is not None else None
 
     @property
     def selector(self) -> PlanSource | None:
@@ -218,7 +62,10 @@ class Client(_Member):
 
     def use_selector(self, selector: PlanSource) -> None:
         """Plan this client's requests with `selector` from now on (see the class docstring)."""
-        self._auto = AutoRunner(self, selector)
+        self._auto = self._runner(selector)
+
+    def _runner(self, selector: PlanSource) -> AutoRunner:
+        return AutoRunner(self.connector, self.identity.name, selector)
 
     def close(self) -> None:
         """Give pending performance-record pushes a moment, then close the connections."""
@@ -226,19 +73,38 @@ class Client(_Member):
             self._auto.wait_pushes(PUSH_WAIT_S)
         super().close()
 
-    def _run(self, model_id: str, privacy: str, output: str, profile: str,
-             program: Callable[[Channel, ModelConfig, serving.TokenIO], tuple[Any, serving.ClientSteps]],
+    def _run(self, model_id: str, privacy: str, output: str, profile: str, program: Program,
              committee: CommitteeView | None, retry: Callable[[], bool] = lambda: True,
              strategy: Strategy | str | None = None, work: Work | None = None) -> Any:
-        _privacy(privacy)
+        privacy_code(privacy)
         if strategy == "auto" or (strategy is None and self._auto is not None):
             if self._auto is None or work is None:
                 raise ValueError('strategy="auto" needs a selector: Client(..., selector=...) or '
-                                 'client.use_selector(secureinfer.client.auto.selector_from_network(client))')
-            return self._auto.run(model_id, privacy, output, program, committee, retry, work)
+                                 'client.use_selector(secureinfer.client.selector_from_network(client))')
+            membership = self.membership()
+            return self._auto.run(model_id, privacy, output, program, committee, retry, work, table=membership,
+                                  cfg=self.model_config(model_id, view=membership))
         if isinstance(strategy, str):
             raise ValueError(f'strategy must be a Strategy, "auto" or None; got {strategy!r}')
-        membership = self._view()
+        membership = self.membership()
+        views = self._views(model_id, privacy, committee, strategy, membership)
+        cfg = self.model_config(model_id, view=membership)
+        spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
+                           privacy=privacy_code(privacy), model_id=model_id, output=output,
+                           profile=profile if strategy is None else "",  # a strategy carries its own profile
+                           strategy_json=strategy_to_json(strategy) if strategy is not None else "")
+
+        def attempt(view: CommitteeView) -> Any:
+            io, at = session_io(spec.privacy, view, spec)
+            return self.connector.run_session(view, at, lambda ch: program(ch, cfg, io))[0]
+
+        return failover([(view, functools.partial(attempt, view)) for view in views], retry,
+                        none_left=f"no committee for {model_id!r}")
+
+    def _views(self, model_id: str, privacy: str, committee: CommitteeView | None, strategy: Strategy | None,
+               membership: MembershipTable) -> list[CommitteeView]:
+        """The committees to try a request with an explicit strategy (or none) on, in order: the given one, else
+        those hosting the model as the strategy needs it (its weight mode, its fixed point)."""
         views = [committee] if committee is not None else self.committees(model_id, privacy, view=membership)
         if not views:
             raise NetworkError(f"no {privacy} committee hosts a model named {model_id!r} (see `secureinfer network "
@@ -252,21 +118,7 @@ class Client(_Member):
         if isinstance(strategy, SecureStrategy):  # a given committee: the strategy's precision is what is asked for
             views = _at_precision(views, model_id, strategy.frac_bits) if committee is None else \
                 [dataclasses.replace(committee, frac_bits=strategy.frac_bits)]
-        cfg = self.model_config(model_id, view=membership)
-        spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
-                           privacy=_privacy(privacy), model_id=model_id, output=output,
-                           profile=profile if strategy is None else "",  # a strategy carries its own profile
-                           strategy_json=strategy_to_json(strategy) if strategy is not None else "")
-        last: RequestFailed | None = None
-        for view in views:
-            io, at = session_io(_privacy(privacy), view, spec)
-            try:
-                return self.connector.run_session(view, at, lambda ch: program(ch, cfg, io))[0]
-            except RequestFailed as exc:
-                last = exc
-                if not (exc.retryable and retry()):
-                    raise
-        raise last if last is not None else NetworkError(f"no committee for {model_id!r}")
+        return views
 
     def embed(self, model_id: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
               output: str = "embedding", privacy: str = "secret", profile: str = "accurate",
@@ -414,4 +266,4 @@ class _Progress:
         self.stream.flush()
 
 
-__all__ = ["Client", "ModelOwner", "NetworkError", "RequestFailed"]
+__all__ = ["Client"]

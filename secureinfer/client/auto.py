@@ -1,21 +1,25 @@
 """strategy="auto": the SDK asks a selector where and how to run a request, runs it, and records what it measured.
 
-    selector = selector_from_network(client)                 # trained on the history every node shares
-    client = Client.from_dir(certs, "alice", seeds=[...], selector=selector)
-    client.generate("tiny", prompt, 8, strategy="auto")      # privacy="public" also allows plaintext workers
+    from secureinfer.client import Client, selector_from_network
+
+    with Client.from_dir(certs, "alice", seeds=[...]) as client:
+        client.use_selector(selector_from_network(client))   # trained on the history every node shares
+        client.generate("tiny", prompt, 8, strategy="auto")  # privacy="public" also allows plaintext workers
 
 Per request: the request's features come from the model's public config and the request's shape; the options from
 the membership view (the committees and workers hosting the model, each node's signed capability record, and the
 one-way latency as half the round trip of a health call from here); the selector ranks plans; plans this network
-cannot execute, or the request may not use, are dropped here as well (a secret prompt never runs in plaintext,
-whatever a selector says); the request runs on the first plan left and, on a retryable failure, on the next plan
-at another placement. Every attempt's outcome goes to `selector.observe` and, as a performance record, to a node
-(fire and forget: a failed push never fails the request).
+cannot execute, or the request may not use, are dropped here as well (the one strategy check, `strategy.misfit`: a
+secret prompt never runs in plaintext, whatever a selector says), and so are plans against the planner's own
+preference (`against_preference`); the request runs on the first plan left and, on a retryable failure, on the
+next plan at another placement (failover.py). Every attempt's outcome goes to `selector.observe` and, as a
+performance record, to a node (fire and forget: a failed push never fails the request).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import threading
@@ -25,8 +29,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from secureinfer.models.config import ModelConfig
+from secureinfer.models.requests import RequestError
+from secureinfer.mpc.comm import Channel
 from secureinfer.mpc.models import serving
-from secureinfer.mpc.ring import DEFAULT_FRAC_BITS
 from secureinfer.net.certs import NODE_SAN
 from secureinfer.net.membership import CommitteeView, MembershipTable
 from secureinfer.perfstore import RunRecord
@@ -34,18 +39,21 @@ from secureinfer.plaintext import serving as plain_serving
 from secureinfer.selector.features import (CommitteeOption, LinkFeatures, NodeFeatures, Option, Outcome, Plan,
                                            RequestFeatures, SelectorError, WorkerOption)
 from secureinfer.selector.records import record_of
-from secureinfer.strategy import SecureStrategy, StrategyError, check_allowed, to_json
+from secureinfer.strategy import Hosting, SecureStrategy, misfit, to_json
 from secureinfer.v1 import node_pb2
 
-from .connection import Measured, NetworkError, RequestFailed, SessionSpec, session_io
+from .connection import Connector, Measured, NetworkError, RequestFailed, SessionSpec, session_io
+from .failover import failover
+from .member import Member
+from .records import measure_rtts, pull_records, push_records
 
-if TYPE_CHECKING:
-    from . import Client
+if TYPE_CHECKING:  # the selector's learning stack loads only when selector_from_network builds one
     from secureinfer.selector.selector import Selector
 
 logger = logging.getLogger(__name__)
 RTT_TTL_S = 30.0  # how long a measured round trip is reused
-Program = Callable[[Any, ModelConfig, serving.TokenIO], tuple[Any, serving.ClientSteps]]
+# what a request runs once its session is open: the engine protocol on the channel, returning (value, steps)
+Program = Callable[[Channel, ModelConfig, serving.TokenIO], tuple[Any, serving.ClientSteps]]
 
 
 class PlanSource(Protocol):
@@ -72,6 +80,16 @@ class Placement:
 
     option: Option
     view: CommitteeView
+
+    def __post_init__(self) -> None:
+        if isinstance(self.option, CommitteeOption) != (self.view.privacy == node_pb2.PRIVACY_SECRET):
+            raise ValueError(f"a {type(self.option).__name__} cannot run on committee {self.view.committee_id!r} "
+                             f"(privacy {self.view.privacy}): committees are secure, workers public")
+
+    @property
+    def nodes(self) -> tuple[NodeFeatures, ...]:
+        """The placement's nodes as their records describe them, in party order."""
+        return self.option.nodes if isinstance(self.option, CommitteeOption) else (self.option.node,)
 
 
 def node_features(record: node_pb2.NodeRecord) -> NodeFeatures:
@@ -108,39 +126,38 @@ def request_features(cfg: ModelConfig, model_id: str, work: Work, *, secret_prom
                                      open_model=open_model)
 
 
-def _device_kind(device: str) -> str:
-    return "cuda" if device.startswith("cuda") else "cpu"
+def hosting_of(place: Placement) -> Hosting:
+    """Where `place` would run a plan, as the one strategy check sees it: every node's device from its record, the
+    committee's fixed point and weight mode, and no batching (node records do not advertise it: never risk a
+    refusal)."""
+    return Hosting(secure=isinstance(place.option, CommitteeOption), node_ids=place.view.node_ids,
+                   devices=tuple(n.device for n in place.nodes), frac_bits=place.view.frac_bits,
+                   public_weights=place.view.public_weights, batching=False)
+
+
+def against_preference(plan: Plan, place: Placement) -> str | None:
+    """The planner's preference, not a check: a secure plan's public_weights is how the committee holds the model
+    (nodes would also serve public_weights=False on a committee holding the open weights; the planner never picks
+    that)."""
+    chosen = plan.strategy
+    if isinstance(chosen, SecureStrategy) and chosen.public_weights != place.view.public_weights:
+        return (f"planning preference: public_weights must match how the committee holds the model "
+                f"(public_weights={place.view.public_weights})")
+    return None
 
 
 def unusable(plan: Plan, place: Placement, cfg: ModelConfig, request: RequestFeatures) -> str | None:
-    """Why this network cannot (or this request may not) run `plan` on `place`, or None if it can."""
+    """Why this network cannot (or this request may not, or the planner does not) run `plan` on `place`, or None
+    if it can: the strategy check, then the planner's preference, then a plaintext worker's capabilities."""
     chosen = plan.strategy
-    try:
-        check_allowed(chosen, secret_prompt=request.secret_prompt, open_model=request.open_model)
-    except StrategyError as exc:
-        return f"privacy: {exc}"
-    secure = isinstance(chosen, SecureStrategy)
-    if secure != (place.view.privacy == node_pb2.PRIVACY_SECRET) or secure != isinstance(place.option,
-                                                                                          CommitteeOption):
-        return f"{chosen.mode} strategy on a {'committee' if not secure else 'worker'}"
-    if request.secret_prompt and (not secure or len(set(place.view.node_ids)) < 3):
-        return "privacy: a secret prompt runs only on three distinct secure parties"
-    nodes = place.option.nodes if isinstance(place.option, CommitteeOption) else (place.option.node,)
-    if any(_device_kind(n.device) != _device_kind(chosen.device) for n in nodes):
-        return f"device: {chosen.device} on nodes computing on {', '.join(n.device for n in nodes)}"
-    if chosen.batch_requests:  # a node's record does not say whether it batches: never risk a refusal
-        return "batch_requests: node records do not advertise batching"
-    if secure:
-        held = getattr(place.view, "frac_bits", DEFAULT_FRAC_BITS)
-        if chosen.frac_bits != held:
-            return f"fractional bits: the committee holds the model at frac_bits={held}, not {chosen.frac_bits}"
-        if chosen.public_weights != getattr(place.view, "public_weights", False):
-            return "public_weights must match how the committee holds the model"
-        return None
+    reason = misfit(chosen, secret_prompt=request.secret_prompt, open_model=request.open_model,
+                    hosting=hosting_of(place)) or against_preference(plan, place)
+    if reason is not None or isinstance(chosen, SecureStrategy):
+        return reason
     try:
         plain_serving.check_strategy(cfg, chosen, chosen.device)
-    except serving.RequestError as exc:
-        return str(exc)
+    except RequestError as exc:
+        return f"worker: {exc}"
     return None
 
 
@@ -175,10 +192,13 @@ def record_for(plan: Plan, place: Placement, outcome: Outcome, request: RequestF
 
 
 class AutoRunner:
-    """Runs requests on the selector's plans for one Client (see the module docstring); thread-safe."""
+    """Runs requests on the selector's plans for one client (see the module docstring); thread-safe.
 
-    def __init__(self, client: "Client", selector: PlanSource) -> None:
-        self.client = client
+    `connector` reaches the nodes; `client_name` is who reports the performance records."""
+
+    def __init__(self, connector: Connector, client_name: str, selector: PlanSource) -> None:
+        self.connector = connector
+        self.client_name = client_name
         self.selector = selector
         self.pushes: list[Any] = []  # futures of background pushes (Client.close waits for them briefly)
         self._rtts: dict[str, tuple[float | None, float]] = {}
@@ -186,13 +206,11 @@ class AutoRunner:
 
     def _measure(self, views: Sequence[CommitteeView]) -> dict[str, float | None]:
         """Round trips to every node of `views` (remeasured after RTT_TTL_S)."""
-        from .records import measure_rtts
-
         targets = {(a, n) for v in views for a, n in zip(v.addresses, v.node_ids)}
         now = time.monotonic()
         stale = [t for t in targets if t[0] not in self._rtts or now - self._rtts[t[0]][1] > RTT_TTL_S]
         if stale:
-            for address, rtt in measure_rtts(self.client.connector, sorted(stale)).items():
+            for address, rtt in measure_rtts(self.connector, sorted(stale)).items():
                 self._rtts[address] = (rtt, now)
         return {a: self._rtts[a][0] for a, _ in targets}
 
@@ -213,40 +231,20 @@ class AutoRunner:
                 ranked = self.selector.plan(request, [p.option for p in places])
         except SelectorError as exc:
             raise NetworkError(f"the selector found no plan for this request: {exc}") from exc
-        runnable = []
-        for plan in ranked:
-            place = by_key.get(_key(plan.option))
-            reason = "not an option offered" if place is None else unusable(plan, place, cfg, request)
-            if reason is None:
-                runnable.append((plan, place))
-            else:  # a privacy reason means the selector proposed what it must not: say so louder
-                logger.log(logging.WARNING if reason.startswith("privacy") else logging.DEBUG,
-                           "plan %s dropped: %s", plan.arm, reason)
+        runnable = _runnable(ranked, by_key, cfg, request)
         if not runnable:
             raise NetworkError(f"none of the selector's {len(ranked)} plans for {model_id!r} can run on this network "
                                f"for a {privacy} request")
         return request, runnable
 
     def run(self, model_id: str, privacy: str, output: str, program: Program, committee: CommitteeView | None,
-            retry: Callable[[], bool], work: Work) -> Any:
-        """Run the request on its best plan, falling back to the next placement on a retryable failure."""
-        table = self.client._view()
-        cfg = self.client.model_config(model_id, view=table)
+            retry: Callable[[], bool], work: Work, *, table: MembershipTable, cfg: ModelConfig) -> Any:
+        """Run the request on its best plan, falling back to the next placement on a retryable failure (`table`:
+        the membership view to plan in; `cfg`: the model's public config)."""
         request, ranked = self.plans(model_id, cfg, table, work, privacy, committee)
-        failed: set[tuple[str, tuple[str, ...]]] = set()
-        last: RequestFailed | None = None
-        for plan, place in ranked:
-            where = (place.view.committee_id, place.view.node_ids)
-            if where in failed:
-                continue
-            try:
-                return self._attempt(plan, place, cfg, request, output, program, work)
-            except RequestFailed as exc:
-                last = exc
-                failed.add(where)
-                if not (exc.retryable and retry()):
-                    raise
-        raise last if last is not None else NetworkError(f"no plan could run {model_id!r}")
+        attempts = [(place.view, functools.partial(self._attempt, plan, place, cfg, request, output, program, work))
+                    for plan, place in ranked]
+        return failover(attempts, retry, none_left=f"no plan could run {model_id!r}")
 
     def _attempt(self, plan: Plan, place: Placement, cfg: ModelConfig, request: RequestFeatures, output: str,
                  program: Program, work: Work) -> Any:
@@ -257,7 +255,7 @@ class AutoRunner:
         io, spec = session_io(spec.privacy, place.view, spec)  # secure: the committee's fixed point
         start = time.monotonic()
         try:
-            measured = self.client.connector.run_measured(place.view, spec, lambda ch: program(ch, cfg, io))
+            measured = self.connector.run_measured(place.view, spec, lambda ch: program(ch, cfg, io))
         except RequestFailed as exc:
             if exc.retryable:  # the placement failed (a node died, was busy, ran out of time), not the request
                 outcome = Outcome(total_s=time.monotonic() - start, ok=False, extra={"code": exc.code.name})
@@ -274,13 +272,11 @@ class AutoRunner:
         request ran there, else the first seed)."""
         with self._lock:
             self.selector.observe(plan, outcome)
-        record = record_for(plan, place, outcome, request, self.client.identity.name, error)
+        record = record_for(plan, place, outcome, request, self.client_name, error)
         address, node_id = ((place.view.addresses[0], place.view.node_ids[0]) if outcome.ok
-                            else (self.client.connector.seeds[0], NODE_SAN))
-        from .records import push_records
-
+                            else (self.connector.seeds[0], NODE_SAN))
         self.pushes = [f for f in self.pushes if not f.done()]
-        self.pushes.append(push_records(self.client.connector, address, node_id, [record]))
+        self.pushes.append(push_records(self.connector, address, node_id, [record]))
 
     def wait_pushes(self, timeout_s: float) -> None:
         """Give background pushes up to `timeout_s` to finish (their failures are ignored)."""
@@ -292,19 +288,33 @@ class AutoRunner:
                 pass
 
 
+def _runnable(ranked: list[Plan], by_key: dict[str, Placement], cfg: ModelConfig, request: RequestFeatures
+              ) -> list[tuple[Plan, Placement]]:
+    """The plans of `ranked` that may run where they say, in order, with their placements; the others are logged."""
+    runnable = []
+    for plan in ranked:
+        place = by_key.get(_key(plan.option))
+        reason = "not an option offered" if place is None else unusable(plan, place, cfg, request)
+        if reason is None:
+            runnable.append((plan, place))
+        else:  # a privacy reason means the selector proposed what it must not: say so louder
+            logger.log(logging.WARNING if reason.startswith("privacy") else logging.DEBUG,
+                       "plan %s dropped: %s", plan.arm, reason)
+    return runnable
+
+
 def _key(option: Option) -> str:
     if isinstance(option, CommitteeOption):
         return "committee:" + option.committee_id + ":" + ",".join(n.node_id for n in option.nodes)
     return "worker:" + option.node.node_id
 
 
-def selector_from_network(client: "Client", *, max_records: int = 100_000, **selector_kwargs: Any) -> "Selector":
-    """A Selector trained on the performance records of the client's first seed that answers (every node's
-    history, spread by gossip); keyword arguments go to `Selector` (policy, seed)."""
-    from .records import pull_records
-    from secureinfer.selector.selector import Selector
+def selector_from_network(member: Member, *, max_records: int = 100_000, **selector_kwargs: Any) -> Selector:
+    """A Selector trained on the performance records of the first seed of `member` (a Client) that answers (every
+    node's history, spread by gossip); keyword arguments go to `Selector` (policy, seed, cost_model)."""
+    from secureinfer.selector.selector import Selector  # lazily: the learning stack is heavy
 
-    return Selector(pull_records(client.connector, max_records=max_records), **selector_kwargs)
+    return Selector(pull_records(member.connector, max_records=max_records), **selector_kwargs)
 
 
 def work_of(task: str, ids_shape: Sequence[int], gen_tokens: int = 0) -> Work:

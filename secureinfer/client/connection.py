@@ -1,9 +1,9 @@
 """The SDK's plumbing: a background event loop, mutual-TLS channels to nodes, and sessions as engine `Channel`s.
 
 A client (or model owner) session opens one `Inference.Session` stream per committee node, sends the open request,
-waits for each node's acceptance, and then speaks the engine protocol (serving.py) through a `GrpcChannel` whose
-links are those streams. The engine code runs in the caller's thread; the streams are pumped on a private event
-loop thread. Failures surface as `RequestFailed` with the gRPC status of the node that failed first.
+waits for each node's acceptance, and then speaks the engine protocol (secureinfer.mpc.models.serving) through a
+`GrpcChannel` whose links are those streams. The engine code runs in the caller's thread; the streams are pumped on
+a private event loop thread. Failures surface as `RequestFailed` with the gRPC status of the node that failed first.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ class Connector:
 
 
 async def _reports(calls: list[Any], view: CommitteeView) -> tuple[NodeReport, ...]:
-    """Each node's cost report from its finished stream's trailing metadata (nodes/servicers.py session_report)."""
+    """Each node's cost report, from the trailing metadata the node closed its session stream with."""
     reports = []
     for call, node_id in zip(calls, view.node_ids):
         meta = dict(await call.trailing_metadata() or ())

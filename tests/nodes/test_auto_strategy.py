@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from secureinfer.client import Client
-from secureinfer.client.auto import selector_from_network
-from secureinfer.client.connection import NetworkError
+from secureinfer.client import Client, NetworkError, selector_from_network
+from secureinfer.client.auto import AutoRunner, Work
 from secureinfer.plaintext import reference as plaintext
 from secureinfer.selector.cost import CostModel
 from secureinfer.selector.features import CommitteeOption, Outcome, Plan, Prediction, WorkerOption
@@ -118,8 +117,8 @@ def test_secret_request_runs_on_the_committee_and_reports_bytes_and_rounds(net: 
     selector = Selector(None, seed=1, cost_model=costs)
     public_before = sessions(net, "n0", "public")
     with client(net, pki, selector, "bob") as bob:
-        table = bob._view()
-        request, ranked = bob._auto.plans("tiny", net.cfg, table, _work(), "secret", None)
+        planner = AutoRunner(bob.connector, bob.identity.name, selector)  # what bob's requests are planned with
+        request, ranked = planner.plans("tiny", net.cfg, bob.membership(), _work(), "secret", None)
         assert request.secret_prompt and ranked
         assert all(p.mode == "secure" and len(set(p.node_ids)) == 3 for p, _ in ranked)
         out = bob.logits("tiny", PROMPT, strategy="auto")
@@ -134,9 +133,7 @@ def test_secret_request_runs_on_the_committee_and_reports_bytes_and_rounds(net: 
     assert row.bytes_per_party_sum >= 3 * row.bytes_per_party_max // 2  # three parties sent, the busiest the most
 
 
-def _work() -> Any:
-    from secureinfer.client.auto import Work
-
+def _work() -> Work:
     return Work(task="logits", batch=2, seq_len=3)
 
 
@@ -231,4 +228,8 @@ def test_unusable_plans_are_named_and_a_secret_prompt_only_ever_passes_on_three_
         ("plain", plain, work), ("bits", SecureStrategy(frac_bits=16), shares),
         ("cuda", SecureStrategy(device="cuda"), shares), ("pubw", SecureStrategy(public_weights=True), shares)]}
     assert reasons["plain"].startswith("privacy") and "fractional bits" in reasons["bits"]
-    assert reasons["cuda"].startswith("device") and "public_weights" in reasons["pubw"]
+    assert reasons["cuda"].startswith("device") and reasons["pubw"].startswith("public weights")
+    closed_on_open = unusable(Plan(SecureStrategy(), open_w.option, Prediction(1.0)), open_w, cfg, secret_request)
+    assert closed_on_open.startswith("planning preference") and "public_weights" in closed_on_open
+    with pytest.raises(ValueError, match="committees are secure, workers public"):  # no plan on a mismatched pair
+        Placement(WorkerOption(nodes[0]), shares.view)

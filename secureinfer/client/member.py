@@ -1,0 +1,88 @@
+"""What every member of a network that is not a node has: an identity, a connector to the seeds, and the membership
+view those seeds give (which committees and workers host which model, and the models' public configs)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from secureinfer.models.config import ModelConfig
+from secureinfer.net.certs import Identity
+from secureinfer.net.membership import CommitteeView, MembershipTable
+from secureinfer.net.wire import config_from_json
+from secureinfer.v1 import node_pb2
+
+from .connection import Connector, NetworkError
+
+PRIVACIES = {"secret": node_pb2.PRIVACY_SECRET, "public": node_pb2.PRIVACY_PUBLIC}
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def privacy_code(name: str) -> int:
+    """The Privacy value of "secret" or "public"; ValueError for anything else."""
+    if name not in PRIVACIES:
+        raise ValueError(f"privacy must be 'secret' or 'public', got {name!r}")
+    return PRIVACIES[name]
+
+
+class Member:
+    """What Client and ModelOwner share: a connector, the membership view, committee lookup."""
+
+    def __init__(self, identity: Identity, seeds: Sequence[str], timeout_s: float) -> None:
+        self.identity = identity
+        self.connector = Connector(identity, seeds, timeout_s)
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def from_dir(cls, certs_dir: str | Path, name: str, seeds: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S,
+                 **kwargs: Any):
+        """Load the identity `name` ({name}.pem, {name}.key, ca.pem) from `certs_dir` (kwargs: e.g. a Client's
+        selector)."""
+        return cls(Identity.load(Path(certs_dir), name), seeds, timeout_s, **kwargs)
+
+    def close(self) -> None:
+        self.connector.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def membership(self) -> MembershipTable:
+        """A seed's membership view, its signed records verified here against the network CA (one Status call)."""
+        table = MembershipTable(self.identity.ca_pem, self_id="")
+        table.merge(list(self.connector.status().records))
+        return table
+
+    def nodes(self) -> list[node_pb2.NodeRecord]:
+        """The live node records a seed knows (signed; verified here against the network CA)."""
+        return self.membership().live()
+
+    def committees(self, model_id: str, privacy: str = "secret", *, view: MembershipTable | None = None
+                   ) -> list[CommitteeView]:
+        """The committees (or, public, the workers) hosting `model_id`, fastest first (in `view`, else a fresh one)."""
+        wanted = privacy_code(privacy)
+        return [c for c in (view or self.membership()).choose_committees(model_id) if c.privacy == wanted]
+
+    def wait_for_model(self, model_id: str, privacy: str = "secret", timeout_s: float = 30.0) -> list[CommitteeView]:
+        """Wait until the membership view shows a committee hosting `model_id` (records spread by gossip)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            views = self.committees(model_id, privacy)
+            if views or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        if not views:
+            raise NetworkError(f"no {privacy} committee hosts {model_id!r} after {timeout_s:.0f} s")
+        return views
+
+    def model_config(self, model_id: str, *, view: MembershipTable | None = None) -> ModelConfig:
+        """The public architecture of a hosted model, from any node's record (in `view`, else a fresh one)."""
+        for record in (view or self.membership()).live():
+            for hosted in record.models:
+                if hosted.model_id == model_id and hosted.config_json:
+                    return config_from_json(hosted.config_json)
+        raise NetworkError(f"no node hosts a model named {model_id!r}")
