@@ -36,11 +36,13 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from secureinfer import strategy
 from secureinfer.models.config import ModelConfig
+from secureinfer.models.requests import CLIENT, RequestError
 from secureinfer.mpc.models import batching, serving
 from secureinfer.mpc.models.batching import BatchItem
 from secureinfer.mpc.party import PARTY_NAMES, Party
@@ -50,7 +52,7 @@ from secureinfer.v1 import node_pb2
 from .errors import status_for
 from .logs import log_event
 from .metrics import NodeMetrics
-from .sessions import NodeSession, SessionRegistry
+from .sessions import NodeSession, Program, SessionRegistry
 
 _BATCH_ID = re.compile(r"^batch-[0-9a-f]{32}$")
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -183,10 +185,10 @@ class Batcher:
         key = (request.committee.committee_id, tuple(request.committee.node_ids), request.model_id, output, profile,
                chosen)
         member = _Member(session, cfg, model, step, key)
-        party = Party.receiver(session.index, session.channel, session._engine())  # only inputs in, outputs out
+        party = Party.receiver(session.index, session.channel, session.engine_config())  # only inputs in, outputs out
         try:
             return batching.serve_batched(party, cfg, with_meta, lambda item: self._step(member, item),
-                                          client=serving.CLIENT)
+                                          client=CLIENT)
         finally:
             with self._lock:
                 self._held.pop(session.id, None)
@@ -197,7 +199,7 @@ class Batcher:
         if session.index == 0:
             for j in (1, 2):
                 if session.channel.recv(PARTY_NAMES[j], "batch.have") != _shape(item):
-                    raise serving.RequestError("the client sent the parties steps of different shapes")
+                    raise RequestError("the client sent the parties steps of different shapes")
             plan, result = self._submit(_Pending(member, item, key))
             message = _wait(plan, session).to_bytes()
             for j in (1, 2):
@@ -285,7 +287,7 @@ class Batcher:
                         items.append(held.item)
                         futures.append(held.result)
                         continue
-                    held.result.set_exception(serving.RequestError("the leader saw this step with another shape"))
+                    held.result.set_exception(RequestError("the leader saw this step with another shape"))
                 items.append(batching.placeholder(member.cfg, session.index, session.runtime.device, m.rows,
                                                   m.positions, m.cached))
                 futures.append(None)
@@ -315,9 +317,10 @@ class Batcher:
         except RuntimeError as exc:  # the loop is closed: the node is shutting down
             _fail(futures, PeerFailed(f"batch {plan.batch_id[6:14]} could not start: {exc}"))
 
-    async def _run(self, session: NodeSession, request: node_pb2.OpenSession, deadline: float, compute: Any,
-                   futures: list[concurrent.futures.Future | None], plan: Plan) -> None:
-        run = _BatchRun(session.runtime, request, deadline, compute)
+    async def _run(self, session: NodeSession, request: node_pb2.OpenSession, deadline: float,
+                   compute: Callable[[Party], int], futures: list[concurrent.futures.Future | None], plan: Plan
+                   ) -> None:
+        run = NodeSession(session.runtime, request, None, deadline, _batch_program(compute))
         start, status = time.monotonic(), "OK"
         try:
             self.registry.add(run, internal=True)
@@ -342,16 +345,13 @@ class Batcher:
                       seconds=round(time.monotonic() - start, 3), bytes_sent=sent, rounds=run.channel.stats.rounds)
 
 
-class _BatchRun(NodeSession):
-    """A batch as an internal session of the three parties: peer links under the batch id, no caller."""
+def _batch_program(compute: Callable[[Party], int]) -> Program:
+    """The engine program of a batch run, an internal session of the three parties (peer links under the batch id,
+    no caller): connect as this party, then compute the batch."""
+    def program(run: NodeSession) -> int:
+        return compute(Party.connect(run.index, run.channel, run.engine_config()))
 
-    def __init__(self, runtime: Any, request: node_pb2.OpenSession, deadline: float, compute: Any) -> None:
-        super().__init__(runtime, request, None, deadline)
-        self._compute = compute
-
-    def _work(self) -> Any:
-        party = Party.connect(self.index, self.channel, self._engine())
-        return self._compute(party)
+    return program
 
 
 def _wait(future: concurrent.futures.Future, session: NodeSession) -> Any:

@@ -44,8 +44,9 @@ from .store import ModelStore
 
 GOSSIP_FANOUT = 2
 # Leakage audit (tests and debugging only, off by default): when set, every message a session of this node receives
-# is written under $SECUREINFER_AUDIT_DIR/<node_id>/ (mpc/comm/audit.py FrameLog). Never set it in production: the
-# files hold this party's shares (useless alone, but the other parties' logs beside them would open every secret).
+# is written under $SECUREINFER_AUDIT_DIR/<node_id>/ (secureinfer.mpc.comm.audit.FrameLog). Never set it in
+# production: the files hold this party's shares (useless alone, but the other parties' logs beside them would open
+# every secret).
 AUDIT_ENV = "SECUREINFER_AUDIT_DIR"
 GOSSIP_TIMEOUT_S = 3.0
 ABSENT_SEED_EVERY = 4  # gossip rounds between calls to seeds missing from the live view

@@ -1,4 +1,4 @@
-"""The one place where any error a node meets becomes a gRPC status code (the domain errors: net/errors.py)."""
+"""The one place where any error a node meets becomes a gRPC status code (the domain errors: secureinfer.net.errors)."""
 
 from __future__ import annotations
 

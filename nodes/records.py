@@ -1,6 +1,6 @@
 """A node's performance records: the SQLite store it keeps, the Records service's work, and anti-entropy with peers.
 
-Every node keeps a performance store (nodes/perfstore.py; path from its config). Clients push the outcomes of the
+Every node keeps a performance store (`secureinfer.perfstore`; path from its config). Clients push the outcomes of the
 requests they ran (Records.Push). Each gossip round a node asks one random peer for the keys added since it last
 asked that peer (Records.Pull, keys only, from a per-peer cursor) and fetches the rows it lacks (Records.Fetch), so a
 row pushed to any node reaches every node. Rows from peers are checked like pushed ones; bad ones are dropped and

@@ -10,15 +10,18 @@ from typing import Any
 import grpc
 
 from secureinfer.net.certs import CertError, PeerCert, peer_from_context
+from secureinfer.net.errors import Cancelled, NodeError, PeerFailed, SessionTimeout
 from secureinfer.net.membership import MembershipTable
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
-from . import errors
+from . import dispatch
 from .admission import RETRY_AFTER_KEY, Admission, AdmissionSettings, Refused
+from .errors import status_for
 from .logs import log_event
 from .metrics import NodeMetrics
+from .opening import check_open
 from .records import RecordBook
-from .sessions import NodeRuntime, NodeSession, SessionRegistry, check_open
+from .sessions import NodeRuntime, NodeSession, SessionRegistry
 
 _TASKS = {node_pb2.TASK_PUBLISH: "publish", node_pb2.TASK_ENCODE: "encode", node_pb2.TASK_DECODE: "decode"}
 _PRIVACY = {node_pb2.PRIVACY_SECRET: "secret", node_pb2.PRIVACY_PUBLIC: "public"}
@@ -40,7 +43,7 @@ async def _first(context: grpc.aio.ServicerContext, field: str, wait_s: float) -
     try:
         message = await asyncio.wait_for(context.read(), wait_s)
     except asyncio.TimeoutError:
-        await context.abort(*errors.status_for(errors.SessionTimeout(f"no `{field}` message within {wait_s:g} s")))
+        await context.abort(*status_for(SessionTimeout(f"no `{field}` message within {wait_s:g} s")))
     if message is grpc.aio.EOF or not message.HasField(field):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the first message must be `{field}`")
     return getattr(message, field)
@@ -74,7 +77,7 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
             log_event(self.logger, "WARNING", "session refused", caller=caller.name, limit=exc.limit)
             if exc.retry_after_s is not None:
                 context.set_trailing_metadata(((RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"),))
-            await context.abort(*errors.status_for(exc))
+            await context.abort(*status_for(exc))
         with ticket:
             await self._session(caller, context)
 
@@ -89,7 +92,7 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
         self.metrics.session_started(task, privacy)
         try:
             check_open(self.runtime, request, caller)
-            session = NodeSession(self.runtime, request, caller, time.monotonic() + timeout)
+            session = NodeSession(self.runtime, request, caller, time.monotonic() + timeout, dispatch.run)
             self.registry.add(session)
             log_event(self.logger, "INFO", "session opened", session=request.session_id[:8], task=task,
                       privacy=privacy, model=request.model_id, party=request.party_index, caller=caller.name)
@@ -101,9 +104,9 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
             if isinstance(exc, asyncio.CancelledError):  # gRPC ended the call: its deadline passed, or it was cancelled
                 left = context.time_remaining()
                 late = (left is not None and left <= 0.01) or (session is not None and session.remaining() <= 0)
-                exc = errors.SessionTimeout("the call's deadline passed") if late else \
-                    errors.Cancelled("the caller cancelled the call")
-            code, message = errors.status_for(exc)
+                exc = SessionTimeout("the call's deadline passed") if late else \
+                    Cancelled("the caller cancelled the call")
+            code, message = status_for(exc)
             status = code.name
             log_event(self.logger, "WARNING", "session failed", session=request.session_id[:8], task=task,
                       status=status, reason=message)
@@ -129,7 +132,7 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
             return node_pb2.CancelReply(cancelled=False)
         if session.caller is None or session.caller.name != caller.name:  # no caller: a node's internal batch run
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the session's opener may cancel it")
-        session.abort(errors.Cancelled(f"session {request.session_id[:8]} cancelled by {caller.name}"))
+        session.abort(Cancelled(f"session {request.session_id[:8]} cancelled by {caller.name}"))
         return node_pb2.CancelReply(cancelled=True)
 
     async def ListModels(self, request: node_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -152,17 +155,17 @@ class PeerServicer(node_pb2_grpc.PeerServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no session {hello.session_id[:8]} here")
         try:
             session.check_peer(hello, caller.name)
-        except errors.NodeError as exc:
-            await context.abort(*errors.status_for(exc))
+        except NodeError as exc:
+            await context.abort(*status_for(exc))
         try:
             await session.attach_peer(hello.from_party, context)
         except BaseException as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             if session.error is not None:  # the session failed here: the dialling party learns it as UNAVAILABLE
-                exc = errors.PeerFailed(f"session {session.id[:8]} ended at {self.runtime.node_id}: "
-                                        f"{errors.status_for(session.error)[1]}")
-            code, message = errors.status_for(exc)
+                exc = PeerFailed(f"session {session.id[:8]} ended at {self.runtime.node_id}: "
+                                        f"{status_for(session.error)[1]}")
+            code, message = status_for(exc)
             await context.abort(code, message)
 
 
@@ -200,9 +203,9 @@ class RecordsServicer(node_pb2_grpc.RecordsServicer):
         caller = await _caller(context)
         try:
             reply = await self.book.push(request.records, caller.name)
-        except errors.NodeError as exc:
+        except NodeError as exc:
             log_event(self.logger, "WARNING", "records refused", caller=caller.name, reason=str(exc))
-            await context.abort(*errors.status_for(exc))
+            await context.abort(*status_for(exc))
         return reply
 
     async def Pull(self, request: node_pb2.PullRecordsRequest, context: grpc.aio.ServicerContext
@@ -210,13 +213,13 @@ class RecordsServicer(node_pb2_grpc.RecordsServicer):
         await _caller(context)
         try:
             return await self.book.pull(request)
-        except errors.NodeError as exc:
-            await context.abort(*errors.status_for(exc))
+        except NodeError as exc:
+            await context.abort(*status_for(exc))
 
     async def Fetch(self, request: node_pb2.FetchRecordsRequest, context: grpc.aio.ServicerContext
                     ) -> node_pb2.FetchRecordsReply:
         await _caller(context)
         try:
             return await self.book.fetch(request)
-        except errors.NodeError as exc:
-            await context.abort(*errors.status_for(exc))
+        except NodeError as exc:
+            await context.abort(*status_for(exc))
