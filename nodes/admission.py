@@ -25,7 +25,6 @@ from secureinfer.net.certs import PeerCert
 from secureinfer.net.errors import NodeError
 
 EXEMPT_ROLES: tuple[str, ...] = ("node",)
-RETRY_AFTER_KEY = "secureinfer-retry-after-s"  # trailing metadata of a rate-limited call: seconds until a token
 MAX_TRACKED = 4096
 
 
@@ -196,5 +195,5 @@ class Admission:
                 del self._clients[name]
 
 
-__all__ = ["Admission", "AdmissionError", "AdmissionSettings", "RETRY_AFTER_KEY", "RateLimited", "Refused",
+__all__ = ["Admission", "AdmissionError", "AdmissionSettings", "RateLimited", "Refused",
            "Ticket", "TooManySessions"]

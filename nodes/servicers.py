@@ -12,10 +12,11 @@ import grpc
 from secureinfer.net.certs import CertError, PeerCert, peer_from_context
 from secureinfer.net.errors import Cancelled, NodeError, PeerFailed, SessionTimeout
 from secureinfer.net.membership import MembershipTable
+from secureinfer.net.wire import REPORT_BYTES, REPORT_ROUNDS, REPORT_SECONDS, RETRY_AFTER
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 from . import dispatch
-from .admission import RETRY_AFTER_KEY, Admission, AdmissionSettings, Refused
+from .admission import Admission, AdmissionSettings, Refused
 from .errors import status_for
 from .logs import log_event
 from .metrics import NodeMetrics
@@ -49,7 +50,6 @@ async def _first(context: grpc.aio.ServicerContext, field: str, wait_s: float) -
     return getattr(message, field)
 
 
-REPORT_BYTES, REPORT_ROUNDS, REPORT_SECONDS = "secureinfer-bytes-sent", "secureinfer-rounds", "secureinfer-seconds"
 
 
 def session_report(session: NodeSession) -> tuple[tuple[str, str], ...]:
@@ -76,7 +76,7 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
             self.metrics.admission_refused_for(exc.limit)
             log_event(self.logger, "WARNING", "session refused", caller=caller.name, limit=exc.limit)
             if exc.retry_after_s is not None:
-                context.set_trailing_metadata(((RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"),))
+                context.set_trailing_metadata(((RETRY_AFTER, f"{exc.retry_after_s:.3f}"),))
             await context.abort(*status_for(exc))
         with ticket:
             await self._session(caller, context)

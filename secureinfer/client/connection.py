@@ -27,6 +27,7 @@ from secureinfer.mpc.ring import FixedPoint
 from secureinfer.net.certs import NODE_SAN, Identity
 from secureinfer.net.membership import CommitteeView
 from secureinfer.net.options import grpc_options
+from secureinfer.net.wire import REPORT_BYTES, REPORT_ROUNDS, REPORT_SECONDS
 from secureinfer.net.transport import GrpcChannel, Link
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
@@ -259,9 +260,9 @@ async def _reports(calls: list[Any], view: CommitteeView) -> tuple[NodeReport, .
     reports = []
     for call, node_id in zip(calls, view.node_ids):
         meta = dict(await call.trailing_metadata() or ())
-        reports.append(NodeReport(node_id, _number(meta, "secureinfer-bytes-sent", int),
-                                  _number(meta, "secureinfer-rounds", int),
-                                  _number(meta, "secureinfer-seconds", float)))
+        reports.append(NodeReport(node_id, _number(meta, REPORT_BYTES, int),
+                                  _number(meta, REPORT_ROUNDS, int),
+                                  _number(meta, REPORT_SECONDS, float)))
     return tuple(reports)
 
 

@@ -1,4 +1,5 @@
-"""What travels between the SDK and nodes as text: a model's public architecture as JSON."""
+"""What travels between the SDK and nodes as text: a model's public architecture as JSON, and the keys of the
+trailing metadata a node closes a call with."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import json
 from secureinfer.models.config import ModelConfig
 
 from .errors import BadRequest
+
+# What a finished session cost the node (its report to the caller): bytes it sent, rounds, seconds open.
+REPORT_BYTES, REPORT_ROUNDS, REPORT_SECONDS = "secureinfer-bytes-sent", "secureinfer-rounds", "secureinfer-seconds"
+RETRY_AFTER = "secureinfer-retry-after-s"  # a rate-limited call: seconds until the client may try again
 
 
 def config_to_json(cfg: ModelConfig) -> str:

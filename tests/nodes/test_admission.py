@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from secureinfer.net.certs import PeerCert
-from secureinfer.nodes.admission import (RETRY_AFTER_KEY, Admission, AdmissionError, AdmissionSettings, RateLimited,
+from secureinfer.net.wire import RETRY_AFTER
+from secureinfer.nodes.admission import (Admission, AdmissionError, AdmissionSettings, RateLimited,
                                          TooManySessions)
 from secureinfer.nodes.config import ConfigError, NodeConfig
 from secureinfer.plaintext import reference as plaintext
@@ -173,7 +174,7 @@ def test_rate_limit_over_grpc_names_the_limit_and_when_to_retry(pki: Pki, loop: 
         refused, meta = outcomes[2]
         assert "alice" in refused.details and "rate limit" in refused.details and "0.5 sessions/s" in refused.details
         assert "retry in" in refused.details, refused.details
-        assert 0.0 < float(meta[RETRY_AFTER_KEY]) <= 2.0
+        assert 0.0 < float(meta[RETRY_AFTER]) <= 2.0
         assert cluster.run(_bad_open(cluster, "bob"))[0].code == Code.INVALID_ARGUMENT  # bob has his own bucket
         for _ in range(5):  # another node calling is never rate limited (its open is judged, and refused, instead)
             assert cluster.run(_bad_open(cluster, "n1"))[0].code == Code.INVALID_ARGUMENT
