@@ -1,4 +1,4 @@
-"""Maps the top-level folders onto the `secureinfer.*` import namespace (see DESIGN.md, "Layers")."""
+"""Maps the top-level folders onto the `secureinfer.*` import namespace (docs/DESIGN.md, "Layers")."""
 
 from setuptools import find_packages, setup
 
@@ -19,4 +19,7 @@ def _packages() -> list[str]:
     return found
 
 
-setup(packages=_packages(), package_dir=PACKAGE_ROOTS)
+# The performance stores the selector CLI learns from by default (secureinfer/lab/stores.py).
+PACKAGE_DATA = {"secureinfer.lab": ["data/*.sqlite"]}
+
+setup(packages=_packages(), package_dir=PACKAGE_ROOTS, package_data=PACKAGE_DATA)

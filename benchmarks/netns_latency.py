@@ -1,4 +1,4 @@
-"""Secure request latency across network namespaces with tbf-capped links (needs root; see secureinfer/netns.py).
+"""Secure request latency across network namespaces with tbf-capped links (needs root; see secureinfer/lab/netns.py).
 
     python benchmarks/netns_latency.py --model minilm --seq 128 --rates none,1gbit,100mbit --json out.json
     python benchmarks/netns_latency.py --model tiny --rates none,100mbit,10mbit
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from secureinfer.cli.simulate import tiny_gpt2
+from secureinfer.lab.bench import metrics
 from secureinfer.lab.netns import NetnsConfig, NetnsNetwork, describe, unavailable_reason
 from secureinfer.lab.simulate import SimulationConfig
 from secureinfer.models.checkpoint import load_checkpoint, packaged_checkpoint
@@ -57,7 +58,7 @@ def _request(net: NetnsNetwork, model: str, cfg, params, seq: int, seed: int) ->
         got = client.embed("minilm", ids, mask)
         seconds = time.monotonic() - start
         want = plaintext.sentence_embedding(cfg, params, ids, mask)
-        return seconds, float(torch.nn.functional.cosine_similarity(got, want, dim=-1).min())
+        return seconds, metrics.min_row_cosine(got, want)
     prompt = torch.randint(0, cfg.vocab_size, (1, 5), generator=gen)
     start = time.monotonic()
     got = client.generate("tiny", prompt, 4)
@@ -66,6 +67,7 @@ def _request(net: NetnsNetwork, model: str, cfg, params, seq: int, seed: int) ->
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Publish the model on a namespaced 3-node network, then time `--repeat` requests at each link cap."""
     if args.model == "minilm":
         cfg, params = load_checkpoint(packaged_checkpoint("all-MiniLM-L6-v2"), torch.float64)
     else:
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, check that namespaces can be made here, run, and write --json if asked."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("minilm", "tiny"), default="minilm",
                         help="minilm: real all-MiniLM-L6-v2 embeddings (default); tiny: a 2-layer random GPT-2")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 
+import pytest
+
 import secureinfer
+from secureinfer import cli
+from secureinfer.cli import bench
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -30,6 +35,22 @@ def test_bare_bench_shows_its_help_and_fails():
     out = _cli("bench")
     assert out.returncode == 2
     assert "ops" in out.stdout
+
+
+@pytest.mark.parametrize("group", ["bench", "certs", "node", "network", "selector"])
+def test_every_bare_group_shows_its_help_and_fails(group, capsys):
+    assert cli.main([group]) == 2
+    assert capsys.readouterr().out.startswith(f"usage: secureinfer {group} ")
+
+
+def test_every_bench_subcommand_runs_through_the_one_table():
+    """`secureinfer bench WHAT` imports the module the table names, only when it runs, and calls its main(args)."""
+    commands = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
+    kinds = next(a for a in commands["bench"]._actions if a.dest == "bench_kind").choices
+    assert set(kinds) == set(bench.MODULES)
+    for name, module in bench.MODULES.items():
+        assert kinds[name].get_default("handler") is bench.run
+        assert callable(importlib.import_module(module).main)
 
 
 def test_bench_ops_unknown_op_is_a_clear_error():

@@ -1,10 +1,11 @@
-"""`secureinfer bench sweep` (secureinfer/bench/sweep/): a tiny grid into a temporary performance store."""
+"""`secureinfer bench sweep` (secureinfer/lab/bench/sweep/): a tiny grid into a temporary performance store."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +19,9 @@ NODE = Node(device="cpu", description="cpu", cpu_count=2, matmul_gflops=10.0, me
 SLOW = Link("slow-test", latency_s=2e-3, bandwidth_bytes_per_s=1e7)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "secureinfer.cli", "bench", "sweep", *args], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, cwd=cwd)
 
 
 def test_tiny_sweep_rows_resume_and_errors(tmp_path):
@@ -125,18 +126,18 @@ def test_selector_grid_links_per_case():
 
 
 def test_cli_help_lists_the_sweep_catalog():
-    """The CLI's help (written out in cli.py, so the parser needs no torch) names every model, link and grid."""
-    from secureinfer.cli import app as cli
+    """The CLI's help (written out in secureinfer/cli/bench.py, so the parser needs no torch) names every model,
+    link and grid."""
+    from secureinfer.cli import bench
 
     for name, spec in sweep.MODELS.items():
-        assert f"  {name:<13} {spec.what}\n" in cli.SWEEP_EPILOG
+        assert f"  {name:<13} {spec.what}\n" in bench.SWEEP_EPILOG
     for name in sweep.LINKS:
-        assert f"\n  {name:<13} " in cli.SWEEP_EPILOG
+        assert f"\n  {name:<13} " in bench.SWEEP_EPILOG
     out = subprocess.run([sys.executable, "-c", "import sys; from secureinfer import cli; cli.build_parser(); "
                           "print('torch' in sys.modules)"], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
     assert set(sweep.GRIDS) == {"small", "medium", "full", "selector"}
-    assert sweep.DEFAULT_STORE == "benchmarks/sweep/sweep.sqlite"
 
 
 def test_cli_dry_run_and_one_run(tmp_path):
@@ -151,6 +152,8 @@ def test_cli_dry_run_and_one_run(tmp_path):
     store, csv = tmp_path / "s.sqlite", tmp_path / "s.csv"
     args = ("--case", "tiny-bert:8:1:0", "--strategy", "plain-fp32", "--device", "cpu", "--store", str(store),
             "--csv", str(csv), "--host", "cli-test")
+    out = _cli(*args[:-6], cwd=tmp_path)  # no --store: no default path, a clear error, nothing written
+    assert out.returncode == 2 and "--store FILE is required" in out.stderr and list(tmp_path.iterdir()) == []
     out = _cli(*args)
     assert out.returncode == 0, out.stderr
     assert "measured 1 runs (0 errors)" in out.stderr and "1/1" in out.stderr  # progress bar

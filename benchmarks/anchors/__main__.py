@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -24,7 +25,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     "print time, bytes per party, rounds, accuracy against float64 plaintext, the ratios to "
                     "secureinfer, and projections to real networks. The anchors' virtual environments are built on "
                     "first use under --env-dir (minutes; an anchor whose install fails is skipped with its reason).",
-        epilog="examples:\n  python -m benchmarks.anchors --workload minilm            # the issue's headline figure\n"
+        epilog="examples:\n  python -m benchmarks.anchors --workload minilm            # the headline figure\n"
                "  python -m benchmarks.anchors --anchor spu --workload gpt2\n"
                "  python -m benchmarks.anchors --json out.json --markdown out.md   # everything, for BENCHMARKS.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,11 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(text)
     if args.json:
-        payload = {"benchmark": "anchors", "machine": machine("cpu"), "command": " ".join(sys.argv),
-                   "seconds": time.perf_counter() - start, "config": {k: str(v) for k, v in asdict(cfg).items()},
-                   "environments": outcome.environments, "workloads": outcome.results, "ops": outcome.ops}
+        command, config = recorded(cfg, argv)
+        payload = {"benchmark": "anchors", "machine": machine("cpu"), "command": command,
+                   "seconds": time.perf_counter() - start, "config": config, "environments": outcome.environments,
+                   "workloads": outcome.results, "ops": outcome.ops}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
+
+
+def recorded(cfg: harness.HarnessConfig, argv: list[str] | None) -> tuple[str, dict[str, str]]:
+    """The command (rerunnable from the repository root) and the configuration a result records, without this
+    machine's folders: paths inside the working directory relative to it, others under the placeholder folder OUT."""
+    from secureinfer.lab.bench import portable_paths
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    config = {k: str(v) for k, v in asdict(cfg).items()}
+    folders = ("env_dir", "work_dir")
+    portable = portable_paths(args + [config[k] for k in folders])
+    config.update(zip(folders, portable[len(args):]))
+    return shlex.join(["python", "-m", "benchmarks.anchors", *portable[:len(args)]]), config
 
 
 if __name__ == "__main__":

@@ -1,35 +1,41 @@
-"""Accuracy of an opened output against the float64 plaintext reference, the same figures for every system."""
+"""Accuracy of an opened output against the float64 plaintext reference, the same figures for every system.
+
+The figures are secureinfer.lab.bench.metrics' (the ones `secureinfer bench model` and the sweep report); this
+module picks them per output kind and names them for the anchors' JSON. It runs in the harness's interpreter only:
+the anchors' own environments write their output and never import it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import torch
+
+from secureinfer.lab.bench import metrics
 
 
-def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    num = (a * b).sum(-1)
-    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return num / np.maximum(den, 1e-300)
+def _float64(x: np.ndarray) -> torch.Tensor:
+    """A float64 tensor of `x` (any strides)."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
 
 
 def compare(output: np.ndarray, reference: np.ndarray, kind: str) -> dict[str, Any]:
     """max/mean |diff|, the worst row's cosine and, per kind, the sentence-embedding cosine (BERT: mean pooling over
     the tokens, every token being real) or top-1 agreement (GPT-2 logits)."""
-    out, ref = np.asarray(output, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    out, ref = _float64(output), _float64(reference)
     if out.shape != ref.shape:
-        raise ValueError(f"output shape {out.shape} differs from the reference's {ref.shape}")
-    if not np.isfinite(out).all():
+        raise ValueError(f"output shape {tuple(out.shape)} differs from the reference's {tuple(ref.shape)}")
+    if not bool(torch.isfinite(out).all()):
         return {"finite": False}
-    rows_o, rows_r = out.reshape(-1, out.shape[-1]), ref.reshape(-1, ref.shape[-1])
-    figures: dict[str, Any] = {"finite": True, "max_abs_diff": float(np.abs(out - ref).max()),
-                               "mean_abs_diff": float(np.abs(out - ref).mean()),
-                               "min_row_cosine": float(_cosine_rows(rows_o, rows_r).min()),
-                               "reference_scale": float(np.abs(ref).max())}
+    figures: dict[str, Any] = {"finite": True, "max_abs_diff": metrics.max_abs_diff(out, ref),
+                               "mean_abs_diff": metrics.mean_abs_diff(out, ref),
+                               "min_row_cosine": metrics.min_row_cosine(out, ref),
+                               "reference_scale": metrics.max_abs(ref)}
     if kind == "last_hidden_state":
-        figures["embedding_cosine"] = float(_cosine_rows(out.mean(axis=-2), ref.mean(axis=-2)).min())
+        figures["embedding_cosine"] = metrics.min_row_cosine(out.mean(dim=-2), ref.mean(dim=-2))
     elif kind == "last_logits":
-        figures["top1_agreement"] = float((rows_o.argmax(-1) == rows_r.argmax(-1)).mean())
+        figures["top1_agreement"] = metrics.top1_agreement(out, ref)
     else:
         raise ValueError(f"unknown output kind {kind!r}")
     return figures

@@ -4,36 +4,38 @@ Run it with the CrypTen venv's python (torch + crypten only; secureinfer is not 
     .anchors/crypten/bin/python benchmarks/anchors/crypten_runner.py --workload DIR/minilm.json \
         --out DIR/crypten-minilm.json --output-npy DIR/crypten-minilm.npy --repeats 3
     .anchors/crypten/bin/python benchmarks/anchors/crypten_runner.py --ops --out DIR/crypten-ops.json
-The model code is written here with CrypTen tensor ops; crypten is imported only inside the party processes.
+The model code is crypten_model.py's, the three party processes crypten_parties.py's; crypten is imported only
+inside the party processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import math
-import multiprocessing as mp
-import os
-import queue as queue_mod
-import resource
-import statistics
 import sys
-import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-WORLD_SIZE = 3
+
+def _sibling(name: str) -> ModuleType:
+    """A module of this folder: benchmarks.anchors.NAME when this file is imported as part of the package (the
+    harness's tests), NAME when it runs as a file in the CrypTen venv (its folder is then sys.path[0])."""
+    return importlib.import_module(f"{__package__}.{name}" if __package__ else name)
+
+
+model = _sibling("crypten_model")
+parties = _sibling("crypten_parties")
+
 WEIGHTS_PARTY = 0  # holds the model weights (and, as CrypTen's trusted first party, deals the Beaver triples)
 TOKENS_PARTY = 1  # holds the token ids, shared as a one-hot matrix
 ULP_BITS = 16  # CrypTen's default fixed-point precision (encoder.precision_bits)
-BYTES_PER_ELEMENT = 8  # CrypTen shares are int64
-PARTY_TIMEOUT_S = 3600.0
 NOTES_PROVIDER = (
     "Beaver triples from CrypTen's default provider TFP (trusted first party): party 0 generates every triple in the "
     "clear and shares it through PRG seeds (no bytes), so it is a dealer, not an honest-majority 3PC (party 0 could "
@@ -45,10 +47,6 @@ NOTES_BYTES = (
     "to each other party; broadcast/scatter: by the source; gather/reduce: by the non-destinations); "
     "bytes_per_party_crypten_stats is CrypTen's raw counter (sent + received, as it documents). "
 )
-
-
-class RunnerError(Exception):
-    """A runner failure with a one-line message for the harness."""
 
 
 @dataclass(frozen=True)
@@ -74,13 +72,6 @@ OPS: tuple[OpSpec, ...] = (
     OpSpec("layernorm", ((128, 768),)),
 )
 OPS_LAYERNORM_EPS = 1e-12  # BERT's; the same as secureinfer's `bench ops`
-GELU_TANH_C = math.sqrt(2.0 / math.pi)
-# CrypTen's tanh is 2 sigmoid(2x) - 1 with exp by (1 + x/512)^512, which blows up past |2x| ~ 1000 (GeLU inputs
-# beyond ~24, which MiniLM reaches): the tanh argument is clamped to [-10, 10] first (tanh(10) = 1 - 4e-9).
-GELU_TANH_CLAMP = 10.0
-# CrypTen's default 3 Newton-Raphson steps of inv_sqrt start from a guess that is far off below variance 0.1
-# (MiniLM's embedding LayerNorm has 0.004-0.03: 0.45-0.86 of the true value); 10 steps converge on [0.001, 200].
-LN_SQRT_ITERS = 10
 
 
 # ---------------------------------------------------------------- float64 references (plain torch)
@@ -100,7 +91,7 @@ def reference_op(name: str, xs: list[torch.Tensor]) -> torch.Tensor:
         "layernorm": lambda: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=OPS_LAYERNORM_EPS),
     }
     if name not in refs:
-        raise RunnerError(f"unknown op {name!r}; known: {', '.join(refs)}")
+        raise parties.RunnerError(f"unknown op {name!r}; known: {', '.join(refs)}")
     return refs[name]()
 
 
@@ -115,291 +106,20 @@ def wrong_answers(got: np.ndarray, want: torch.Tensor) -> int:
     return int((np.rint(np.asarray(got, dtype=np.float64)) != want.numpy()).sum())
 
 
-# ---------------------------------------------------------------- secure building blocks (CrypTen tensor ops)
-def gelu_tanh(x):
-    """GeLU by the tanh formula 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), tanh on a clamped argument."""
-    inner = (x + x.square().mul(x).mul(0.044715)).mul(GELU_TANH_C)
-    if isinstance(inner, torch.Tensor):
-        clamped = inner.clamp(-GELU_TANH_CLAMP, GELU_TANH_CLAMP)
-    else:
-        clamped = inner.hardtanh(-GELU_TANH_CLAMP, GELU_TANH_CLAMP)
-    return x.mul(clamped.tanh().add(1.0)).mul(0.5)
-
-
-def inv_sqrt(x):
-    """1/sqrt(x): CrypTen's Newton-Raphson with LN_SQRT_ITERS steps; a plain tensor takes torch's rsqrt."""
-    if isinstance(x, torch.Tensor):
-        return x.rsqrt()
-    import crypten
-
-    with crypten.cfg.temp_override({"functions.sqrt_nr_iters": LN_SQRT_ITERS}):
-        return x.inv_sqrt()
-
-
-def layer_norm(x, gamma, beta, eps: float):
-    """LayerNorm over the last dim with CrypTen's inv_sqrt (Newton-Raphson); gamma/beta may be None."""
-    centered = x - x.mean(dim=-1, keepdim=True)
-    var = centered.square().mean(dim=-1, keepdim=True)
-    y = centered * inv_sqrt(var + eps)
-    if gamma is not None:
-        y = y * gamma + beta
-    return y
-
-
-def causal_softmax(scores, mask: torch.Tensor):
-    """Softmax over the last dim with a public 0/1 mask: masked scores are zeroed before the max, exp'd and dropped."""
-    masked = scores * mask
-    shifted = masked - masked.max(dim=-1, keepdim=True)[0]
-    numer = shifted.exp() * mask
-    return numer * positive_reciprocal(numer.sum(dim=-1, keepdim=True))
-
-
-def positive_reciprocal(x):
-    """1/x for x known positive: CrypTen skips its sign step (as its softmax does); a plain tensor takes torch's."""
-    if isinstance(x, torch.Tensor):
-        return x.reciprocal()
-    import crypten
-
-    with crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):
-        return x.reciprocal()
-
-
-def attention(x, p: dict, pre: str, n_heads: int, causal_mask: torch.Tensor | None):
-    """Multi-head self-attention on (T, H) with fused or separate q/k/v projections already shared as (in, out)."""
-    t, h = x.size()
-    d = h // n_heads
-    if f"{pre}qkv_w" in p:
-        qkv = x.matmul(p[f"{pre}qkv_w"]) + p[f"{pre}qkv_b"]  # (T, 3H)
-        q, k, v = qkv[:, :h], qkv[:, h : 2 * h], qkv[:, 2 * h :]
-    else:
-        q = x.matmul(p[f"{pre}q_w"]) + p[f"{pre}q_b"]
-        k = x.matmul(p[f"{pre}k_w"]) + p[f"{pre}k_b"]
-        v = x.matmul(p[f"{pre}v_w"]) + p[f"{pre}v_b"]
-    q, k, v = (a.reshape(t, n_heads, d).transpose(0, 1) for a in (q, k, v))  # (nh, T, d)
-    scores = q.matmul(k.transpose(1, 2)).mul(1.0 / math.sqrt(d))  # (nh, T, T)
-    probs = scores.softmax(-1) if causal_mask is None else causal_softmax(scores, causal_mask)
-    ctx = probs.matmul(v).transpose(0, 1).reshape(t, h)  # (T, H)
-    return ctx.matmul(p[f"{pre}o_w"]) + p[f"{pre}o_b"]
-
-
-def bert_forward(p: dict, onehot, cfg: dict):
-    """BERT encoder on a (T, V) one-hot: embeddings, post-LN layers; returns the (T, H) last hidden state."""
-    t = onehot.size(0)
-    x = onehot.matmul(p["word"]) + p["pos"][:t] + p["type"][0:1]
-    x = layer_norm(x, p["emb_ln_g"], p["emb_ln_b"], cfg["norm_eps"])
-    for i in range(cfg["n_layers"]):
-        pre = f"l{i}."
-        eps = cfg["norm_eps"]
-        x = layer_norm(x + attention(x, p, pre, cfg["n_heads"], None), p[pre + "ln1_g"], p[pre + "ln1_b"], eps)
-        hidden = gelu_tanh(x.matmul(p[pre + "fc_w"]) + p[pre + "fc_b"])
-        x = layer_norm(x + hidden.matmul(p[pre + "out_w"]) + p[pre + "out_b"], p[pre + "ln2_g"], p[pre + "ln2_b"], eps)
-    return x
-
-
-def gpt2_forward(p: dict, onehot, cfg: dict):
-    """GPT-2 decoder on a (T, V) one-hot: pre-LN causal layers, final LN; returns the (1, V) last-position logits."""
-    t = onehot.size(0)
-    mask = torch.tril(torch.ones(t, t, dtype=torch.float64)).float()
-    x = onehot.matmul(p["word"]) + p["pos"][:t]
-    for i in range(cfg["n_layers"]):
-        pre = f"l{i}."
-        a = layer_norm(x, p[pre + "ln1_g"], p[pre + "ln1_b"], cfg["norm_eps"])
-        x = x + attention(a, p, pre, cfg["n_heads"], mask)
-        m = layer_norm(x, p[pre + "ln2_g"], p[pre + "ln2_b"], cfg["norm_eps"])
-        x = x + gelu_tanh(m.matmul(p[pre + "fc_w"]) + p[pre + "fc_b"]).matmul(p[pre + "out_w"]) + p[pre + "out_b"]
-    last = layer_norm(x[t - 1 : t], p["lnf_g"], p["lnf_b"], cfg["norm_eps"])  # (1, H)
-    return last.matmul(p["word"].t())  # (1, V), LM head tied to wte
-
-
-# ---------------------------------------------------------------- plaintext weight layout (weights party only)
-def bert_plain_params(w: dict[str, np.ndarray], n_layers: int) -> dict[str, torch.Tensor]:
-    """Map HF BERT names to the runner's names, with Linear weights turned to (in, out)."""
-    t = lambda k: torch.from_numpy(np.asarray(w[k], dtype=np.float64))  # noqa: E731
-    p = {
-        "word": t("embeddings.word_embeddings.weight"),
-        "pos": t("embeddings.position_embeddings.weight"),
-        "type": t("embeddings.token_type_embeddings.weight"),
-        "emb_ln_g": t("embeddings.LayerNorm.weight"),
-        "emb_ln_b": t("embeddings.LayerNorm.bias"),
-    }
-    names = {
-        "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-        "o": "attention.output.dense", "fc": "intermediate.dense", "out": "output.dense",
-    }
-    for i in range(n_layers):
-        base = f"encoder.layer.{i}."
-        for short, hf in names.items():
-            p[f"l{i}.{short}_w"] = t(base + hf + ".weight").T.contiguous()
-            p[f"l{i}.{short}_b"] = t(base + hf + ".bias")
-        for short, hf in (("ln1", "attention.output.LayerNorm"), ("ln2", "output.LayerNorm")):
-            p[f"l{i}.{short}_g"] = t(base + hf + ".weight")
-            p[f"l{i}.{short}_b"] = t(base + hf + ".bias")
-    return p
-
-
-def gpt2_plain_params(w: dict[str, np.ndarray], n_layers: int) -> dict[str, torch.Tensor]:
-    """Map HF GPT-2 names (Conv1D weights already (in, out)) to the runner's names."""
-    t = lambda k: torch.from_numpy(np.asarray(w[k], dtype=np.float64))  # noqa: E731
-    p = {"word": t("transformer.wte.weight"), "pos": t("transformer.wpe.weight"),
-         "lnf_g": t("transformer.ln_f.weight"), "lnf_b": t("transformer.ln_f.bias")}
-    names = {"qkv": "attn.c_attn", "o": "attn.c_proj", "fc": "mlp.c_fc", "out": "mlp.c_proj",
-             "ln1": "ln_1", "ln2": "ln_2"}
-    for i in range(n_layers):
-        for short, hf in names.items():
-            suffix = ("_g", "_b") if short.startswith("ln") else ("_w", "_b")
-            p[f"l{i}.{short}{suffix[0]}"] = t(f"transformer.h.{i}.{hf}.weight")
-            p[f"l{i}.{short}{suffix[1]}"] = t(f"transformer.h.{i}.{hf}.bias")
-    return p
-
-
 def load_workload(path: Path) -> tuple[dict, Path]:
     """The workload's json (validated) and the path of its npz."""
     try:
         cfg = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise RunnerError(f"cannot read workload {path}: {exc}") from exc
+        raise parties.RunnerError(f"cannot read workload {path}: {exc}") from exc
     need = ("name", "arch", "vocab_size", "hidden", "n_layers", "n_heads", "norm_eps", "seq_len", "npz")
     missing = [k for k in need if k not in cfg]
     if missing:
-        raise RunnerError(f"workload {path} lacks {', '.join(missing)}")
+        raise parties.RunnerError(f"workload {path} lacks {', '.join(missing)}")
     if cfg["arch"] not in ("bert", "gpt2"):
-        raise RunnerError(f"workload {path}: arch {cfg['arch']!r} is not one CrypTen's runner expresses (bert, gpt2)")
+        raise parties.RunnerError(f"workload {path}: arch {cfg['arch']!r} is not one CrypTen's runner expresses "
+                                  "(bert, gpt2)")
     return cfg, Path(path).parent / cfg["npz"]
-
-
-# ---------------------------------------------------------------- 3-party launch and byte accounting
-def sent_elements(name: str, args: tuple, kwargs: dict, rank: int, world: int) -> float:
-    """Elements this party sends in one communicator call, in CrypTen's own model of that collective."""
-    def numel(obj) -> int:
-        return sum(x.nelement() for x in obj) if isinstance(obj, (list, tuple)) else obj.nelement()
-
-    root = args[1] if len(args) > 1 else kwargs.get("src", kwargs.get("dst"))
-    if name in ("send", "isend", "all_reduce"):
-        return numel(args[0])
-    if name == "all_gather":
-        return (world - 1) * numel(args[0])
-    if name == "broadcast":
-        return (world - 1) * numel(args[0]) if root == rank else 0
-    if name in ("gather", "reduce"):
-        return numel(args[0]) if root != rank else 0
-    if name == "scatter":
-        return sum(x.nelement() for i, x in enumerate(args[0]) if i != rank) if root == rank else 0
-    if name == "send_obj":
-        return sys.getsizeof(args[0]) / BYTES_PER_ELEMENT
-    if name == "broadcast_obj":
-        return (world - 1) * sys.getsizeof(args[0]) / BYTES_PER_ELEMENT if root == rank else 0
-    return 0
-
-
-COUNTED_CALLS = ("send", "isend", "all_reduce", "all_gather", "broadcast", "gather", "reduce", "scatter",
-                 "send_obj", "broadcast_obj")
-
-
-def install_sent_counter(counter: list[float]) -> None:
-    """Wrap the CrypTen communicator's calls so counter[0] accumulates the elements this party sends."""
-    from crypten.communicator.distributed_communicator import DistributedCommunicator as Comm
-
-    for name in COUNTED_CALLS:
-        inner = getattr(Comm, name)
-
-        def wrapped(self, *args, _inner=inner, _name=name, **kwargs):
-            counter[0] += sent_elements(_name, args, kwargs, self.get_rank(), self.get_world_size())
-            return _inner(self, *args, **kwargs)
-
-        setattr(Comm, name, wrapped)
-
-
-@dataclass(frozen=True)
-class Job:
-    """What each party runs: a function of (rank, counter) returning a picklable dict, and the torch threads."""
-
-    fn: Callable[[int, list[float]], dict]
-    threads: int = 1
-
-
-def _party(rank: int, job: Job, rendezvous: str, results) -> None:
-    """One party's process: init CrypTen over gloo, run the job, report to the parent."""
-    os.environ.update(WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank), RENDEZVOUS=f"file://{rendezvous}",
-                      DISTRIBUTED_BACKEND="gloo")
-    torch.set_num_threads(job.threads)
-    try:
-        import crypten
-
-        crypten.init()
-        crypten.cfg.communicator.verbose = True
-        counter = [0.0]
-        install_sent_counter(counter)
-        out = job.fn(rank, counter)
-        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        results.put((rank, "ok", out))
-        crypten.uninit()
-    except BaseException as exc:  # report any failure to the parent, which exits non-zero
-        traceback.print_exc(file=sys.stderr)
-        results.put((rank, "error", f"{type(exc).__name__}: {exc}"))
-
-
-def run_parties(job: Job) -> list[dict]:
-    """Run `job` in 3 forked CrypTen parties; results by rank, or RunnerError with the first party's failure."""
-    ctx = mp.get_context("fork")
-    results = ctx.Queue()
-    with tempfile.TemporaryDirectory(prefix="crypten-rdv-") as tmp:
-        procs = [ctx.Process(target=_party, args=(r, job, f"{tmp}/rdv", results)) for r in range(WORLD_SIZE)]
-        for p in procs:
-            p.start()
-        got: dict[int, dict] = {}
-        try:
-            deadline = time.monotonic() + PARTY_TIMEOUT_S
-            while len(got) < WORLD_SIZE:
-                try:
-                    rank, status, payload = results.get(timeout=5.0)
-                except queue_mod.Empty:
-                    if time.monotonic() > deadline:
-                        raise RunnerError(f"parties did not finish within {PARTY_TIMEOUT_S:.0f} s") from None
-                    dead = [p for p in procs if p.exitcode not in (None, 0)]
-                    if dead:
-                        raise RunnerError(f"a CrypTen party died (exit code {dead[0].exitcode})") from None
-                    continue
-                if status != "ok":
-                    raise RunnerError(f"CrypTen party {rank} failed: {payload}")
-                got[rank] = payload
-        finally:
-            for p in procs:
-                p.join(timeout=30 if len(got) == WORLD_SIZE else 1)
-                if p.is_alive():
-                    p.terminate()
-                    p.join()
-    return [got[r] for r in range(WORLD_SIZE)]
-
-
-def comm_snapshot(counter: list[float]) -> tuple[float, float, int]:
-    """(elements sent by this party, CrypTen's byte counter, CrypTen's round counter) so far."""
-    import crypten.communicator as comm
-
-    stats = comm.get().get_communication_stats()
-    return counter[0], float(stats["bytes"]), int(stats["rounds"])
-
-
-def timed_runs(fn: Callable[[], Any], counter: list[float], repeats: int) -> dict:
-    """Run fn `repeats` times between barriers; per run: seconds, bytes sent, CrypTen bytes, CrypTen rounds."""
-    import crypten.communicator as comm
-
-    runs, last = [], None
-    for _ in range(repeats):
-        comm.get().barrier()
-        sent0, raw0, rounds0 = comm_snapshot(counter)
-        t0 = time.perf_counter()
-        last = fn()
-        seconds = time.perf_counter() - t0
-        sent1, raw1, rounds1 = comm_snapshot(counter)
-        runs.append({"seconds": seconds, "bytes_sent": (sent1 - sent0) * BYTES_PER_ELEMENT,
-                     "bytes_crypten": raw1 - raw0, "rounds": rounds1 - rounds0})
-    return {"runs": runs, "value": last}
-
-
-def open_f64(x) -> torch.Tensor:
-    """Open a CrypTen tensor to all parties and decode it in float64 (CrypTen's own decode rounds to float32)."""
-    shared = x._tensor
-    return shared.reveal().double() / float(shared.encoder.scale)
 
 
 def crypten_config() -> dict:
@@ -410,11 +130,11 @@ def crypten_config() -> dict:
     return {
         "protocol": "CrypTen 3-party additive arithmetic sharing (binary sharing for comparisons), Beaver products",
         "provider": str(crypten.cfg.mpc.provider), "active_security": bool(crypten.cfg.mpc.active_security),
-        "world_size": WORLD_SIZE, "ring_bits": 64, "fractional_bits": int(crypten.cfg.encoder.precision_bits),
+        "world_size": parties.WORLD_SIZE, "ring_bits": 64, "fractional_bits": int(crypten.cfg.encoder.precision_bits),
         "exp_iterations": int(f.exp_iterations), "reciprocal": f"{f.reciprocal_method}, {f.reciprocal_nr_iters} iters",
-        "inv_sqrt": f"Newton-Raphson, {LN_SQRT_ITERS} iters in LayerNorm (CrypTen's default {f.sqrt_nr_iters})",
+        "inv_sqrt": f"Newton-Raphson, {model.LN_SQRT_ITERS} iters in LayerNorm (CrypTen's default {f.sqrt_nr_iters})",
         "max_method": str(f.max_method), "sigmoid_tanh_method": str(f.sigmoid_tanh_method),
-        "gelu": f"tanh formula, CrypTen's tanh on the argument clamped to +-{GELU_TANH_CLAMP:g} (hardtanh)",
+        "gelu": f"tanh formula, CrypTen's tanh on the argument clamped to +-{model.GELU_TANH_CLAMP:g} (hardtanh)",
         "layernorm": "mean, variance, CrypTen inv_sqrt", "transport": "torch.distributed gloo, 3 local processes",
         "torch": torch.__version__, "torch_threads_per_party": torch.get_num_threads(),
     }
@@ -433,7 +153,7 @@ def _model_party(workload: Path, repeats: int) -> Callable[[int, list[float]], d
         if rank == WEIGHTS_PARTY:
             with np.load(npz, allow_pickle=False) as z:
                 w = {k: z[k] for k in z.files if k not in ("input_ids", "attention_mask")}
-            builder = bert_plain_params if cfg["arch"] == "bert" else gpt2_plain_params
+            builder = model.bert_plain_params if cfg["arch"] == "bert" else model.gpt2_plain_params
             plain = builder(w, int(cfg["n_layers"]))
             shapes = {k: tuple(v.shape) for k, v in plain.items()}
         shapes = comm.get().broadcast_obj(shapes, WEIGHTS_PARTY)  # public metadata, before the timed runs
@@ -442,18 +162,18 @@ def _model_party(workload: Path, repeats: int) -> Callable[[int, list[float]], d
             with np.load(npz, allow_pickle=False) as z:
                 ids = torch.from_numpy(z["input_ids"]).reshape(-1)
             if ids.numel() != seq or int(ids.max()) >= vocab or int(ids.min()) < 0:
-                raise RunnerError(f"input_ids {tuple(ids.shape)} do not fit seq_len {seq} and vocab {vocab}")
+                raise parties.RunnerError(f"input_ids {tuple(ids.shape)} do not fit seq_len {seq} and vocab {vocab}")
             onehot = torch.nn.functional.one_hot(ids, vocab).to(torch.float64)
         t0 = time.perf_counter()
         p = {k: crypten.cryptensor(plain[k] if plain is not None else torch.zeros(s), src=WEIGHTS_PARTY)
              for k, s in shapes.items()}
         x = crypten.cryptensor(onehot, src=TOKENS_PARTY)
         input_seconds = time.perf_counter() - t0
-        forward = bert_forward if cfg["arch"] == "bert" else gpt2_forward
+        forward = model.bert_forward if cfg["arch"] == "bert" else model.gpt2_forward
         print(f"crypten party {rank}: inputs shared in {input_seconds:.1f} s, running {repeats} forward(s)",
               file=sys.stderr)
-        res = timed_runs(lambda: forward(p, x, cfg), counter, repeats)
-        out = open_f64(res["value"])
+        res = parties.timed_runs(lambda: forward(p, x, cfg), counter, repeats)
+        out = parties.open_f64(res["value"])
         if cfg["arch"] == "bert":
             out = out.unsqueeze(0)  # (1, T, H)
         return {"runs": res["runs"], "input_seconds": input_seconds, "config": crypten_config(),
@@ -466,12 +186,12 @@ def secure_op(name: str, xs: list):
     """Op `name` on shared operands with CrypTen (gelu: tanh formula; reciprocal: input known positive)."""
     x = xs[0]
     if name == "reciprocal":
-        return positive_reciprocal(x)
+        return model.positive_reciprocal(x)
     ops: dict[str, Callable[[], Any]] = {
         "matmul": lambda: x.matmul(xs[1]), "mul": lambda: x * xs[1], "lt": lambda: x.lt(xs[1]),
         "relu": lambda: x.relu(), "max": lambda: x.max(dim=-1)[0], "exp": lambda: x.exp(),
-        "softmax": lambda: x.softmax(-1), "gelu": lambda: gelu_tanh(x),
-        "layernorm": lambda: layer_norm(x, None, None, OPS_LAYERNORM_EPS),
+        "softmax": lambda: x.softmax(-1), "gelu": lambda: model.gelu_tanh(x),
+        "layernorm": lambda: model.layer_norm(x, None, None, OPS_LAYERNORM_EPS),
     }
     return ops[name]()
 
@@ -494,8 +214,8 @@ def _ops_party(specs: tuple[OpSpec, ...], repeats: int, seed: int) -> Callable[[
         for spec in specs:
             xs = op_inputs(spec, seed)
             shared = [crypten.cryptensor(v if rank == i else torch.zeros(v.shape), src=i) for i, v in enumerate(xs)]
-            res = timed_runs(lambda: secure_op(spec.name, shared), counter, repeats)
-            got = open_f64(res["value"])
+            res = parties.timed_runs(lambda: secure_op(spec.name, shared), counter, repeats)
+            got = parties.open_f64(res["value"])
             per_op.append({"runs": res["runs"], "output": got.numpy() if rank == 0 else None})
             print(f"crypten party {rank}: {spec.name} done", file=sys.stderr)
         return {"ops": per_op, "config": crypten_config()}
@@ -510,19 +230,8 @@ def anchor_version() -> str:
     try:
         return version("crypten")
     except PackageNotFoundError as exc:
-        raise RunnerError("crypten is not installed in this python; run me with the CrypTen venv's python") from exc
-
-
-def summarize_runs(parties: list[list[dict]]) -> dict:
-    """Median seconds (per run, the slowest party's), bytes per party and max rounds, from per-run records."""
-    seconds = [max(runs[k]["seconds"] for runs in parties) for k in range(len(parties[0]))]
-    return {
-        "seconds": statistics.median(seconds),
-        "seconds_all": seconds,
-        "bytes_per_party": [int(runs[-1]["bytes_sent"]) for runs in parties],
-        "bytes_per_party_crypten_stats": [int(runs[-1]["bytes_crypten"]) for runs in parties],
-        "rounds": max(int(runs[-1]["rounds"]) for runs in parties),
-    }
+        raise parties.RunnerError("crypten is not installed in this python; run me with the CrypTen venv's "
+                                  "python") from exc
 
 
 ROUNDS_WHAT = ("CrypTen communicator calls (one per collective: all_reduce, all_gather, broadcast, scatter, gather, "
@@ -532,10 +241,10 @@ ROUNDS_WHAT = ("CrypTen communicator calls (one per collective: all_reduce, all_
 def run_ops(repeats: int, threads: int, seed: int) -> dict:
     """Time every op in OPS across 3 parties and compare with float64 torch."""
     version = anchor_version()
-    results = run_parties(Job(_ops_party(OPS, repeats, seed), threads))
+    results = parties.run_parties(parties.Job(_ops_party(OPS, repeats, seed), threads))
     ops = []
     for k, spec in enumerate(OPS):
-        summary = summarize_runs([r["ops"][k]["runs"] for r in results])
+        summary = parties.summarize_runs([r["ops"][k]["runs"] for r in results])
         want = reference_op(spec.name, op_inputs(spec, seed))
         got = results[0]["ops"][k]["output"]
         ops.append({"name": spec.name, "shapes": [list(s) for s in spec.shapes], "range": [spec.low, spec.high],
@@ -558,15 +267,15 @@ def run_model(workload: Path, output_npy: Path, repeats: int, threads: int) -> d
     """Run the workload's secure forward `repeats` times across 3 parties; write the opened output to output_npy."""
     version = anchor_version()
     cfg, _ = load_workload(workload)
-    results = run_parties(Job(_model_party(workload, repeats), threads))
+    results = parties.run_parties(parties.Job(_model_party(workload, repeats), threads))
     np.save(output_npy, np.asarray(results[0]["output"], dtype=np.float64))
-    summary = summarize_runs([r["runs"] for r in results])
+    summary = parties.summarize_runs([r["runs"] for r in results])
     gelu = "tanh formula (BERT's erf GeLU approximated by it)" if cfg["arch"] == "bert" else "tanh formula"
     notes = (NOTES_PROVIDER + NOTES_BYTES + f"Model written with CrypTen tensor ops; GeLU: {gelu} with CrypTen's "
              "tanh (= 2 sigmoid(2x) - 1, sigmoid by exp and Newton-Raphson reciprocal) on its argument clamped to "
-             f"+-{GELU_TANH_CLAMP:g} (CrypTen's exp overflows past GeLU inputs ~24); LayerNorm with CrypTen's inv_sqrt "
-             f"at {LN_SQRT_ITERS} Newton steps (its default 3 is far off below variance 0.1; its initial guess "
-             "fails above variance ~200); softmax is CrypTen's (max by log-reduction, exp, reciprocal)"
+             f"+-{model.GELU_TANH_CLAMP:g} (CrypTen's exp overflows past GeLU inputs ~24); LayerNorm with CrypTen's "
+             f"inv_sqrt at {model.LN_SQRT_ITERS} Newton steps (its default 3 is far off below variance 0.1; its "
+             "initial guess fails above variance ~200); softmax is CrypTen's (max by log-reduction, exp, reciprocal)"
              + ("; causal mask: public 0/1 mask applied before the max and after the exp" if cfg["arch"] == "gpt2"
                 else "") + f". Weights secret-shared from party {WEIGHTS_PARTY}, tokens as a one-hot matrix from "
              f"party {TOKENS_PARTY}; embedding = one-hot @ table. peak_rss_mb: max over the 3 party processes.")
@@ -607,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = run_model(args.workload, args.output_npy, args.repeats, args.threads)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-    except (RunnerError, OSError) as exc:
+    except (parties.RunnerError, OSError) as exc:
         print(f"crypten_runner: error: {exc}", file=sys.stderr)
         return 1
     print(f"crypten_runner: wrote {args.out}", file=sys.stderr)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from . import usage
 
 CERTS_DESCRIPTION = """\
 Every connection in a secureinfer network is mutual TLS: both ends present a certificate issued by the network's
@@ -103,20 +104,8 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
                         help="when the list says it is next updated, in days (default 365); nodes warn after it")
     revoke.set_defaults(handler=_revoke)
 
-    certs.set_defaults(handler=lambda _args: _usage(certs))
+    usage.help_when_bare(certs)
     return certs
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    """A bare `certs`: show what it can do, and fail (nothing was run)."""
-    parser.print_help()
-    return 2
-
-
-def _error(message: object) -> int:
-    """Print a one-line error on stderr; exit code 2."""
-    print(f"secureinfer certs: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -130,7 +119,7 @@ def _init(args: argparse.Namespace) -> int:
         (args.dir / CRL_FILE).unlink(missing_ok=True)  # an old CA's list (--force) would not verify
         revoke(args.dir, [])
     except CertError as exc:
-        return _error(exc)
+        return usage.fail("certs", f"error: {exc}")
     print(f"created the network CA: {path} (give to every member) and {args.dir / 'ca.key'} (keep secret), "
           f"and an empty revocation list {args.dir / CRL_FILE} (give to every node)")
     print(f"next: secureinfer certs issue --dir {args.dir} --name NAME --role node|client|owner")
@@ -152,7 +141,7 @@ def _issue(args: argparse.Namespace) -> int:
     try:
         path = issue(args.dir, args.name, args.role, hosts=hosts, days=args.days, force=args.force)
     except CertError as exc:
-        return _error(exc)
+        return usage.fail("certs", f"error: {exc}")
     key = args.dir / f"{args.name}.key"
     print(f"issued {args.role} certificate {path} and key {key} (hosts: {', '.join(hosts)})")
     print(f"copy {path}, {key} and {args.dir / 'ca.pem'} to {args.name}'s machine; never copy ca.key")
@@ -172,7 +161,7 @@ def _show(args: argparse.Namespace) -> int:
         cert_pem = (args.dir / f"{args.name}.pem").read_bytes()
         serial = format_serial(certificate_serial(cert_pem))
     except CertError as exc:
-        return _error(exc)
+        return usage.fail("certs", f"error: {exc}")
     try:
         identity = Identity.load(args.dir, args.name)
         revoked = RevocationWatch(args.dir / CRL_FILE, identity.ca_pem, required=False).reason(cert_pem)
@@ -197,7 +186,7 @@ def _revoke(args: argparse.Namespace) -> int:
     from secureinfer.nodes.revocation import certificate_serial, format_serial, parse_serial, revoke
 
     if not (args.name or args.serial or args.cert):
-        return _error("name what to revoke: --name NAME, --serial HEX or --cert FILE")
+        return usage.fail("certs", "error: name what to revoke: --name NAME, --serial HEX or --cert FILE")
     try:
         serials = [parse_serial(text) for text in args.serial]
         for path in [args.dir / f"{name}.pem" for name in args.name] + list(args.cert):
@@ -207,7 +196,7 @@ def _revoke(args: argparse.Namespace) -> int:
                 raise CertError(f"cannot read certificate {path}: {exc.strerror}") from None
         path, revoked = revoke(args.dir, serials, days=args.days)
     except CertError as exc:
-        return _error(exc)
+        return usage.fail("certs", f"error: {exc}")
     print(f"revoked serial(s) {', '.join(format_serial(s) for s in serials)}: {path} is revocation list "
           f"#{revoked.number}, {len(revoked.serials)} certificate(s) revoked in all")
     print(f"next: copy {path} to every node (their revocation_list, default crl.pem beside ca.pem); they re-read it "

@@ -1,12 +1,13 @@
-"""CLI pieces for operators: `secureinfer node serve` and `secureinfer network status`."""
+"""`secureinfer node`: run a node daemon (`serve`) and probe one (`health`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-import time
 from pathlib import Path
+from typing import Any
+
+from . import usage
 
 NODE_EXAMPLE = """\
 example node.toml (paths are relative to the file):
@@ -34,8 +35,8 @@ example node.toml (paths are relative to the file):
 """
 
 
-def add_parsers(commands: argparse._SubParsersAction) -> None:
-    """Add `node` and `network` to the top-level subcommands."""
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add the `node` command (serve, health) to the top-level subcommands; return its parser."""
     node = commands.add_parser("node", help="run a node daemon", description="Run a secureinfer node daemon.")
     node_cmds = node.add_subparsers(dest="node_command", metavar="WHAT")
     serve = node_cmds.add_parser(
@@ -58,30 +59,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         help="where to ask (default: this machine, at the configured port or the port_file's)")
     health.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait (default 3)")
     health.set_defaults(handler=_health)
-    node.set_defaults(handler=lambda _args: _usage(node))
-
-    network = commands.add_parser("network", help="look at a running network",
-                                  description="Inspect a running secureinfer network through any of its nodes.")
-    net_cmds = network.add_subparsers(dest="network_command", metavar="WHAT")
-    status = net_cmds.add_parser(
-        "status", help="list the live nodes and the models they host",
-        description="Ask a seed node for its membership view: every live node's address, roles, device, measured "
-        "speed and hosted models (records are signed by each node; they are verified here against the CA).")
-    status.add_argument("--seed", required=True, action="append", metavar="HOST:PORT", help="a node to ask")
-    status.add_argument("--certs", required=True, metavar="DIR", help="directory with ca.pem and your identity")
-    status.add_argument("--name", required=True, help="your identity's name in DIR (a client, owner or node)")
-    status.set_defaults(handler=_status)
-    network.set_defaults(handler=lambda _args: _usage(network))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
+    usage.help_when_bare(node)
+    return node
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from secureinfer.nodes.capability import CapabilityError
+    """`node serve`: run the daemon configured in --config until SIGTERM/SIGINT."""
     from secureinfer.net.certs import CertError
+    from secureinfer.nodes.capability import CapabilityError
     from secureinfer.nodes.config import ConfigError, NodeConfig
     from secureinfer.nodes.daemon import serve
     from secureinfer.perfstore import StoreError
@@ -90,12 +75,12 @@ def _serve(args: argparse.Namespace) -> int:
         config = NodeConfig.from_file(Path(args.config))
         asyncio.run(serve(config))
     except (ConfigError, CertError, CapabilityError, StoreError, OSError) as exc:  # StoreError: a bad perf store
-        print(f"secureinfer node serve: {exc}", file=sys.stderr)
-        return 2
+        return usage.fail("node serve", exc)
     return 0
 
 
 def _health(args: argparse.Namespace) -> int:
+    """`node health`: ask the configured node for its gRPC health status over mutual TLS."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -107,16 +92,13 @@ def _health(args: argparse.Namespace) -> int:
         identity = Identity.load(config.certs_dir, config.node_id)
         address = args.address or local_address(config)
     except (ConfigError, CertError, OSError, ValueError) as exc:
-        print(f"secureinfer node health: {exc}", file=sys.stderr)
-        return 2
+        return usage.fail("node health", exc)
     options = identity.channel_options(config.node_id)
     with grpc.secure_channel(address, identity.channel_credentials(), options) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
         except grpc.RpcError as exc:
-            print(f"secureinfer node health: {config.node_id} at {address}: {exc.code().name}: {exc.details()}",
-                  file=sys.stderr)
-            return 1
+            return usage.fail("node health", f"{config.node_id} at {address}: {exc.code().name}: {exc.details()}", 1)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{config.node_id} at {address}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
@@ -131,35 +113,3 @@ def local_address(config) -> str:
             raise ValueError("port is 0 and there is no port_file: give --address HOST:PORT")
         port = int(config.port_file.read_text().strip())
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _status(args: argparse.Namespace) -> int:
-    from secureinfer.client import Client
-    from secureinfer.client.connection import NetworkError
-    from secureinfer.net.certs import CertError
-
-    try:
-        with Client.from_dir(Path(args.certs), args.name, args.seed, timeout_s=15.0) as client:
-            records = client.nodes()
-    except (NetworkError, CertError) as exc:
-        print(f"secureinfer network status: {exc}", file=sys.stderr)
-        return 2
-    print(format_status(records))
-    return 0
-
-
-def format_status(records: list) -> str:
-    """A table of node records: one line per node, then its hosted models."""
-    now = time.time()
-    lines = [f"{'NODE':<16} {'ADDRESS':<22} {'ROLES':<18} {'DEVICE':<24} {'GFLOP/s':>8} {'MEM GiB':>8} {'AGE s':>6}"]
-    for r in sorted(records, key=lambda r: r.node_id):
-        cap = r.capability
-        lines.append(f"{r.node_id:<16} {r.address:<22} {','.join(r.roles):<18} {cap.device:<24} "
-                     f"{cap.matmul_gflops:>8.1f} {cap.memory_bytes / 2**30:>8.1f} {now - r.issued_at:>6.1f}")
-        for m in r.models:
-            kind = ("secret, public weights" if m.public_weights else "secret") if m.privacy == 1 else "public"
-            bits = f" at f={m.frac_bits or 18}" if m.privacy == 1 else ""  # a record without the field: 18
-            lines.append(f"    hosts {m.model_id} ({m.arch}, {kind}){bits} committee {m.committee_id} "
-                         f"as party {m.party_index} of {'/'.join(m.node_ids)}")
-    lines.append(f"{len(records)} live node(s)")
-    return "\n".join(lines)

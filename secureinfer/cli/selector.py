@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
-DEFAULT_STORES = ("benchmarks/sweep/sweep.sqlite", "benchmarks/sweep/sweep-h200.sqlite")
+from secureinfer.lab.stores import MEASURED_STORES
+
+from . import usage
 
 SELECTOR_DESCRIPTION = """\
 The selector picks, per request, the mode (secure committee or plaintext worker), the nodes and the strategy
@@ -124,34 +124,26 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
     ex.add_argument("--all", action="store_true", help="list every candidate (default: the first 12 of each list)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the bandit's Thompson samples")
     ex.set_defaults(handler=_explain)
-    sel.set_defaults(handler=lambda _args: _usage(sel))
+    usage.help_when_bare(sel)
     return sel
 
 
 def _stores(parser: argparse.ArgumentParser) -> None:
+    """The --store option of `eval` and `explain`."""
     parser.add_argument("--store", action="append", metavar="FILE",
-                        help="performance store(s) to learn from, read-only (repeatable; default "
-                             f"{' and '.join(DEFAULT_STORES)})")
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
-
-
-def _error(message: object) -> int:
-    print(f"secureinfer selector: {message}", file=sys.stderr)
-    return 2
+                        help="performance store(s) to learn from, read-only (repeatable; default: the stores measured "
+                             f"for secureinfer and shipped with it, {' and '.join(p.name for p in MEASURED_STORES)})")
 
 
 def _records(paths: list[str] | None) -> list[Any]:
+    """The rows of the stores given with --store, else of the measured stores shipped with secureinfer."""
     from secureinfer.selector.records import read_records
 
-    chosen = paths or [p for p in DEFAULT_STORES if Path(p).exists()]
+    chosen = paths or [str(p) for p in MEASURED_STORES if p.exists()]
     if not chosen:
-        raise FileNotFoundError(f"no performance store given and none of the defaults ({', '.join(DEFAULT_STORES)}) "
-                                "exists here: run from the repository root, or pass --store FILE "
-                                "(secureinfer bench sweep makes one)")
+        raise FileNotFoundError("no performance store given and the measured stores shipped with secureinfer "
+                                f"({', '.join(str(p) for p in MEASURED_STORES)}) are missing: reinstall secureinfer, "
+                                "or pass --store FILE (secureinfer bench sweep makes one)")
     rows = []
     for path in chosen:
         rows += read_records(path)
@@ -189,7 +181,7 @@ def _eval(args: argparse.Namespace) -> int:
         else:
             report = evaluate.evaluate(records, config, toolkit=toolkit, progress=log)
     except (SelectorError, StoreError, FileNotFoundError) as exc:
-        return _error(exc)
+        return usage.fail("selector", exc)
     print(evalreport.report_table(report))
     command = _eval_command(args)
     if args.json:
@@ -202,8 +194,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_command(args: argparse.Namespace) -> str:
-    """The command line that reproduces this evaluation (every option spelled out)."""
-    parts = ["secureinfer", "selector", "eval"]
+    """The command line that reproduces this evaluation (every option spelled out, no folder of this machine)."""
+    from secureinfer.lab.bench import command_line
+
+    parts = []
     for store in args.store or []:
         parts += ["--store", store]
     parts += ["--budgets", args.budgets, "--kinds", args.kinds, "--policies", args.policies,
@@ -214,7 +208,7 @@ def _eval_command(args: argparse.Namespace) -> str:
     parts += ["--json", args.json] if args.json else []
     parts += ["--choices"] if args.choices else []
     parts += ["--plot", args.plot] if args.plot else []
-    return " ".join(shlex.quote(p) for p in parts)
+    return command_line(["secureinfer", "selector", "eval"], parts)
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -228,7 +222,7 @@ def _explain(args: argparse.Namespace) -> int:
         request, options = explain.parse_request(args.request, records)
         exp = Selector(records, seed=args.seed).explain(request, options)
     except (SelectorError, StoreError, FileNotFoundError) as exc:
-        return _error(exc)
+        return usage.fail("selector", exc)
     if args.json:
         print(json.dumps(explain.to_json(exp), indent=2))
     else:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from . import usage
+
 DESCRIPTION = """\
 Start a local secureinfer network and run a secure request through it, end to end:
 
@@ -82,13 +84,14 @@ def _main(args: argparse.Namespace) -> int:
     from secureinfer.lab.simulate import LocalNetwork, SimulationConfig
 
     if args.nodes < 1:
-        return _error("--nodes must be at least 1")
+        return usage.fail("simulate", "--nodes must be at least 1")
     if args.model != "none" and args.nodes < 3:
-        return _error(f"--model {args.model} runs on a committee of three secure nodes: use --nodes 3 or more")
+        return usage.fail("simulate", f"--model {args.model} runs on a committee of three secure nodes: "
+                          "use --nodes 3 or more")
     if args.tokens < 1:
-        return _error("--tokens must be at least 1")
+        return usage.fail("simulate", "--tokens must be at least 1")
     if args.latency_ms < 0 or (args.bandwidth_mbit is not None and args.bandwidth_mbit <= 0):
-        return _error("--latency-ms must be >= 0 and --bandwidth-mbit > 0")
+        return usage.fail("simulate", "--latency-ms must be >= 0 and --bandwidth-mbit > 0")
     config = SimulationConfig(n_nodes=args.nodes, workdir=args.workdir, latency_s=args.latency_ms / 1000.0,
                               bandwidth_bytes_per_s=None if args.bandwidth_mbit is None
                               else args.bandwidth_mbit * 1e6 / 8, log_level="INFO")
@@ -112,10 +115,10 @@ def _main(args: argparse.Namespace) -> int:
         _say("interrupted")
         return 130
     except DemoFailed as exc:
-        return _error(str(exc), code=1)
+        return usage.fail("simulate", exc, code=1)
     except Exception as exc:  # noqa: BLE001 - the CLI reports any failure as one clear line
         logs = f" (node logs in {args.workdir})" if args.workdir else ""
-        return _error(f"{type(exc).__name__}: {exc}{logs}", code=1)
+        return usage.fail("simulate", f"{type(exc).__name__}: {exc}{logs}", code=1)
     finally:
         _say("stopping the network...")
         network.stop()
@@ -128,11 +131,6 @@ def _shaping(args: argparse.Namespace) -> str:
     parts = [f"+{args.latency_ms:g} ms"] if args.latency_ms else []
     parts += [f"{args.bandwidth_mbit:g} Mbit/s"] if args.bandwidth_mbit else []
     return f" (links: {', '.join(parts)}, injected in software)" if parts else ""
-
-
-def _error(message: str, code: int = 2) -> int:
-    print(f"secureinfer simulate: {message}", file=sys.stderr, flush=True)
-    return code
 
 
 def _keep(network: Any) -> None:

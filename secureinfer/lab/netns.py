@@ -9,9 +9,9 @@ the bridge, with its own address `10.213.X.(i+1)/24`; the root namespace joins t
 (`10.213.X.254`), so the SDK in this process dials the nodes' real addresses. A cap puts a `tbf` qdisc on both ends
 of every node's link (its egress and its ingress). Each network picks a free /24 (under a file lock) and names its
 namespaces `sinet-PID-TAG-*`, so parallel runs do not collide; namespaces left by a run whose process is gone are
-removed at the next start. Nodes run as `ip netns exec NS secureinfer node serve` (secureinfer.lab.simulate does the rest:
-certificates, configs, health, membership). Teardown kills the nodes first, then deletes the namespaces, on `stop()`,
-on an exception during start, and from a finalizer (garbage collection or interpreter exit).
+removed at the next start. Nodes run as `ip netns exec NS secureinfer node serve` (secureinfer.lab.simulate does
+the rest: certificates, configs, health, membership). Teardown kills the nodes first, then deletes the namespaces,
+on `stop()`, on an exception during start, and from a finalizer (garbage collection or interpreter exit).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .simulate import HOST, LocalNetwork, SimulationConfig, SimulationError, _reap
+from .processes import HOST, reap
+from .simulate import LocalNetwork, SimulationConfig, SimulationError
 
 PREFIX = "sinet"
 NODE_DEV = "eth0"  # the node's interface inside its namespace
@@ -150,7 +151,7 @@ def _tbf(namespace: str, device: str, rate_bits_per_s: float | None, config: Net
 
 def _teardown(processes: list[subprocess.Popen], namespaces: list[str], root_dev: str) -> None:
     """Kill the node processes, then delete the namespaces (their veths go with them) and the root veth."""
-    _reap(processes, None)
+    reap(processes, None)
     for namespace in namespaces:
         _run("ip", "netns", "del", namespace, check=False)
     namespaces.clear()

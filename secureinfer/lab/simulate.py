@@ -7,7 +7,8 @@
 
 `start()` makes a CA and the identities `node-0` .. `node-{N-1}`, `client` and `owner` in `workdir/certs`, writes one
 TOML file per node (port 0 and a port file; node-0's address as every other node's seed), and spawns each node as
-`python -m secureinfer node serve --config FILE` in its own process group, its output in `workdir/node-i/node.log`.
+`secureinfer node serve --config FILE` in its own process group (processes.py), its output in
+`workdir/node-i/node.log`.
 It returns once every node answers the standard gRPC health check over mutual TLS with SERVING and node-0's
 membership view lists all N nodes. `stop()` sends SIGTERM, waits, then SIGKILLs stragglers and removes a temporary
 workdir. Nodes never outlive the harness: a finalizer (garbage collection or interpreter exit) kills what is left,
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,32 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from secureinfer.client import Client, ModelOwner
 from secureinfer.client.connection import NetworkError
 from secureinfer.net import certs
 from secureinfer.net.certs import Identity
 from secureinfer.nodes.config import LinkSettings, NodeConfig
 
+from . import processes
+from .processes import HOST
+
 DEFAULT_ROLES: tuple[str, ...] = ("secure", "plaintext")
 CLIENT_NAME = "client"
 OWNER_NAME = "owner"
-HOST = "127.0.0.1"
 _POLL_S = 0.05
-
-# Runs `secureinfer <args>` after asking the kernel to SIGKILL this process when its parent (the thread that
-# spawned it) dies; exits at once if that parent is already gone. argv: parent pid, then the CLI arguments.
-_LAUNCHER = (
-    "import os, signal, sys\n"
-    "if sys.platform.startswith('linux'):\n"
-    "    import ctypes\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG\n"
-    "    if os.getppid() != int(sys.argv[1]):\n"
-    "        os._exit(70)\n"
-    "from secureinfer.cli import main\n"
-    "sys.exit(main(sys.argv[2:]))\n"
-)
 
 
 class SimulationError(RuntimeError):
@@ -112,72 +99,12 @@ class SimulationConfig:
             log_level=self.log_level, port_file=port_file)
 
 
-@dataclass
-class _Node:
-    """One node process of the local network."""
-
-    node_id: str
-    directory: Path
-    host: str = HOST  # the address it binds and is reached at
-    process: subprocess.Popen | None = None
-    address: str = ""
-
-    @property
-    def config_path(self) -> Path:
-        return self.directory / "node.toml"
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "node.log"
-
-    @property
-    def port_file(self) -> Path:
-        return self.directory / "port"
-
-
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    """Send `sig` to the process group of a still-running node (it leads its own session)."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _reap(processes: list[subprocess.Popen], temp_dir: str | None) -> None:
-    """Last-resort cleanup (finalizer): SIGKILL every node still running, wait for them, remove the temp dir."""
-    for process in processes:
-        _signal_group(process, signal.SIGKILL)
-    for process in processes:
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-    if temp_dir is not None:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def health_status(address: str, node_id: str, identity: Identity, timeout_s: float = 5.0) -> str:
-    """The standard gRPC health status of a node ("SERVING", "NOT_SERVING", ...) over mutual TLS, or "UNREACHABLE"."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    options = identity.channel_options(node_id)
-    with grpc.secure_channel(address, identity.channel_credentials(), options=options) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
-                                                              timeout=timeout_s)
-        except grpc.RpcError:
-            return "UNREACHABLE"
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-
 class LocalNetwork:
     """N node processes on loopback with generated certificates; `client()` and `owner()` connect to them."""
 
     def __init__(self, config: SimulationConfig | None = None) -> None:
         self.config = config or SimulationConfig()
-        self._nodes: list[_Node] = []
+        self._nodes: list[processes.NodeProcess] = []
         self._processes: list[subprocess.Popen] = []  # shared with the finalizer: never rebind
         self._members: list[Client | ModelOwner] = []
         self._workdir: Path | None = None
@@ -197,10 +124,10 @@ class LocalNetwork:
         else:
             self._workdir = self.config.workdir.absolute()
             self._workdir.mkdir(parents=True, exist_ok=True)
-        self._finalizer = weakref.finalize(self, _reap, self._processes, temp_dir)
+        self._finalizer = weakref.finalize(self, processes.reap, self._processes, temp_dir)
         try:
             self._make_certs()
-            self._nodes = [_Node(f"node-{i}", self._workdir / f"node-{i}", self._node_host(i))
+            self._nodes = [processes.NodeProcess(f"node-{i}", self._workdir / f"node-{i}", self._node_host(i))
                            for i in range(self.config.n_nodes)]
             deadline = time.monotonic() + self.config.start_timeout_s
             first = self._nodes[0]
@@ -227,7 +154,7 @@ class LocalNetwork:
                 pass
         self._members.clear()
         for process in self._processes:
-            _signal_group(process, signal.SIGTERM)
+            processes.signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for process in self._processes:
             try:
@@ -302,7 +229,7 @@ class LocalNetwork:
         node = self._node(node_id)
         if not node.address:
             return "UNREACHABLE"
-        return health_status(node.address, node.node_id, self._identity(), timeout_s)
+        return processes.health_status(node.address, node.node_id, self._identity(), timeout_s)
 
     def client(self, timeout_s: float = 600.0) -> Client:
         """A Client with the `client` identity, every node as a seed; closed at stop()."""
@@ -317,7 +244,7 @@ class LocalNetwork:
         process = self._node(node_id).process
         if process is None:
             raise SimulationError(f"{node_id} was never started")
-        _signal_group(process, signal.SIGKILL)
+        processes.signal_group(process, signal.SIGKILL)
         process.wait(timeout=10)
 
     def restart(self, node_id: str) -> None:
@@ -341,7 +268,7 @@ class LocalNetwork:
 
     # --- internals -------------------------------------------------------------------------------------------------
 
-    def _node(self, node_id: str) -> _Node:
+    def _node(self, node_id: str) -> processes.NodeProcess:
         for node in self._nodes:
             if node.node_id == node_id:
                 return node
@@ -388,25 +315,25 @@ class LocalNetwork:
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
                    PYTHONUNBUFFERED="1")
         env.update(dict(self.config.extra_env))
-        command = self._launch_prefix(index) + [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "node", "serve",
-                                                "--config", str(node.config_path)]
+        command = self._launch_prefix(index) + [sys.executable, "-c", processes.LAUNCHER, str(os.getpid()), "node",
+                                                "serve", "--config", str(node.config_path)]
         with open(node.log_path, "ab") as log:
             node.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             cwd=node.directory, env=env, start_new_session=True)
         self._processes.append(node.process)
 
-    def _fail(self, node: _Node, what: str) -> SimulationError:
+    def _fail(self, node: processes.NodeProcess, what: str) -> SimulationError:
         tail = self.log_tail(node.node_id)
         return SimulationError(f"{node.node_id} {what}; the end of its log ({node.log_path}):\n{tail}")
 
-    def _check_alive(self, node: _Node) -> None:
+    def _check_alive(self, node: processes.NodeProcess) -> None:
         if node.process is None:
             raise SimulationError(f"{node.node_id} was never started")
         code = node.process.poll()
         if code is not None:
             raise self._fail(node, f"exited with status {code} while starting")
 
-    def _wait_for_port(self, node: _Node, deadline: float) -> None:
+    def _wait_for_port(self, node: processes.NodeProcess, deadline: float) -> None:
         while True:
             self._check_alive(node)
             try:
@@ -420,11 +347,11 @@ class LocalNetwork:
                 raise self._fail(node, f"did not bind a port within {self.config.start_timeout_s:.0f} s")
             time.sleep(_POLL_S)
 
-    def _wait_until_serving(self, node: _Node, deadline: float) -> None:
+    def _wait_until_serving(self, node: processes.NodeProcess, deadline: float) -> None:
         status = "UNREACHABLE"
         while True:
             self._check_alive(node)
-            status = health_status(node.address, node.node_id, self._identity(), timeout_s=2.0)
+            status = processes.health_status(node.address, node.node_id, self._identity(), timeout_s=2.0)
             if status == "SERVING":
                 return
             if time.monotonic() > deadline:
@@ -452,4 +379,4 @@ class LocalNetwork:
                 time.sleep(0.1)
 
 
-__all__ = ["LocalNetwork", "SimulationConfig", "SimulationError", "health_status"]
+__all__ = ["LocalNetwork", "SimulationConfig", "SimulationError"]

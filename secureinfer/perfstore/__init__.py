@@ -13,7 +13,7 @@ A row holds what the selector may condition on and what it predicts:
 Each row has a `key`: a deterministic hash of the case, the strategy and the environment (`run_key`), so a sweep that
 is interrupted can resume by skipping keys already present.
 
-    store = open_store("benchmarks/sweep/sweep.sqlite")   # creates, or migrates an older schema
+    store = open_store("sweep.sqlite")                    # creates, or migrates an older schema
     store.insert(record); store.has(record.key); store.query(model="minilm", mode="secure", status="ok")
     store.export_csv("sweep.csv")
     keys, cursor, more = store.keys_since(0, limit=100)   # insertion order: what a peer pulls by anti-entropy

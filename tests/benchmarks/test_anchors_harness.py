@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from benchmarks.anchors import accuracy, harness, projection, report, workloads
+from benchmarks.anchors import __main__ as anchors_main, accuracy, harness, projection, report, workloads
 
 from secureinfer.lab.bench.model import init_like_hf
 from secureinfer.models.config import ModelConfig
@@ -99,6 +101,29 @@ def test_a_failed_install_is_skipped_with_its_reason(tmp_path):
     assert any("skipping broken" in line for line in logged)
     result = harness.run_system(system, env, tmp_path / "w.json", np.zeros(1), "last_logits", cfg, logged.append)
     assert result == {"skipped": env.skipped}
+
+
+# ------------------------------------------------------------------------------------------------ what a result records
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_recorded_command_reruns_from_the_repository_root_and_names_no_folder_of_this_machine(tmp_path,
+                                                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--work-dir", "/elsewhere/anc1", "--json", "/elsewhere/anc1/a.json", f"--markdown={tmp_path}/out/a.md",
+            "--workload", "minilm"]
+    cfg = harness.HarnessConfig(work_dir=Path("/elsewhere/anc1"), env_dir=Path(".anchors"))
+    command, config = anchors_main.recorded(cfg, argv)
+    assert command == ("python -m benchmarks.anchors --work-dir OUT/anc1 --json OUT/anc1/a.json "
+                       "--markdown=out/a.md --workload minilm")
+    assert config["work_dir"] == "OUT/anc1" and config["env_dir"] == ".anchors" and config["repeats"] == "1"
+
+
+def test_committed_results_name_no_absolute_path():
+    found = [f"{path.relative_to(REPO)}: {m.group(0)}" for path in sorted((REPO / "benchmarks").rglob("*.json"))
+             for m in re.finditer(r'"/[a-z][^"]*"', path.read_text())]
+    assert found == []
 
 
 # ------------------------------------------------------------------------------------------------ a real run

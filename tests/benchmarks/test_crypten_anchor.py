@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from benchmarks.anchors import crypten_env, crypten_runner as runner, workloads
+from benchmarks.anchors import (crypten_env, crypten_model as model, crypten_parties as parties, crypten_runner as runner,
+                                workloads)
 from benchmarks.anchors.errors import AnchorInstallError
 
 from secureinfer.models.config import ModelConfig, parameter_shapes
@@ -86,7 +87,7 @@ def test_requirements_pin_torch_first_and_skip_torchvision():
 
 
 # ---------------------------------------------------------------- the op table and its references
-def test_op_table_matches_the_issue():
+def test_op_table_shapes_and_input_ranges():
     table = {o.name: (o.shapes, (o.low, o.high)) for o in runner.OPS}
     u = (-4.0, 4.0)
     assert table == {
@@ -112,13 +113,13 @@ def test_references_and_error_units():
     assert runner.reference_op("max", [x]).tolist() == [1.0, 3.0]
     assert runner.max_error_ulp(x.numpy() + 3 * 2.0**-16, x) == pytest.approx(3.0)
     assert runner.wrong_answers(np.array([[0.0, 1.0], [0.0, 0.0]]), runner.reference_op("lt", [x, y])) == 1
-    with pytest.raises(runner.RunnerError, match="unknown op"):
+    with pytest.raises(parties.RunnerError, match="unknown op"):
         runner.reference_op("sqrt", [x])
 
 
 def test_sent_bytes_follow_crypten_collectives():
     t = torch.zeros(10)
-    sent = runner.sent_elements
+    sent = parties.sent_elements
     assert sent("all_reduce", (t,), {}, 0, 3) == 10
     assert sent("all_reduce", ([t, t],), {"batched": True}, 1, 3) == 20
     assert sent("all_gather", (t,), {}, 2, 3) == 20
@@ -164,11 +165,11 @@ def test_runner_model_code_matches_the_float64_reference_in_plaintext(arch, tol)
     w = _tiny_workload(arch)
     cfg, ids = w.cfg, w.input_ids
     arrays = {k: v.numpy() for k, v in w.params.items()}
-    plain = (runner.bert_plain_params if arch == "bert" else runner.gpt2_plain_params)(arrays, cfg.n_layers)
+    plain = (model.bert_plain_params if arch == "bert" else model.gpt2_plain_params)(arrays, cfg.n_layers)
     p = {k: v.as_subclass(_Plain) for k, v in plain.items()}
     onehot = torch.nn.functional.one_hot(ids[0], cfg.vocab_size).to(torch.float64).as_subclass(_Plain)
     meta = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "norm_eps": cfg.norm_eps}
-    forward = runner.bert_forward if arch == "bert" else runner.gpt2_forward
+    forward = model.bert_forward if arch == "bert" else model.gpt2_forward
     got = torch.Tensor(forward(p, onehot, meta)).as_subclass(torch.Tensor)
     want = workloads.reference(w).reshape(got.shape)
     assert float((got - want).abs().max()) < tol
@@ -176,18 +177,18 @@ def test_runner_model_code_matches_the_float64_reference_in_plaintext(arch, tol)
 
 def test_gelu_formula_with_its_clamp_tracks_the_erf_gelu_far_out():
     x = torch.linspace(-40.0, 40.0, 8001, dtype=torch.float64)
-    assert float((runner.gelu_tanh(x) - torch.nn.functional.gelu(x)).abs().max()) < 1e-3  # tanh-vs-erf gap ~5e-4
+    assert float((model.gelu_tanh(x) - torch.nn.functional.gelu(x)).abs().max()) < 1e-3  # tanh-vs-erf gap ~5e-4
 
 
 def test_load_workload_rejects_incomplete_or_foreign_workloads(tmp_path):
     bad = tmp_path / "w.json"
     bad.write_text(json.dumps({"name": "w", "arch": "bert"}))
-    with pytest.raises(runner.RunnerError, match="lacks"):
+    with pytest.raises(parties.RunnerError, match="lacks"):
         runner.load_workload(bad)
     full = {"name": "w", "arch": "llama", "vocab_size": 1, "hidden": 1, "n_layers": 1, "n_heads": 1, "norm_eps": 0.1,
             "seq_len": 1, "npz": "w.npz"}
     bad.write_text(json.dumps(full))
-    with pytest.raises(runner.RunnerError, match="not one CrypTen's runner expresses"):
+    with pytest.raises(parties.RunnerError, match="not one CrypTen's runner expresses"):
         runner.load_workload(bad)
 
 

@@ -13,13 +13,13 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from secureinfer.lab.stores import CPU_STORE
 from secureinfer.net.errors import BadRequest
 from secureinfer.net.perfwire import MAX_BATCH, check_batch, check_record, from_message, nullable, to_message
 from secureinfer.nodes.records import RecordBook
@@ -91,8 +91,7 @@ def test_malformed_rows_are_refused_with_the_field_named(change: dict, words: st
 
 
 def test_a_plaintext_row_and_the_sweep_rows_pass() -> None:
-    sweep = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep" / "sweep.sqlite"
-    committed = read_records(sweep)  # opened read-only
+    committed = read_records(CPU_STORE)  # the measured store secureinfer ships, opened read-only
     assert len(committed) > 100
     for record in committed:  # the committed dataset can be pushed to and gossiped by nodes as it is
         check_record(record)

@@ -1,17 +1,15 @@
-"""Shared selector fixtures: one cost model per test session (its op tables are measured once, ~1 s per profile and
-bit width), the sweep datasets read read-only, and small builders for nodes, options and requests."""
+"""Shared selector fixtures: one cost model per test session (its op tables are measured once per profile and bit
+width), the sweep datasets read read-only, and small builders for nodes, options and requests."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from secureinfer.lab.stores import MEASURED_STORES
 from secureinfer.selector.cost import CostModel
 from secureinfer.selector.features import CommitteeOption, LinkFeatures, NodeFeatures, RequestFeatures, WorkerOption
 from secureinfer.selector.records import read_records
 
-SWEEP = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep"
 H200 = "cuda:0 (NVIDIA H200)"
 
 
@@ -29,8 +27,8 @@ def cost_model(op_tables: dict) -> CostModel:
 
 @pytest.fixture(scope="session")
 def sweep_records() -> list:
-    """The committed CPU and H200 sweep rows (status ok)."""
-    return read_records(SWEEP / "sweep.sqlite") + read_records(SWEEP / "sweep-h200.sqlite")
+    """The measured CPU and H200 sweep rows shipped with the package (status ok)."""
+    return [r for path in MEASURED_STORES for r in read_records(path)]
 
 
 def cpu_node(name: str, gflops: float = 40.0) -> NodeFeatures:

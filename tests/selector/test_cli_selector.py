@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 
 from secureinfer import cli
+from secureinfer.cli import selector as cli_selector
+from secureinfer.lab.stores import MEASURED_STORES
 from secureinfer.perfstore import open_store
 
 from .test_evaluate import synthetic
-
-ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = [ROOT / "benchmarks/sweep/sweep.sqlite", ROOT / "benchmarks/sweep/sweep-h200.sqlite"]
 
 
 @pytest.fixture
@@ -69,8 +68,21 @@ def test_eval_errors(store, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_missing_store_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+def test_default_stores_are_the_packaged_ones_wherever_it_runs(tmp_path, capsys, monkeypatch):
+    """Without --store the CLI reads the measured stores shipped inside the package, not a path relative to the
+    working directory; they are in rollback-journal mode, so a read-only installation can open them."""
     monkeypatch.chdir(tmp_path)
+    assert all(p.is_file() and p.is_relative_to(Path(cli.__file__).parents[1]) for p in MEASURED_STORES)
+    for path in MEASURED_STORES:
+        assert path.read_bytes()[18:20] == b"\x01\x01", f"{path} is in WAL mode"  # file format: legacy journal
+    group = "tiny-gpt2/dev-vm-2cpu/metro"
+    assert cli.main(["selector", "eval", "--policies", "fixed", "--group", group, "--passes", "1", "--quiet"]) == 0
+    assert "single best fixed" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # read-only: nothing written here
+
+
+def test_missing_store_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli_selector, "MEASURED_STORES", (tmp_path / "gone.sqlite",))
     assert cli.main(["selector", "eval", "--policies", "fixed"]) == 2
     assert "pass --store FILE" in capsys.readouterr().err
     assert cli.main(["selector", "explain", '{"model": "x"}', "--store", str(tmp_path / "none.sqlite")]) == 2
@@ -98,11 +110,11 @@ def test_explain_cli_text_and_json(store, capsys):
 
 @pytest.mark.slow
 def test_eval_on_the_committed_store(tmp_path, capsys):
-    """Every baseline is evaluated on a held-out group of the committed store and its figures are computed (the
-    issue's targets are measured by the full run, benchmarks/selector/eval.json, not asserted here)."""
+    """Every baseline is evaluated on a held-out group of the measured stores and its figures are computed (the
+    targets are measured by the full run, benchmarks/selector/eval.json, not asserted here)."""
     group = "tiny-gpt2/dev-vm-2cpu/metro"
     args = ["selector", "eval", "--group", group, "--passes", "1", "--json", str(tmp_path / "e.json"), "--quiet"]
-    for path in COMMITTED:
+    for path in MEASURED_STORES:
         args += ["--store", str(path)]
     assert cli.main(args) == 0
     table = capsys.readouterr().out

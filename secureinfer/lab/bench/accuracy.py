@@ -3,8 +3,8 @@
 `accuracy_table(profile)` runs each op once on three simulated parties and returns one `AccuracyRow` per op:
 max and mean absolute error (also in ulps of 2^-f), the tolerance it is held to, rounds and bytes sent per party.
 Inputs are public test data from a seeded torch generator (they are not secrets; secret randomness in the protocols
-comes from the parties' PRGs), which is why this lives outside mpc/. `format_table` prints the rows. The selector can
-read the same rows as the measured accuracy (and cost) of a profile.
+comes from the parties' PRGs), which is why this lives outside the engine (secureinfer.mpc). `format_table` prints
+the rows.
 """
 
 from __future__ import annotations

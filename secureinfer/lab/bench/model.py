@@ -1,7 +1,7 @@
 """`secureinfer bench model`: whole secure Transformer forwards on three in-process parties.
 
-Every run is a full session (mpc/models/session.py): the model owner publishes weight shares, the client shares its
-one-hot tokens and alone opens the outputs. Models:
+Every run is a full session (secureinfer.mpc.models.session): the model owner publishes weight shares, the client
+shares its one-hot tokens and alone opens the outputs. Models:
   minilm   all-MiniLM-L6-v2 (real weights): one sentence embedding at 128 real tokens; accuracy = cosine to the
            float64 plaintext embedding.
   bert-base BERT-base shape (12 layers, hidden 768, 12 heads, vocab 30522) with random weights drawn like BERT's
@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import write_json
+from . import metrics, write_json
 
 MODELS = ("minilm", "bert-base", "gpt2", "smollm2")
 MINILM_TEXT = ("Secure multi-party computation lets several servers evaluate a neural network on a private prompt "
@@ -76,11 +76,9 @@ def _step_figures(steps: list) -> dict[str, Any]:
 
 
 def _compare(got: torch.Tensor, want: torch.Tensor) -> dict[str, float]:
-    rows_g, rows_w = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
-    return {"max_abs_diff": float((got - want).abs().max()),
-            "min_cosine": float(torch.nn.functional.cosine_similarity(rows_g, rows_w, dim=-1).min()),
-            "top1_agreement": float((rows_g.argmax(-1) == rows_w.argmax(-1)).double().mean()),
-            "scale": float(want.abs().max())}
+    """The accuracy figures of hidden states or logits against the float64 plaintext model's."""
+    return {"max_abs_diff": metrics.max_abs_diff(got, want), "min_cosine": metrics.min_row_cosine(got, want),
+            "top1_agreement": metrics.top1_agreement(got, want), "scale": metrics.max_abs(want)}
 
 
 def _repeat(run: Callable[[bool], tuple[Any, Any]], repeats: int, breakdown: bool) -> tuple[Any, list, Any]:
@@ -115,8 +113,7 @@ def bench_minilm(profile, config, repeats: int, breakdown: bool, public_weights:
     steps = [r.steps[0] for r in reports]
     return {"model": "minilm", "what": "all-MiniLM-L6-v2 sentence embedding, 1 x 128 tokens",
             "forward": _step_figures(steps), "load_seconds": reports[-1].load_seconds,
-            "accuracy": {"cosine": float(torch.nn.functional.cosine_similarity(emb, want).min()),
-                         "max_abs_diff": float((emb - want).abs().max())},
+            "accuracy": {"cosine": metrics.min_row_cosine(emb, want), "max_abs_diff": metrics.max_abs_diff(emb, want)},
             "breakdown": op_breakdown(list(traced.steps[0].recordings[:1])) if traced else None}
 
 

@@ -5,7 +5,8 @@ three node processes on loopback, mutual TLS, the same session protocol. Figures
 time (control message sent -> output reconstructed), for the network run also the whole request as a user sees it
 (session opened on three nodes -> closed), and the bytes each node sent to the other parties, read from the
 nodes' own session logs. Overhead = network step time / in-process step time, measured in the same run.
-Models: minilm (all-MiniLM-L6-v2, 128 tokens), bert-base (BERT-base shape, random weights, 128 tokens) and gpt2 (GPT-2-base shape, 32-token prefill + 1 decoded token).
+Models: minilm (all-MiniLM-L6-v2, 128 tokens), bert-base (BERT-base shape, random weights, 128 tokens) and gpt2
+(GPT-2-base shape, 32-token prefill + 1 decoded token).
 --public-weights: each model is also published with public weights (its open weights in the clear at every party) and
 run with SecureStrategy(public_weights=True) over the same nodes, the prompt still secret; the result gains a
 "public_weights" entry (network step times, bytes per node) and the secret/public ratios.

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .. import metrics
 from .grid import Case
 from .models import load_model
 
@@ -35,6 +36,7 @@ def _reference_logits(cfg: Any, params: dict, prompt: torch.Tensor, tokens: torc
 
 @functools.lru_cache(maxsize=8)
 def reference(case: Case) -> Reference:
+    """The float64 plaintext answer of `case` (cached: one per case, however many strategies run it)."""
     from secureinfer.plaintext import reference as plaintext
 
     cfg, params = load_model(case.model)
@@ -45,8 +47,10 @@ def reference(case: Case) -> Reference:
     return Reference(tokens, _reference_logits(cfg, params, ids, tokens), None)
 
 
-def _accuracy(case: Case, tokens: torch.Tensor | None, logits: torch.Tensor | None,
-              embedding: torch.Tensor | None) -> dict[str, Any]:
+def accuracy_figures(case: Case, tokens: torch.Tensor | None, logits: torch.Tensor | None,
+                     embedding: torch.Tensor | None) -> dict[str, Any]:
+    """A run's accuracy columns: max |error| and worst row cosine against the case's float64 reference (teacher-
+    forced on the run's own tokens where they differ from the reference's), and whether the tokens are equal."""
     ref = reference(case)
     if case.task == "embed":
         got, want = embedding.double().cpu(), ref.embedding
@@ -62,7 +66,5 @@ def _accuracy(case: Case, tokens: torch.Tensor | None, logits: torch.Tensor | No
             cfg, params = load_model(case.model)
             want = _reference_logits(cfg, params, case.inputs(), tokens)
         got = logits.double().cpu()
-    rows_g, rows_w = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
-    return {"max_abs_err": float((got - want).abs().max()),
-            "min_cosine": float(torch.nn.functional.cosine_similarity(rows_g, rows_w, dim=-1).min()),
+    return {"max_abs_err": metrics.max_abs_diff(got, want), "min_cosine": metrics.min_row_cosine(got, want),
             "tokens_equal": equal}

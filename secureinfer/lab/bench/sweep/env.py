@@ -44,7 +44,7 @@ def _git_commit() -> str | None:
 
 @dataclass(frozen=True)
 class Node:
-    """The node features of one device (nodes/capability.py's measure()) plus the host label and CPU model."""
+    """The node features of one device (secureinfer.nodes.capability.measure) plus the host label and CPU model."""
 
     device: str  # torch device used ("cpu", "cuda")
     description: str  # "cpu" or "cuda:0 (NVIDIA H200)"

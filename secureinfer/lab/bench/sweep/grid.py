@@ -12,7 +12,6 @@ import torch
 
 from .models import MODELS, token_inputs
 
-DEFAULT_STORE = "benchmarks/sweep/sweep.sqlite"
 GRIDS = ("small", "medium", "full", "selector")
 PROFILES = ("accurate", "fast", "lean")
 FRAC_BITS = (16, 18)
@@ -173,7 +172,7 @@ def available_devices() -> list[str]:
 
 
 def fast_engine() -> tuple[Any | None, str]:
-    """The fast plaintext engine module (issue 5) if importable, else (None, why)."""
+    """The fast plaintext engine module (secureinfer.plaintext.fast) if importable, else (None, why)."""
     try:
         from secureinfer.plaintext import fast  # type: ignore[attr-defined]
     except ImportError as exc:

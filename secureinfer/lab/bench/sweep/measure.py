@@ -1,5 +1,6 @@
-"""Measuring one run: secure (in-process parties over a simulated link), plaintext (plaintext.py's forwards in the
-strategy's precision) or the fast plaintext engine, with peak memory, into a RunRecord."""
+"""Measuring one run: secure (in-process parties over a simulated link), plaintext (the float64 reference forwards of
+secureinfer.plaintext.reference in the strategy's precision) or the fast plaintext engine, with peak memory, into a
+RunRecord."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from .accuracy import _accuracy, reference
+from .accuracy import accuracy_figures, reference
 from .env import Node, _env, key_for
 from .grid import Run, fast_engine, fast_unsupported
 from .models import MODELS, load_model
@@ -77,10 +78,10 @@ def _measure_secure(run: Run) -> dict[str, Any]:
         raise NotImplementedError("batched secure requests are not measured by the sweep yet")
     if case.task == "embed":
         emb, report = session.secure_encode(cfg, params, ids, torch.ones_like(ids), output="embedding", **kwargs)
-        acc = _accuracy(case, None, None, emb)
+        acc = accuracy_figures(case, None, None, emb)
     else:
         gen, report = session.secure_generate(cfg, params, ids, case.gen_tokens, eos_token_ids=(), **kwargs)
-        acc = _accuracy(case, gen.tokens, gen.logits, None)
+        acc = accuracy_figures(case, gen.tokens, gen.logits, None)
     steps = report.steps
     bytes_pp = report.bytes_per_party
     return {"prefill_s": steps[0].seconds,
@@ -97,8 +98,8 @@ _DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16,
 
 
 class _ComputeDtype:
-    """plaintext.py computes in float64 (its module constant F64, looked up at call time); for a lower-precision
-    plaintext strategy the same forwards run with that constant swapped for the strategy's dtype."""
+    """secureinfer.plaintext.reference computes in float64 (its module constant F64, looked up at call time); for a
+    lower-precision plaintext strategy the same forwards run with that constant swapped for the strategy's dtype."""
 
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
@@ -107,7 +108,8 @@ class _ComputeDtype:
         from secureinfer.plaintext import reference as plaintext
 
         if not isinstance(getattr(plaintext, "F64", None), torch.dtype):
-            raise RuntimeError("plaintext.py no longer has its F64 compute-dtype constant; update the sweep")
+            raise RuntimeError("secureinfer.plaintext.reference no longer has its F64 compute-dtype constant; "
+                               "update the sweep")
         self.saved = plaintext.F64
         plaintext.F64 = self.dtype
 
@@ -136,7 +138,8 @@ def _greedy_steps(step: Callable[[torch.Tensor | None], torch.Tensor], n: int, d
 
 def _plain_generate(cfg: Any, params: dict, ids: torch.Tensor, n: int, device: str
                     ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Greedy generation with plaintext.py and a KV cache, each step timed: tokens (B, n), logits (n, B, V)."""
+    """Greedy generation with the reference forwards and a KV cache, each step timed: tokens (B, n), logits
+    (n, B, V)."""
     from secureinfer.plaintext import reference as plaintext
 
     forward = plaintext.causal_lm_forward(cfg)
@@ -209,18 +212,18 @@ def _measure_plain(run: Run) -> dict[str, Any]:
     if case.task == "embed":
         if out.dtype != dtype:
             raise RuntimeError(f"plaintext forward computed in {out.dtype}, not {dtype}")
-        acc = _accuracy(case, None, None, out)
+        acc = accuracy_figures(case, None, None, out)
     else:
         if out[1].dtype != dtype:
             raise RuntimeError(f"plaintext forward computed in {out[1].dtype}, not {dtype}")
-        acc = _accuracy(case, out[0], out[1], None)
+        acc = accuracy_figures(case, out[0], out[1], None)
     return {"prefill_s": times[0], "per_token_s": _per_token(times), "total_s": sum(times), "load_s": load_s,
             "steps": _step_rows(times, ids, case.batch), "engine": "mpc.models.plaintext",
             "notes": {"warmup_s": warm}, **acc}
 
 
 class _FastAdapter:
-    """Plaintext decoder strategies on the fast engine (`secureinfer.plaintext.fast.FastDecoder`, issue 5).
+    """Plaintext decoder strategies on the fast engine (`secureinfer.plaintext.fast.FastDecoder`).
 
     The decoder is built once per run (packing, int8 quantization, CUDA graph capture: `load_s`), one untimed
     generation warms it up (torch.compile compiles there; its time goes to env_json's warmup_s), then:
@@ -293,7 +296,7 @@ class _FastAdapter:
         once = batched if s.batch_requests else speculative if s.speculation != "none" else stepwise
         with torch.no_grad():  # not inference_mode: the batching worker's thread updates the same cache in place
             (tokens, logits), times, warm = _timed_median(once)
-        acc = _accuracy(case, tokens, logits, None)
+        acc = accuracy_figures(case, tokens, logits, None)
         derived = once is not stepwise
         per_token = _per_token(times)
         if per_token is not None and per_token <= 0:

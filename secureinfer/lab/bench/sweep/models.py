@@ -62,7 +62,7 @@ def _small_config(arch: str) -> Any:
 
 
 def _gpt2_base(layers: int) -> tuple[Any, dict[str, torch.Tensor]]:
-    """GPT-2-base shape (bench/model.py's random GPT-2-style weights), keeping the first `layers` blocks."""
+    """GPT-2-base shape (`bench model`'s random GPT-2-style weights), keeping the first `layers` blocks."""
     from ..model import gpt2_base_params
 
     cfg, params = gpt2_base_params()
@@ -118,7 +118,7 @@ def load_model(name: str) -> tuple[Any, dict[str, torch.Tensor]]:
 
 @functools.lru_cache(maxsize=None)
 def _text_tokens(name: str) -> tuple[int, ...]:
-    """Token ids of the benchmark text (bench/model.py's), repeated so any sequence length can be cut from it."""
+    """Token ids of `bench model`'s benchmark text, repeated so any sequence length can be cut from it."""
     from secureinfer.models.checkpoint import load_tokenizer, packaged_checkpoint
     from ..model import MINILM_TEXT, SMOLLM2_TEXT
 

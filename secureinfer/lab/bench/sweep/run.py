@@ -19,6 +19,9 @@ from .grid import Case, Link, Run, build_grid
 from .measure import _collect, measure
 from .models import _random_params, _text_tokens, _tiny_config, load_model
 
+MISSING_STORE = ("--store FILE is required: the SQLite performance store the runs are written into (created if "
+                 "missing, resumed if not), e.g. --store sweep.sqlite")
+
 
 def release_models() -> None:
     """Drop the loaded models and references (the next run loads its own) and return the memory to the OS."""
@@ -173,6 +176,9 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_grid(runs, skipped)
         return 0
+    if not args.store:
+        print(f"secureinfer bench sweep: {MISSING_STORE}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
