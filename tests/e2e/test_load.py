@@ -1,5 +1,5 @@
 """Load and soak with faults over real node processes (mutual TLS): concurrent secure requests from several client
-certificates while committee members are SIGKILLed and restarted (secureinfer/bench/load.py).
+certificates while committee members are SIGKILLed and restarted (secureinfer/lab/bench/load.py).
 
 Every request must end in exactly one outcome within its deadline: the right answer (logits within 3e-3 of the
 float64 plaintext model; generated tokens argmax of the plaintext logits up to that tolerance) or a failure with a
