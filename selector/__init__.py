@@ -1,10 +1,11 @@
-"""The meta-learned strategy selector (issue 6): per request, pick the mode, the committee or worker, and the strategy.
+"""The meta-learned strategy selector: per request, pick the mode, the committee or worker, and the strategy.
 
-Layers, each a small module (imports point down only: selector/ uses mpc/, never nodes/ or the SDK):
+Layers, each a small module (imports point down only: the selector uses the performance store, the strategy
+vocabulary and the engine, never the daemon or the SDK):
   features.py   the shared dataclasses: RequestFeatures, NodeFeatures, LinkFeatures, CommitteeOption, WorkerOption,
                 Prediction, Plan, Outcome, SelectorError
-  store.py      the SQLite performance store (RunRecord rows: request, node, link, strategy, outcome)
-  records.py    store rows <-> (request, option, strategy, outcome); read-only loading of a store file
+  records.py    performance-store rows (secureinfer.perfstore's RunRecord) <-> (request, option, strategy, outcome);
+                read-only loading of a store file
   space.py      the strategy space per option and the hard constraints (privacy, owner Policy, accuracy budget),
                 each removed candidate with its reason
   opcosts.py    the engine's own rounds and bytes per op, measured once on the in-process runtime
@@ -13,9 +14,16 @@ Layers, each a small module (imports point down only: selector/ uses mpc/, never
   predictor.py  the meta-learned predictor (MetaInf-style): trees on the store's rows, cost model as base margin
   bandit.py     discounted Thompson sampling on the predictor's residuals (placement and arm effects)
   selector.py   Selector.plan / observe / retrain / explain
+  explain.py    `secureinfer selector explain`: a request as JSON in, the explanation as text or JSON out
+The held-out evaluation against its baselines (`secureinfer selector eval`):
+  evalcases.py  the ground truth: cases of measured strategies and the request mix asked of them
+  policies.py   oracle, random, fixed, cost model, predictor and full selector, written once for both evaluations
+  evaluate.py   held out per (model, hardware, link) combination
+  evalnet.py    held out per (model, network of several hosts): a plan is a strategy and a placement
+  evalreport.py the table, JSON and plot
 
     from secureinfer.selector import Selector, Policy, RequestFeatures, CommitteeOption, WorkerOption
-    sel = Selector("benchmarks/sweep/sweep.sqlite", policy=Policy(), seed=0)
+    sel = Selector("secureinfer/lab/data/sweep.sqlite", policy=Policy(), seed=0)
     plans = sel.plan(request, options)      # ranked, every plan feasible; SelectorError if none is
     sel.observe(plans[0], outcome)
 

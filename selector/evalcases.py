@@ -1,12 +1,12 @@
 """The evaluation's ground truth: cases (one request shape on one machine over one link) and the measured outcome of
-every strategy the store holds for them, plus the request mix asked of each case (selector/evaluate.py uses these).
+every strategy the store holds for them, plus the request mix asked of each case (the evaluations use these).
 
 A case groups the store's rows by request shape (model, seq_len, batch, gen_tokens), hardware (the host label) and
 link. Secure rows carry the link they were measured over; plaintext rows were measured on one worker with no network,
 so each plaintext row joins every link of its shape and host, with the client-worker hop added (`plaintext_hop_s`:
 one round trip per forward plus the prompt and output bytes over the link's bandwidth).
 
-    cases = cases_from_records(open_store("benchmarks/sweep/sweep.sqlite").query(status="ok"))
+    cases = cases_from_records(open_store("secureinfer/lab/data/sweep.sqlite").query(status="ok"))
     requests = request_mix(cases, kinds=KINDS, budgets=(None, 0.01))
     feasible(requests[0], cases[requests[0].case].candidates[0])     # privacy policy and accuracy budget
 """
@@ -24,7 +24,7 @@ from secureinfer.strategy import Strategy, StrategyError, check_allowed, from_js
 from .features import CommitteeOption, LinkFeatures, NodeFeatures, RequestFeatures, SelectorError, WorkerOption
 from .records import host_cpu_gflops, node_of, request_of
 
-# Named links of the sweep (secureinfer/bench/sweep/grid.py's LINKS), so groups read "metro" rather than numbers.
+# Named links of the sweep (secureinfer/lab/bench/sweep/grid.py's LINKS), so groups read "metro" rather than numbers.
 LINK_NAMES: dict[tuple[float, float | None], str] = {
     (0.0, None): "local", (1e-4, 125e6): "lan", (2e-3, 12.5e6): "metro", (2e-2, 12.5e6): "wan", (5e-2, 2.5e6): "slow",
 }
@@ -223,6 +223,11 @@ def why_infeasible(request: EvalRequest | RequestFeatures, candidate: Candidate)
 def feasible(request: EvalRequest | RequestFeatures, candidate: Candidate) -> bool:
     """True if the candidate satisfies the request's privacy policy, accuracy budget and deadline as measured."""
     return not why_infeasible(request, candidate)
+
+
+def strategy_key(strategy: Strategy) -> str:
+    """A strategy's name with the device index dropped ('cuda:0' and 'cuda' are the same device class here)."""
+    return dataclasses.replace(strategy, device=strategy.device.split(":")[0]).name
 
 
 def parse_budgets(text: str) -> tuple[float | None, ...]:

@@ -1,10 +1,10 @@
-"""Network-level held-out evaluation: a plan is a strategy AND a placement (issue 6's second table).
+"""Network-level held-out evaluation: a plan is a strategy AND a placement.
 
 A network case is one request shape (model, seq_len, batch, gen_tokens) on a network of several options built from
 measured rows only, one host per option, never mixing hosts: for each host that measured the shape, at one of the
 links it was measured over (the host's link in this network),
-  committees  one per device kind the host measured secure rows on (the H200 host: a CUDA committee and a CPU
-              committee; the 2-core VM: a CPU committee), three nodes of that device behind the host's link;
+  committees  one per device kind the host measured secure rows on (a GPU host: a CUDA committee and a CPU
+              committee; a CPU-only host: a CPU committee), three nodes of that device behind the host's link;
   workers     one per device kind the host measured plaintext rows on, behind the same link (client-worker hop
               added, evalcases.plaintext_hop_s).
 A network is one link per host; every combination of the hosts' measured links is one network. A candidate is
@@ -12,14 +12,15 @@ A network is one link per host; every combination of the hosts' measured links i
 same machine). Held-out unit: (model, network): the model's rows on each host at that host's link, and its
 plaintext rows on those hosts, are left out of training.
 
-Policies and how each places:
+The policies are selector/policies.py's; how each places here (`NetworkArena`):
   oracle      the fastest feasible measured (host, strategy) of the network
   random      a uniformly random feasible (host, strategy)
   fixed       what a selector-less client does: one fixed strategy (the training ranking's best that is feasible),
-              on the first option of the membership view's default order (nodes/membership.choose_committees: the
-              fastest slowest-member matmul speed first) that runs that strategy's mode and device and measured it
+              on the first option of the membership view's default order (secureinfer/net/membership.py,
+              choose_committees: the fastest slowest-member matmul speed first) that runs that strategy's mode and
+              device and measured it
   cost_model, predictor   rank every measured (option, strategy) by their predicted latency, privacy and predicted
-              error applied (as evaluate.py does)
+              error applied
   selector    Selector.plan(request, the network's options): the first plan that is a feasible measured
               (host, strategy) runs and its outcome is observed
 
@@ -30,9 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
-import random
-import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -40,11 +38,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 from secureinfer.strategy import Strategy
 
+from . import policies
 from .cost import device_kind
-from .evalcases import Case, EvalRequest, cases_from_records, feasible, link_name
-from .evaluate import (Choice, EvalConfig, EvalReport, Toolkit, _miss_kind, _privacy_ok, _safe_default,
-                       strategy_key)
-from .features import CommitteeOption, NodeFeatures, Option, Outcome, Plan, SelectorError, WorkerOption
+from .evalcases import Case, EvalRequest, cases_from_records, feasible, strategy_key
+from .evaluate import EvalConfig, EvalReport, replay_fold, request_stream, training_rows
+from .features import CommitteeOption, NodeFeatures, Option, Plan, SelectorError, WorkerOption
+from .policies import Toolkit, safe_default
 from .selector import option_id
 
 
@@ -57,6 +56,8 @@ class NetCandidate:
     total_s: float
     error: float | None
     samples: tuple[float, ...]
+    bytes_per_party: float | None = None
+    rounds: int | None = None
 
     @property
     def name(self) -> str:
@@ -135,8 +136,8 @@ def network_cases(records: Iterable[Any], max_networks: int | None = None) -> li
             parts = [hosts[h][link] for h, link in zip(names, links)]
             pairs = [p for case in parts for p in _options(case)]
             pairs.sort(key=lambda p: (-_speed(p[0]), option_id(p[0])))
-            cands = [NetCandidate(case.hardware, c.strategy, c.total_s, c.error, c.samples)
-                     for case in parts for c in case.candidates]
+            cands = [NetCandidate(case.hardware, c.strategy, c.total_s, c.error, c.samples, c.bytes_per_party,
+                                  c.rounds) for case in parts for c in case.candidates]
             out.append(NetCase(shape[0], tuple(zip(names, links)), parts[0].features, tuple(p[0] for p in pairs),
                                {option_id(o): h for o, h in pairs}, tuple(cands)))
     return out
@@ -162,141 +163,50 @@ def _runs_on(option: Option, c: NetCandidate) -> bool:
     return committee == (c.strategy.mode == "secure") and device_kind(node.device) == device_kind(c.strategy.device)
 
 
-def default_placement(case: NetCase, request: EvalRequest, name: str) -> NetCandidate | None:
-    """Strategy `name` on the first option of the default order that runs it and measured it feasibly."""
+def default_placements(case: NetCase, request: EvalRequest) -> dict[str, NetCandidate]:
+    """Strategy name -> that strategy on the first option of the default order that runs it and measured it
+    feasibly (strategies no option can run feasibly are left out)."""
+    placed: dict[str, NetCandidate] = {}
     for option in case.options:
         host = case.option_host[option_id(option)]
         for c in case.candidates:
-            if c.host == host and c.strategy.name == name and _runs_on(option, c) and feasible(request, c):
-                return c
-    return None
+            if c.host == host and c.strategy.name not in placed and _runs_on(option, c) and feasible(request, c):
+                placed[c.strategy.name] = c
+    return placed
 
 
-def _oracle(request: EvalRequest, case: NetCase) -> NetCandidate:
-    return min((c for c in case.candidates if feasible(request, c)), key=lambda c: (c.total_s, c.name))
+def default_placement(case: NetCase, request: EvalRequest, name: str) -> NetCandidate | None:
+    """Strategy `name` on the first option of the default order that runs it and measured it feasibly."""
+    return default_placements(case, request).get(name)
 
 
-def fixed_ranking(cases: Sequence[NetCase], requests: Sequence[EvalRequest]) -> list[str]:
-    """Strategy names, best first, by mean log ratio to the network oracle of the strategy on its default placement
-    over the training requests where it could be placed."""
-    logs: dict[str, list[float]] = defaultdict(list)
-    for req in requests:
-        case = cases[req.case]
-        best = _oracle(req, case).total_s
-        for name in {c.strategy.name for c in case.candidates}:
-            c = default_placement(case, req, name)
-            if c is not None:
-                logs[name].append(math.log(c.total_s / best))
-    return sorted(logs, key=lambda n: (statistics.fmean(logs[n]), -len(logs[n]), n))
+class NetworkArena:
+    """A case is a network of options on several hosts: the scored policies rank every (option, strategy) an option
+    runs, a plan maps to its option's host, and a fixed strategy runs at its default placement."""
 
+    def __init__(self, config: EvalConfig) -> None:
+        self.config = config
 
-class _Policy:
-    name = ""
+    def offers(self, case: NetCase) -> list[tuple[Option, NetCandidate]]:
+        return [(o, c) for o in case.options for c in case.candidates
+                if c.host == case.option_host[option_id(o)] and _runs_on(o, c)]
 
-    def choose(self, req: EvalRequest, case: NetCase, allowed: list[NetCandidate]) -> tuple[NetCandidate, str]:
-        raise NotImplementedError
+    def options(self, case: NetCase) -> list[Option]:
+        return list(case.options)
 
-    def observe(self, chosen: NetCandidate, latency_s: float) -> None:
-        return None
+    def measured(self, case: NetCase, plan: Plan) -> NetCandidate | None:
+        return case.lookup(case.option_host[option_id(plan.option)], plan.strategy)
 
+    def placements(self, case: NetCase, request: EvalRequest) -> dict[str, NetCandidate]:
+        return default_placements(case, request)
 
-class _Random(_Policy):
-    name = "random"
+    def fixed_fallback(self, allowed: list[NetCandidate]) -> tuple[NetCandidate, str]:
+        """No strategy of the ranking can be placed: the most accurate feasible candidate, a miss."""
+        return safe_default(allowed), "none-feasible"
 
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)  # evaluation sampling, not secret randomness
-
-    def choose(self, req, case, allowed):
-        return self.rng.choice(allowed), ""
-
-
-class _Fixed(_Policy):
-    name = "fixed"
-
-    def __init__(self, ranking: list[str]) -> None:
-        self.ranking = ranking
-
-    def choose(self, req, case, allowed):
-        for name in self.ranking:
-            c = default_placement(case, req, name)
-            if c is not None:
-                return c, ""
-        return _safe_default(allowed), "none-feasible"
-
-
-class _Scored(_Policy):
-    def __init__(self, name: str, scorer: Any) -> None:
-        self.name, self.scorer = name, scorer
-
-    def choose(self, req, case, allowed):
-        f = req.features
-        pairs = [(o, c) for o in case.options for c in case.candidates
-                 if c.host == case.option_host[option_id(o)] and _runs_on(o, c)]
-        preds = self.scorer.predict_many([(f, o, c.strategy) for o, c in pairs])
-        ranked = sorted(((p, c) for (o, c), p in zip(pairs, preds) if _privacy_ok(c.strategy, f)
-                         and (f.max_error is None or p.error <= f.max_error)), key=lambda x: (x[0].total_s, x[1].name))
-        pick = next((c for _, c in ranked if c in allowed), None)
-        if pick is None:
-            return _safe_default(allowed), "none-feasible"
-        return pick, "" if ranked[0][1] is pick else _miss_kind(req, ranked[0][1])
-
-
-class _Online(_Policy):
-    name = "selector"
-
-    def __init__(self, planner: Any) -> None:
-        self.planner, self._last = planner, None
-
-    def choose(self, req, case, allowed):
-        self._last, miss = None, ""
-        try:
-            plans: list[Plan] = self.planner.plan(req.features, list(case.options))
-        except SelectorError:
-            return _safe_default(allowed), "no-plan"
-        for plan in plans:
-            cand = case.lookup(case.option_host[option_id(plan.option)], plan.strategy)
-            if cand is None or isinstance(plan.option, WorkerOption) != (cand.strategy.mode == "plaintext"):
-                miss = miss or "unmeasured"
-            elif cand not in allowed:
-                miss = miss or _miss_kind(req, cand)
-            else:
-                self._last = plan
-                return cand, miss
-        return _safe_default(allowed), "none-feasible"
-
-    def observe(self, chosen, latency_s):
-        if self._last is not None:
-            self.planner.observe(self._last, Outcome(total_s=latency_s, error=chosen.error))
-
-
-def _training_rows(records: Sequence[Any], case: NetCase) -> list[Any]:
-    """Every row but the held-out model's rows on each host of the network at that host's link (and its plaintext
-    rows on those hosts)."""
-    links = dict(case.network)
-
-    def held(r: Any) -> bool:
-        if r.model != case.model or r.host not in links:
-            return False
-        return r.mode == "plaintext" or link_name(r.latency_s or 0.0, r.bandwidth_bytes_per_s) == links[r.host]
-
-    return [r for r in records if not held(r)]
-
-
-def _policies(config: EvalConfig, train: list[Any], toolkit: Toolkit, seed: int) -> list[_Policy]:
-    out: list[_Policy] = []
-    for name in config.policies:
-        if name == "random":
-            out.append(_Random(seed))
-        elif name == "fixed":
-            cases = network_cases(train)
-            out.append(_Fixed(fixed_ranking(cases, network_requests(cases, config))))
-        elif name == "cost_model":
-            out.append(_Scored(name, toolkit.cost_model(train, seed)))
-        elif name == "predictor":
-            out.append(_Scored(name, toolkit.predictor(train, seed)))
-        else:
-            out.append(_Online(toolkit.selector(train, seed)))
-    return out
+    def training_mix(self, rows: list[Any]) -> tuple[list[NetCase], list[EvalRequest]]:
+        cases = network_cases(rows)
+        return cases, network_requests(cases, self.config)
 
 
 def evaluate_network(records: Iterable[Any], config: EvalConfig = EvalConfig(), *, toolkit: Toolkit,
@@ -309,35 +219,22 @@ def evaluate_network(records: Iterable[Any], config: EvalConfig = EvalConfig(), 
     for req in network_requests(cases, config):
         by_group[cases[req.case].group].append(req)
     groups = sorted(by_group) if config.groups is None else [tuple(g) for g in config.groups]
-    report = EvalReport(config, [], groups, unit="model, network")
+    report, arena = EvalReport(config, [], groups, unit="model, network"), NetworkArena(config)
     for fold, group in enumerate(groups):
         reqs = by_group.get(group, [])
         if not reqs:
             raise SelectorError(f"no requests for held-out network group {group}; known: {sorted(by_group)}")
-        train = _training_rows(records, cases[reqs[0].case])
+        held = cases[reqs[0].case]
+        train = training_rows(records, held.model, dict(held.network))
         seed = config.seed * 1000 + fold
-        order = random.Random(seed)
-        stream = [(p, r) for p in range(config.passes) for r in order.sample(reqs, len(reqs))]
+        stream = request_stream(reqs, config.passes, seed)
         if progress:
             progress(f"network fold {fold + 1}/{len(groups)} {'/'.join(group)}: {len(train)} rows, {len(stream)} "
                      "requests")
-        for p, r in stream:
-            best = _oracle(r, cases[r.case])
-            report.choices.append(Choice("oracle", group, cases[r.case].label, r.kind, r.features.max_error, p,
-                                         best.name, best.total_s, best.total_s, best.name))
-        for policy in _policies(config, train, toolkit, seed):
-            rng = random.Random(seed + 1)
-            for p, r in stream:
-                case = cases[r.case]
-                allowed = [c for c in case.candidates if feasible(r, c)]
-                best = _oracle(r, case)
-                chosen, miss = policy.choose(r, case, allowed)
-                policy.observe(chosen, rng.choice(chosen.samples))
-                report.choices.append(Choice(policy.name, group, case.label, r.kind, r.features.max_error, p,
-                                             chosen.name, chosen.total_s, best.total_s, best.name, miss))
+        replay_fold(report, group, stream, cases, policies.build(config.policies, arena, train, toolkit, seed), seed)
     report.seconds = time.perf_counter() - start
     return report
 
 
-__all__ = ["NetCandidate", "NetCase", "default_placement", "evaluate_network", "fixed_ranking", "network_cases",
-           "network_requests"]
+__all__ = ["NetCandidate", "NetCase", "NetworkArena", "default_placement", "default_placements", "evaluate_network",
+           "network_cases", "network_requests"]

@@ -14,7 +14,7 @@ from typing import Any
 from .evaluate import EvalReport
 from .features import SelectorError
 
-TARGET_ORACLE_RATIO = 1.10  # issue 6: the full selector's median latency within 10% of the oracle's ...
+TARGET_ORACLE_RATIO = 1.10  # the selector's targets: its median latency within 10% of the oracle's ...
 TARGET_FIXED_CUT = 0.25  # ... and at least 25% below the single best fixed strategy's
 LABELS = {"oracle": "oracle (best measured)", "random": "random", "fixed": "single best fixed",
           "cost_model": "cost model alone", "predictor": "offline predictor", "selector": "full selector"}
@@ -23,7 +23,7 @@ INSTALL_HINT = "the plot needs matplotlib: pip install 'secureinfer[selector]' (
 
 
 def targets(report: EvalReport) -> dict[str, Any]:
-    """The issue's two targets, measured: selector vs oracle median ratio, selector vs fixed median cut."""
+    """The selector's two targets, measured: selector vs oracle median ratio, selector vs fixed median cut."""
     sel, fixed = report.summary("selector"), report.summary("fixed")
     if not sel.get("n") or not fixed.get("n"):
         return {}
@@ -80,7 +80,8 @@ def report_table(report: EvalReport, *, by_kind: bool = True) -> str:
                      f"{t['selector_below_fixed_median']:.1%} below -> {'met' if t['cut_met'] else 'MISSED'}")
     c = report.config
     budgets = ", ".join("none" if b is None else f"{b:g}" for b in c.budgets)
-    lines.append(f"{len(report.groups)} held-out groups ({report.unit or c.holdout}), kinds {', '.join(k.name for k in c.kinds)}, "
+    kind_names = ", ".join(k.name for k in c.kinds)
+    lines.append(f"{len(report.groups)} held-out groups ({report.unit or c.holdout}), kinds {kind_names}, "
                  f"budgets {budgets}, {c.passes} passes, seed {c.seed}; {report.seconds:.1f} s")
     for group, why in report.skipped_groups.items():
         lines.append(f"skipped group {group}: {why}")

@@ -1,8 +1,8 @@
 """What the selector conditions on and what it returns: a request, the nodes and links it may use, and a ranked plan.
 
 These are plain frozen dataclasses shared by every part of the selector (cost model, predictor, bandit, evaluation)
-and by its callers (the SDK, the simulator, tests). A `Plan` is executable: its strategy is an engine strategy
-(mpc/models/strategy.py) and its nodes are node ids of the membership view.
+and by its callers (the SDK, the simulator, tests). A `Plan` is executable: its strategy is an execution strategy
+(secureinfer/strategy.py) and its nodes are node ids of the membership view.
 
     request = RequestFeatures.for_model(cfg, model="minilm", seq_len=128, task="embed", secret_prompt=True)
     plans = selector.plan(request, [CommitteeOption(...), WorkerOption(...)])   # best first
@@ -52,7 +52,7 @@ class RequestFeatures:
     @classmethod
     def for_model(cls, cfg: Any, *, model: str, seq_len: int, batch: int = 1, gen_tokens: int = 0,
                   task: str | None = None, **constraints: Any) -> "RequestFeatures":
-        """The request for a model described by a ModelConfig (mpc/models/checkpoint.py); `constraints` are the
+        """The request for a model described by a ModelConfig (secureinfer/models/config.py); `constraints` are the
         hard-constraint fields (secret_prompt, open_model, max_error, deadline_s)."""
         n_params = _config_params(cfg)
         return cls(model=model, arch=cfg.arch, n_params=n_params, n_layers=cfg.n_layers, hidden=cfg.hidden,
@@ -78,7 +78,7 @@ class RequestFeatures:
 
 
 def _config_params(cfg: Any) -> int:
-    """Parameter count of a ModelConfig (mpc/models/checkpoint.parameter_shapes), without loading weights."""
+    """Parameter count of a ModelConfig (secureinfer.models.config.parameter_shapes), without loading weights."""
     from secureinfer.models.config import parameter_shapes
 
     total = 0

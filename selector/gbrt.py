@@ -5,10 +5,10 @@ categorical (mode, profile, precision, device kind) and numeric (sizes, link lat
 features whose effects are monotone-ish and interact (a profile matters only in secure mode, bandwidth only for
 byte-heavy plans). Boosted trees handle that with no feature scaling, little tuning and no risk of the wild
 extrapolation a neural net or a high-degree polynomial has; with features pre-binned into at most `max_bins`
-quantile bins, a split search is a few `np.bincount` calls, so fitting 300 trees on 1000 rows takes about a second
-on one core. No heavy dependency (no sklearn/xgboost/lightgbm), no randomness (no row/column subsampling), and the
-model is plain numbers that round-trip through JSON (no pickle). The default Huber loss (residuals clipped at 0.5
-in log latency) keeps a few timing outliers of a shared machine (x100 on a busy 2-core box) from dragging leaves.
+quantile bins, a split search is a few `np.bincount` calls, so fitting is fast on one core. No heavy dependency
+(no sklearn/xgboost/lightgbm), no randomness (no row/column subsampling), and the model is plain numbers that
+round-trip through JSON (no pickle). The default Huber loss (residuals clipped at 0.5 in log latency) keeps a few
+timing outliers of a shared, busy machine from dragging leaves.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def _run(key: OpKey, config: EngineConfig, n: int) -> dict[str, tuple[float, flo
 
 
 def measure_table(key: OpKey, device: str = "cpu") -> dict[str, OpCost]:
-    """Every op's cost under `key`, from two runs on the in-process runtime (a fraction of a second)."""
+    """Every op's cost under `key`, from two runs on the in-process runtime."""
     config = EngineConfig(fxp=FixedPoint(key.frac_bits), device=device)
     n1, n2 = _SIZES
     small, large = _run(key, config, n1), _run(key, config, n2)

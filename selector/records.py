@@ -3,7 +3,7 @@
 A row of the performance store describes one node (secure rows: the three in-process parties ran on it) and one
 link. `option_of` turns it into the option the row ran on: a committee of three copies of the row's node over the
 row's link (secure), or a worker (plaintext). The store has no head counts or MLP widths; `MODEL_SHAPES` holds those
-of the sweep's models (secureinfer/bench/sweep/models.py; tests/selector checks they agree) and other rows fall back
+of the sweep's models (secureinfer/lab/bench/sweep/models.py; tests/selector checks they agree) and other rows fall back
 to the cost model's defaults.
 """
 

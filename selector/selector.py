@@ -1,6 +1,6 @@
 """The selector: hard constraints first, then cost model -> meta-learned predictor -> online bandit, per request.
 
-    sel = Selector("benchmarks/sweep/sweep.sqlite", policy=Policy(forbid_public_weights=True), seed=0)
+    sel = Selector("secureinfer/lab/data/sweep.sqlite", policy=Policy(forbid_public_weights=True), seed=0)
     plans = sel.plan(request, options)          # ranked, best first; every plan satisfies every hard constraint
     outcome = run(plans[0])                     # the caller serves the first plan (or falls back down the list)
     sel.observe(plans[0], outcome)              # bandit update (+ a RunRecord appended to `record_to`, if given)
@@ -12,20 +12,19 @@ order is by a Thompson sample, log(predicted) + sampled residual. The safe defau
 smallest expected latency, always stays in the list, and exploration only reorders feasible plans whose expected
 latency is within `explore_ratio` of the safe default's (the others follow, by expected latency): exploring can
 never pick an infeasible plan, nor one expected to be far slower. The default ratio is 1.5: a plan predicted more
-than 50% slower than the safe default is not tried on the strength of a Thompson sample alone (with 3.0, noisy
-millisecond plaintext arms were explored at up to 100x regret; benchmarks/selector/README.md has the figures).
+than 50% slower than the safe default is not tried on the strength of a Thompson sample alone (a wider ratio let
+noisy millisecond plaintext arms be explored at large regret; benchmarks/selector/README.md has the figures).
 Thompson samples of the placement effect are drawn once per placement per planning round (the effect is common
 to the placement's arms, so it moves them together and never reorders strategies on one committee).
 Empirical priors (`empirical_prior`), measured on the training rows at every retrain (predictor.residual_spread:
 the predictor's errors on held-out combinations), each clipped to [PRIOR_SD_MIN, PRIOR_SD_MAX]:
   arm        an arm's prior residual scale is how much the errors differ between the strategies of one unseen
-             case, per mode (`arm_prior_sd`; on the committed stores ~0.08 in log latency for secure strategies,
-             against the config's generic 0.22), so Thompson samples reorder secure strategies only where the
-             predictor's ranking is genuinely uncertain;
-  placement  a placement effect's prior sd is the sd of the errors' case means (`placement_prior_sd`, ~0.21 on
-             the full stores; the config's prior, kappa 0.3, gives ~0.41), so placements are not shuffled on noise
-             the predictor does not make, while one surprising outcome still moves the placement (its prior weight
-             stays weak).
+             case, per mode (`arm_prior_sd`; below the config's generic prior for secure strategies), so Thompson
+             samples reorder secure strategies only where the predictor's ranking is genuinely uncertain;
+  placement  a placement effect's prior sd is the sd of the errors' case means (`placement_prior_sd`; below what
+             the config's prior and kappa give), so placements are not shuffled on noise the predictor does not
+             make, while one surprising outcome still moves the placement (its prior weight stays weak).
+The measured scales on the shipped stores are in benchmarks/selector/README.md.
 """
 
 from __future__ import annotations
@@ -78,7 +77,7 @@ class CandidateView:
     bandit_sample: float | None = None
     expected_s: float | None = None
     rank: int | None = None  # 1 = the plan that would be served
-    constraint: str | None = None  # for dropped candidates: "privacy" | "policy" | "accuracy" | "deadline"
+    constraint: str | None = None  # dropped: "privacy" | "placement" | "device" | "policy" | "accuracy" | "deadline"
     reason: str | None = None
 
 

@@ -6,8 +6,10 @@ Candidates (`enumerate_candidates`):
   worker (one node): PlaintextStrategy over precisions, int8 weights, static cache, CUDA graphs, batching and
       speculation (decoders), on cpu or the node's GPU, only for an open model AND a public prompt.
 Hard constraints (`check`), never traded for speed; each removed candidate keeps the reason (for `explain`):
-  privacy   a secret prompt never runs in plaintext nor on fewer than three distinct parties; a closed model never
-            runs in plaintext nor with public weights (mpc/models/strategy.check_allowed);
+  privacy   the strategy check (secureinfer/strategy.py's misfit, on a `hosting` built from the option): a secret
+            prompt never runs in plaintext nor on fewer than three distinct parties; a closed model never runs in
+            plaintext nor with public weights; a secure strategy runs only on three distinct parties (the check's
+            placement and device reasons are constraints of their own, which enumerated candidates never meet);
   policy    the model owner's `Policy` (allowed modes, devices, profiles, nodes; public weights forbidden);
   accuracy  the strategy's expected error (`AccuracyTable`: measured max_abs_err per (arch, strategy) in the store,
             else a stated prior) must not exceed the request's max_error;
@@ -19,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from secureinfer import strategy as strategy_check
 from secureinfer.perfstore import RunRecord
-from secureinfer.strategy import PROFILES, PlaintextStrategy, SecureStrategy, Strategy, StrategyError, check_allowed
+from secureinfer.strategy import PROFILES, PlaintextStrategy, SecureStrategy, Strategy
 
 from .cost import device_kind, variant
 from .features import CommitteeOption, Option, RequestFeatures, SelectorError, WorkerOption
@@ -90,7 +93,7 @@ class Rejected:
     """A candidate removed by a hard constraint, with the constraint's name and why."""
 
     candidate: Candidate
-    constraint: str  # "privacy" | "policy" | "accuracy" | "deadline" | "placement"
+    constraint: str  # "privacy" | "placement" | "device" | "policy" | "accuracy" | "deadline"
     reason: str
 
 
@@ -188,28 +191,34 @@ def prior_error(strategy: Strategy) -> float:
     return max(base, INT8_PRIOR_ERROR) if strategy.quantization == "int8" else base
 
 
-def privacy_violation(request: RequestFeatures, c: Candidate) -> str | None:
-    """Why the request's privacy forbids this candidate, or None."""
-    if isinstance(c.strategy, SecureStrategy):
-        if not isinstance(c.option, CommitteeOption) or len(set(node_ids(c.option))) < 3:
-            return "privacy: a secure strategy needs three distinct parties"
-    elif request.secret_prompt and len(set(node_ids(c.option))) < 3:
-        return "privacy: a secret prompt never runs on fewer than three distinct parties"
-    try:
-        check_allowed(c.strategy, secret_prompt=request.secret_prompt, open_model=request.open_model)
-    except StrategyError as exc:
-        return f"privacy: {exc}"
-    return None
+def hosting(option: Option, strategy: Strategy) -> strategy_check.Hosting:
+    """Where `strategy` would run on `option`, as the strategy check sees it: a committee of secure parties or one
+    plaintext worker, its nodes, and the device each computes the strategy on (a GPU node runs CPU strategies on its
+    CPU). An option does not say how a committee holds the model nor whether its nodes batch: those are not checked."""
+    nodes = option.nodes if isinstance(option, CommitteeOption) else (option.node,)
+    on_cpu = device_kind(strategy.device) == "cpu"
+    return strategy_check.Hosting(secure=isinstance(option, CommitteeOption), node_ids=node_ids(option),
+                                  devices=tuple("cpu" if on_cpu else n.device for n in nodes))
+
+
+def misfit(request: RequestFeatures, c: Candidate) -> str | None:
+    """Why this candidate may not serve the request, or None: secureinfer.strategy.misfit where it would run, whose
+    reason starts with its kind ("privacy: ...", "placement: ...", "device: ..."); a secret prompt offered to a
+    plaintext worker is refused in the selector's own words, the ones `explain` prints."""
+    if request.secret_prompt and c.strategy.mode == "plaintext" and not isinstance(c.option, CommitteeOption):
+        return "privacy: a secret prompt never runs on fewer than three distinct parties"  # a worker is one party
+    return strategy_check.misfit(c.strategy, secret_prompt=request.secret_prompt, open_model=request.open_model,
+                                 hosting=hosting(c.option, c.strategy))
 
 
 def check(request: RequestFeatures, c: Candidate, policy: Policy, accuracy: AccuracyTable
           ) -> tuple[Rejected | None, float]:
-    """(the first constraint the candidate violates or None, its expected error). Order: privacy, policy,
-    accuracy (the deadline needs a latency prediction and is checked by the selector)."""
+    """(the first constraint the candidate violates or None, its expected error). Order: the strategy check
+    (privacy first), policy, accuracy (the deadline needs a latency prediction and is checked by the selector)."""
     error = accuracy.expected_error(request.arch, c.strategy)
-    why = privacy_violation(request, c)
+    why = misfit(request, c)
     if why:
-        return Rejected(c, "privacy", why), error
+        return Rejected(c, why.split(":", 1)[0], why), error
     why = policy.violation(c.strategy, c.option)
     if why:
         return Rejected(c, "policy", why), error

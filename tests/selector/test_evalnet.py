@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from secureinfer.perfstore import RunRecord, run_key
-from secureinfer.selector import evalnet
+from secureinfer.selector import evalnet, evaluate
 from secureinfer.selector.evalcases import RequestKind
-from secureinfer.selector.evaluate import EvalConfig, Toolkit
+from secureinfer.selector.evaluate import EvalConfig
 from secureinfer.selector.features import CommitteeOption, Plan, Prediction
+from secureinfer.selector.policies import Toolkit
 from secureinfer.strategy import SecureStrategy, to_json
 
 H200 = "cuda:0 (NVIDIA H200)"
@@ -59,7 +60,7 @@ def test_network_cases_options_and_default_order():
 
 def test_training_rows_leave_the_model_network_out():
     case = next(c for c in evalnet.network_cases(store()) if c.group == ("m1", "box@metro+gpu@local"))
-    train = evalnet._training_rows(store(), case)
+    train = evaluate.training_rows(store(), case.model, dict(case.network))
     held = {(r.host, r.latency_s) for r in store() if r.model == "m1"} - {(r.host, r.latency_s) for r in train
                                                                             if r.model == "m1"}
     assert held == {("box", 2e-3), ("gpu", 0.0)} and len(train) == len(store()) - 3

@@ -12,8 +12,9 @@ import pytest
 from secureinfer.perfstore import RunRecord, run_key
 from secureinfer.selector import evalcases, evalreport, evaluate
 from secureinfer.selector.evalcases import Candidate, RequestKind, cases_from_records, feasible, request_mix
-from secureinfer.selector.evaluate import EvalConfig, Toolkit
+from secureinfer.selector.evaluate import EvalConfig
 from secureinfer.selector.features import LinkFeatures, Plan, Prediction, SelectorError
+from secureinfer.selector.policies import Toolkit
 from secureinfer.strategy import PlaintextStrategy, SecureStrategy, to_json
 
 ACC, FAST = SecureStrategy(profile="accurate"), SecureStrategy(profile="fast")
@@ -80,10 +81,10 @@ def test_feasibility_is_privacy_then_budget():
 
 def test_training_rows_leave_the_group_out():
     rows = synthetic()
-    train = evaluate._training_rows(rows, ("m1", "box", "metro"), "combo")
+    train = evaluate.training_rows(rows, "m1", {"box": "metro"})
     assert not [r for r in train if r.model == "m1" and (r.latency_s == METRO[0] or r.mode == "plaintext")]
     assert len(train) == len(rows) - 3  # m1's two metro rows and its plaintext row
-    assert {r.model for r in evaluate._training_rows(rows, ("m1",), "model")} == {"m2"}
+    assert {r.model for r in evaluate.training_rows(rows, "m1")} == {"m2"}
 
 
 def test_fixed_baseline_regret_is_known():

@@ -6,10 +6,10 @@ import pytest
 
 from secureinfer.selector.features import CommitteeOption, RequestFeatures, SelectorError
 from secureinfer.selector.space import (AccuracyTable, Candidate, Policy, check, enumerate_candidates, feasible,
-                                        prior_error)
+                                        hosting, prior_error)
 from secureinfer.strategy import PlaintextStrategy, SecureStrategy
 
-from .conftest import committee, cpu_node, gpu_node, tiny_gpt2, worker
+from .conftest import H200, committee, cpu_node, gpu_node, tiny_gpt2, worker
 
 
 def _names(cands) -> set[str]:
@@ -44,6 +44,24 @@ def test_privacy_constraints():
     assert rej.constraint == "privacy" and "public_weights" in rej.reason
     assert check(open_public, Candidate(PlaintextStrategy(), w), Policy(), acc)[0] is None
     assert check(secret, Candidate(SecureStrategy(public_weights=True), c), Policy(), acc)[0] is None
+
+
+def test_the_strategy_check_sees_the_options_hosting():
+    """space.check asks secureinfer.strategy.misfit where the candidate would run: a GPU node runs CPU parties, a
+    strategy off the enumeration (CUDA on CPU nodes, plaintext on a committee) is removed with the check's reason."""
+    acc, public = AccuracyTable(), tiny_gpt2(secret_prompt=False, open_model=True)
+    cpu, gpu = committee("c", ("a", "b", "c")), committee("g", ("x", "y", "z"), gpu=True)
+    where = hosting(gpu, SecureStrategy(device="cuda"))
+    assert where.secure and where.node_ids == ("x", "y", "z") and where.devices == (H200,) * 3
+    assert (where.frac_bits, where.public_weights, where.batching) == (None, None, None)  # options do not say
+    assert hosting(gpu, SecureStrategy()).devices == ("cpu",) * 3
+    assert check(public, Candidate(SecureStrategy(), gpu), Policy(), acc)[0] is None
+    rej, _ = check(public, Candidate(SecureStrategy(device="cuda"), cpu), Policy(), acc)
+    assert rej.constraint == "device" and rej.reason.startswith("device: ") and "cpu, cpu, cpu" in rej.reason
+    rej, _ = check(public, Candidate(PlaintextStrategy(), cpu), Policy(), acc)
+    assert rej.constraint == "placement" and "one plaintext worker" in rej.reason
+    rej, _ = check(public, Candidate(SecureStrategy(), worker("w")), Policy(), acc)
+    assert rej.constraint == "privacy" and "three distinct" in rej.reason
 
 
 def test_policy_and_accuracy_constraints():

@@ -1,4 +1,5 @@
-"""The performance store (selector/store.py): round trip, queries, resumability keys, schema versions, concurrency."""
+"""The performance store (secureinfer/perfstore/): round trip, queries, resumability keys, schema versions,
+concurrency."""
 
 from __future__ import annotations
 
