@@ -1,11 +1,16 @@
-"""Shared fixtures: the device each engine test runs on (CPU always; CUDA where a GPU is present)."""
+"""Shared fixtures: the device each engine test runs on (CPU always; CUDA where a GPU is present), and tiny random
+checkpoints written as Hugging Face directories (tinymodels.py)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from secureinfer.mpc.party import EngineConfig
+
+from .tinymodels import save, tiny_bert, tiny_gpt2, tiny_llama
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
@@ -40,3 +45,27 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "long" in item.keywords:
             item.add_marker(skip)
+
+
+# ---------------------------------------------------------------------------------------------- tiny checkpoints
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    """A tiny GPT-2 LM saved as an HF directory, and the HF model itself."""
+    model = tiny_gpt2(seed=1)
+    return save(model, tmp_path / "gpt2"), model
+
+
+@pytest.fixture
+def bert_dir(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    """A tiny BertModel saved as an HF directory, and the HF model itself."""
+    model = tiny_bert(seed=2)
+    return save(model, tmp_path / "bert"), model
+
+
+@pytest.fixture
+def llama_dir(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    """A tiny untied GQA LLaMA saved as an HF directory, and the HF model itself."""
+    model = tiny_llama(seed=3)
+    return save(model, tmp_path / "llama"), model

@@ -12,7 +12,7 @@ Owner-side preparation (`owner_params`): the query weights and biases are multip
 the plaintext, so the scale costs nothing at run time); everything else travels under its own name and layout.
 Cost per layer (T tokens, C hidden, I intermediate, H heads): 6 dense truncation layers' worth of matmuls
 (QKV, out, fc1, fc2), attention (scores, exact max, exp, reciprocal per row), two LayerNorms, one GeLU on T x I.
-Error: the ops' errors (nn/, approx/) propagated through the layers; measured in tests/models.
+Error: the ops' errors (nn/, approx/) propagated through the layers; measured in tests/mpc/models.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ MODULES = {
     "plaintext": "secureinfer.lab.bench.plaintext",
 }
 
-# Kept in step with secureinfer.lab.bench.sweep's MODELS and LINKS (tests/test_sweep.py checks); written out here so
+# Kept in step with secureinfer.lab.bench.sweep's MODELS and LINKS (tests/lab/test_sweep.py checks); written out here so
 # that building the parser does not import torch.
 SWEEP_EPILOG = """\
 models:

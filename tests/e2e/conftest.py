@@ -17,7 +17,7 @@ import torch
 from secureinfer.lab.simulate import LocalNetwork, SimulationConfig
 from secureinfer.models.checkpoint import load_checkpoint
 
-from ..models.conftest import VOCAB, save, tiny_bert, tiny_gpt2, tiny_llama
+from ..tinymodels import VOCAB, save, tiny_bert, tiny_gpt2, tiny_llama
 
 Model = tuple[Any, dict[str, torch.Tensor]]
 

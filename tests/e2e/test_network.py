@@ -1,7 +1,7 @@
 """Real node processes over mutual TLS: secure and public requests against in-process and plaintext references,
 the operator CLI, refusal of foreign certificates, and failures (a node killed mid-request, a dead committee).
 
-Tolerances are those of tests/models/test_secure_models.py (accurate profile, f = 18): GPT-2 logits 3e-3, LLaMA
+Tolerances are those of tests/mpc/models/test_secure_models.py (accurate profile, f = 18): GPT-2 logits 3e-3, LLaMA
 logits 2e-2 absolute; BERT sentence embeddings cosine > 0.99999. Public requests run the float64 plaintext forward
 on the worker and must match it to 1e-12.
 """

@@ -29,7 +29,7 @@ from secureinfer.plaintext.fast import FastDecoder
 from secureinfer.plaintext.torch_ops import TorchBuilder, TorchOps
 from secureinfer.strategy import PlaintextStrategy
 
-from .conftest import VOCAB, randomize, save
+from tests.tinymodels import VOCAB, randomize, save
 
 SEEDS = (0, 1, 2)
 HF_TOL = {"bert": 1e-9, "gpt2": 1e-9, "llama": 1e-4}

@@ -16,7 +16,7 @@ from secureinfer.models.checkpoint import load_checkpoint, load_tokenizer, packa
 from secureinfer.models.config import CheckpointError, ModelConfig, parameter_shapes
 from secureinfer.models.gguf_import import hf_name, unpermute_rotary
 
-from .conftest import save, tiny_bert, tiny_gpt2, tiny_llama
+from tests.tinymodels import save, tiny_bert, tiny_gpt2, tiny_llama
 
 
 def _hf_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:

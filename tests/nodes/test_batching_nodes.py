@@ -32,7 +32,7 @@ from .committee import SECRET, Net, publish, running_committee
 from .netutil import LoopThread, Pki, tiny_config, tiny_params
 
 BATCHED = strategy.SecureStrategy(batch_requests=True)
-TOL = {"bert": 5e-4, "gpt2": 3e-3}  # as tests/models/test_secure_models.py
+TOL = {"bert": 5e-4, "gpt2": 3e-3}  # as tests/mpc/models/test_secure_models.py
 MAX_ROWS = 5
 
 

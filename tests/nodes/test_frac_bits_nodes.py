@@ -37,7 +37,7 @@ from .netutil import LoopThread, Pki, finish, open_message, tiny_config, tiny_pa
 Code = grpc.StatusCode
 F16 = strategy.SecureStrategy(frac_bits=16)
 AT16 = EngineConfig(fxp=FixedPoint(16))
-TOL16 = {"gpt2": 4 * 3e-3, "bert": 4 * 5e-4}  # 4x the f=18 tolerances of tests/models/test_secure_models.py
+TOL16 = {"gpt2": 4 * 3e-3, "bert": 4 * 5e-4}  # 4x the f=18 tolerances of tests/mpc/models/test_secure_models.py
 IDS = torch.tensor([[2, 5, 7, 3, 11], [4, 3, 9, 1, 6]])
 
 

@@ -7,7 +7,7 @@ and a tiny BERT both ways too. Accuracy: secure outputs are fixed point with ran
 agree bit for bit; every output is checked against float64 plaintext with the secret-weights tests' tolerances (TOL)
 and against the in-process public-weights session (serving's own three threads) within 2 x TOL. Bytes are each node's
 own count of what it sent in the session (its metrics), and the saving is asserted exactly: 16 bytes per dense-layer
-output element and the embedding's resharing (tests/models/test_public_weights.py derives them).
+output element and the embedding's resharing (tests/mpc/models/test_public_weights.py derives them).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .netutil import LoopThread, Pki, finish, open_message, tiny_config, tiny_pa
 
 Code = grpc.StatusCode
 PUBW = strategy.SecureStrategy(public_weights=True)
-TOL = {"bert": 5e-4, "gpt2": 3e-3}  # as tests/models/test_secure_models.py
+TOL = {"bert": 5e-4, "gpt2": 3e-3}  # as tests/mpc/models/test_secure_models.py
 IDS = torch.tensor([[2, 5, 7, 3, 11], [4, 3, 9, 1, 6]])
 SAVED_PER_TRUNCATED = trunc.bytes_per_element(18) - trunc.bytes_per_element(18, replicated=True)  # 16
 SAVED_PER_EMBEDDED = 3 * 8  # the secret one-hot product's resharing: one ring element per party

@@ -11,7 +11,7 @@ from secureinfer.lab.bench import model as bench_model
 from secureinfer.models.checkpoint import load_checkpoint
 from secureinfer.mpc.models import session, trace
 
-from .conftest import VOCAB
+from tests.tinymodels import VOCAB
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

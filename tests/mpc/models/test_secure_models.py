@@ -22,7 +22,7 @@ from secureinfer.mpc.models.blocks import normalize
 from secureinfer.mpc.protocols import reveal
 from secureinfer.plaintext import reference as plaintext
 
-from .conftest import VOCAB, save, tiny_bert, tiny_llama
+from tests.tinymodels import VOCAB, save, tiny_bert, tiny_llama
 
 TOL = {"bert": 5e-4, "gpt2": 3e-3, "llama": 2e-2}
 

@@ -9,7 +9,7 @@ from secureinfer.models.checkpoint import load_checkpoint, load_tokenizer, packa
 from secureinfer.plaintext.reference import (KVCache, bert_classify, bert_forward, gpt2_forward, greedy_generate,
                                              l2_normalize, llama_forward, mean_pool, sentence_embedding)
 
-from .conftest import VOCAB, save, tiny_bert, tiny_llama
+from tests.tinymodels import VOCAB, save, tiny_bert, tiny_llama
 
 SENTENCES = ["Secure inference keeps both the prompt and the weights private.",
              "A cat sat on the mat.",

@@ -145,7 +145,7 @@ def test_not_a_store_is_refused(tmp_path):
 WRITER = textwrap.dedent("""
     import dataclasses, sys
     sys.path.insert(0, {root!r})
-    from tests.selector.test_store import record
+    from tests.perfstore.test_store import record
     from secureinfer.perfstore import open_store, run_key
     st = open_store(sys.argv[1])
     w = int(sys.argv[2])

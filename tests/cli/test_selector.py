@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.selector.test_evaluate import synthetic
 
 from secureinfer import cli
 from secureinfer.cli import selector as cli_selector
 from secureinfer.lab.stores import MEASURED_STORES
 from secureinfer.perfstore import open_store
-
-from .test_evaluate import synthetic
 
 
 @pytest.fixture

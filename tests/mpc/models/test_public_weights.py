@@ -22,7 +22,7 @@ from secureinfer.mpc.shares import AShare
 from secureinfer.plaintext import reference as plaintext
 from secureinfer.strategy import SecureStrategy
 
-from .conftest import VOCAB, save, tiny_bert, tiny_llama
+from tests.tinymodels import VOCAB, save, tiny_bert, tiny_llama
 from .test_secure_models import TOL, _ids  # the same tolerances as the secret-weights tests
 from .test_secure_models import _compare as _compare_abs
 

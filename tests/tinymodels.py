@@ -1,4 +1,9 @@
-"""Fixtures for the model tests: offline Hugging Face, tiny random checkpoints written as real HF directories."""
+"""Tiny random checkpoints in real architectures (GPT-2, BERT, LLaMA), written as Hugging Face directories.
+
+The model tests of every package build on these: the shared definitions, the plaintext execution and the secure
+models are all checked against Hugging Face's own implementation of the same weights. Nothing downloads: the offline
+switches are set before transformers is first imported.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from pathlib import Path  # noqa: E402
 
-import pytest  # noqa: E402
 import torch  # noqa: E402
 
 VOCAB = 61
@@ -63,24 +67,3 @@ def tiny_llama(seed: int = 0, tie: bool = False, bias: bool = False) -> torch.nn
                       rope_theta=500.0, tie_word_embeddings=tie, attention_bias=bias, mlp_bias=bias,
                       bos_token_id=0, eos_token_id=1, pad_token_id=None)
     return randomize(LlamaForCausalLM(cfg), seed)
-
-
-@pytest.fixture
-def gpt2_dir(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
-    """A tiny GPT-2 LM saved as an HF directory, and the HF model itself."""
-    model = tiny_gpt2(seed=1)
-    return save(model, tmp_path / "gpt2"), model
-
-
-@pytest.fixture
-def bert_dir(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
-    """A tiny BertModel saved as an HF directory, and the HF model itself."""
-    model = tiny_bert(seed=2)
-    return save(model, tmp_path / "bert"), model
-
-
-@pytest.fixture
-def llama_dir(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
-    """A tiny untied GQA LLaMA saved as an HF directory, and the HF model itself."""
-    model = tiny_llama(seed=3)
-    return save(model, tmp_path / "llama"), model

@@ -4,7 +4,7 @@ Secret randomness is made reproducible for these runs only: every `os.urandom` c
 from SHA-256 of (thread name, per-thread counter), so each party thread sees the same stream on every run while the
 engine's code paths stay exactly those of production. With the randomness fixed, the reconstructed outputs are a
 deterministic function of the engine's arithmetic: any change in a protocol, its order of PRG draws or its message
-pattern changes the hash. `python -m tests.models.golden` rewrites `golden_forwards.json` (only after a change that
+pattern changes the hash. `python -m tests.mpc.models.golden` rewrites `golden_forwards.json` (only after a change that
 is meant to alter the engine's arithmetic).
 """
 

@@ -22,7 +22,7 @@ from secureinfer.plaintext import reference as plaintext
 from secureinfer.plaintext.fast import BatchingWorker, FastDecoder, quantize_int8
 from secureinfer.strategy import PlaintextStrategy, StrategyError
 
-from .conftest import VOCAB, save, tiny_gpt2, tiny_llama
+from tests.tinymodels import VOCAB, save, tiny_gpt2, tiny_llama
 
 ARCHS = ("gpt2", "llama")
 

@@ -23,7 +23,7 @@ from secureinfer.mpc.nn.embedding import one_hot
 from secureinfer.mpc.protocols import reveal
 from secureinfer.plaintext import reference as plaintext
 
-from .conftest import VOCAB
+from tests.tinymodels import VOCAB
 from .test_secure_models import TOL, _ids
 
 

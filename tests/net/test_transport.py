@@ -16,7 +16,7 @@ from secureinfer.mpc.comm import CommError, LinkModel
 from secureinfer.net.transport import GrpcChannel, Link
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
-from .netutil import LoopThread
+from tests.nodes.netutil import LoopThread
 
 BIG = 3 * (1 << 20) + 12_345  # bytes: a multi-chunk message
 
