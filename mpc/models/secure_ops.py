@@ -2,10 +2,9 @@
 
 `SecureBuilder` prepares weights as blocks.py keeps them (`Dense`, `Table`, `AttentionBlock`; secret shares or public
 ring tensors); `SecureOps` runs a forward for one party under an approximation profile, with the secret KV cache,
-naming each step for the tracer (trace.py) as the hand-written forwards did ("embed", "layernorm" / "rmsnorm",
-"mlp.fc1", "mlp.gelu" / "mlp.silu", "mlp.gate_mul", "mlp.fc2", "lm_head", "pool", "head"; attention's own steps
-inside blocks.attention). Every op is the same blocks.py / nn call in the same order as before the definitions
-were shared, so rounds, bytes and opened results are unchanged. Nothing here opens a value.
+naming each step for the tracer (trace.py: "embed", "layernorm" / "rmsnorm", "mlp.fc1", "mlp.gelu" / "mlp.silu",
+"mlp.gate_mul", "mlp.fc2", "lm_head", "pool", "head"; attention's own steps inside blocks.attention). Every op is one
+blocks.py / nn call. Nothing here opens a value.
 
 Activations by name: gelu and gelu_tanh run the even-split recipe (nn.activations) with `gelu_spec`'s fit, silu
 the profile's SiLU fit, relu an exact selection. GPT-2's activation is the tanh form of GeLU; `GELU_TANH` holds
