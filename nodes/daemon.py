@@ -2,19 +2,23 @@
 
     secureinfer node serve --config node.toml
 
-Start-up: load the identity (certs_dir), measure the capability record, open the performance store, bind the port
-(written to `port_file`), sign this node's record and gossip it to the seeds and known peers every
-`gossip_interval_s`; each round also pulls the performance records of one random peer that are new here
-(nodes/records.py). SIGTERM or SIGINT stops accepting new sessions, gives running ones a grace period, then cancels
-the rest and exits.
+Start-up: load the identity (certs_dir), check the port is free, serve metrics, measure the capability record, open
+the performance store, bind the port (written to `port_file`), sign this node's record and gossip it to the seeds
+and known peers every `gossip_interval_s`; each round also pulls the performance records of one random peer that
+are new here (nodes/records.py). A setting that cannot be used at start-up (a port in use, unreadable certificates,
+a performance store that does not open) stops the start with an error that names its key, and whatever was already
+open is closed. SIGTERM or SIGINT stops accepting new sessions, gives running ones a grace period, then cancels the
+rest and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -22,20 +26,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from secureinfer.mpc.comm.audit import FrameLog
-from secureinfer.net.certs import NODE_SAN, Identity
+from secureinfer.net.certs import NODE_SAN, CertError, Identity
 from secureinfer.net.errors import Cancelled
 from secureinfer.net.membership import MembershipTable, sign_record
 from secureinfer.net.options import grpc_options, server_options
-from secureinfer.perfstore import Store, open_store
+from secureinfer.perfstore import Store, StoreError, open_store
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 from . import capability, logs
 from .admission import Admission, AdmissionSettings
 from .batching import Batcher, BatchSettings
-from .config import NodeConfig
+from .capability import CapabilityError
+from .config import ConfigError, NodeConfig
 from .logs import log_event
 from .malformed import MalformedRequests
-from .metrics import NodeMetrics
+from .metrics import MetricsError, NodeMetrics
 from .records import RecordBook, RecordSync
 from .revocation import RevocationError, RevocationInterceptor, RevocationWatch
 from .servicers import InferenceServicer, MembershipServicer, PeerServicer, RecordsServicer
@@ -50,6 +55,14 @@ GOSSIP_FANOUT = 2
 AUDIT_ENV = "SECUREINFER_AUDIT_DIR"
 GOSSIP_TIMEOUT_S = 3.0
 ABSENT_SEED_EVERY = 4  # gossip rounds between calls to seeds missing from the live view
+# gRPC binds with SO_REUSEPORT by default: a second node configured with the same port would share it, each taking
+# some of the connections. A node's port is its own.
+EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
+
+
+class StartupError(ConfigError):
+    """A setting the daemon cannot use as configured (a port in use, a performance store that does not open, ...);
+    the message starts with the setting's key."""
 
 
 class NodeDaemon:
@@ -62,7 +75,10 @@ class NodeDaemon:
         self.config = config
         self.peer_wait_s = config.peer_wait_s if peer_wait_s is None else peer_wait_s
         self.logger = logs.configure(config.node_id, config.log_level)
-        self.identity = Identity.load(config.certs_dir, config.node_id)
+        try:
+            self.identity = Identity.load(config.certs_dir, config.node_id)
+        except CertError as exc:
+            raise CertError(_keyed("certs_dir", exc)) from None
         self.revocation = self._load_revocation()
         self.device = config.resolved_device()
         self.metrics = NodeMetrics()
@@ -96,10 +112,13 @@ class NodeDaemon:
     def _load_revocation(self) -> RevocationWatch:
         """The network's revocation list; refuse to start when this node's own certificate is on it."""
         path, required = self.config.revocation_path()
-        watch = RevocationWatch(path, self.identity.ca_pem, required)
+        try:
+            watch = RevocationWatch(path, self.identity.ca_pem, required)
+        except RevocationError as exc:
+            raise RevocationError(_keyed("revocation_list", exc)) from None
         reason = watch.reason(self.identity.cert_pem)
         if reason is not None:
-            raise RevocationError(f"{self.config.cert_path}: {reason}")
+            raise RevocationError(f"revocation_list: {self.config.cert_path}: {reason}")
         return watch
 
     def _log_refused(self, reason: str) -> None:
@@ -136,19 +155,57 @@ class NodeDaemon:
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Measure, bind, serve; returns the bound port."""
+        """Check the settings, measure, bind, serve; returns the bound port. A setting that cannot be used raises
+        (StartupError names its key) after closing whatever was already open, so a failed start leaves nothing
+        running."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self._release(server_grace_s=None)
+            self._stopped.set()
+            raise
+
+    async def _start(self) -> int:
+        """Each start-up step in turn, the ones a setting can fail first; the bound port."""
         cfg = self.config
-        self.capability = capability.measure(self.device)
+        _check_listenable(cfg.host, cfg.port)
+        if cfg.metrics_port is not None:
+            self._serve_metrics(cfg.metrics_port)
+        try:
+            self.capability = capability.measure(self.device)
+        except CapabilityError as exc:
+            raise StartupError(_keyed("device", exc)) from None
         self.records = RecordBook(self._open_perf_store())
         self._sync = RecordSync(self.records, self.dial, timeout_s=GOSSIP_TIMEOUT_S)
+        # Bound last and started at once: gRPC keeps the port of a server that never started until the process ends.
+        self._server = server = grpc.aio.server(
+            options=server_options(cfg.max_message_bytes) + [EXCLUSIVE_PORT],
+            interceptors=[RevocationInterceptor(self.revocation, self._log_refused), MalformedRequests()])
+        self.port = _bind(server, cfg.host, cfg.port, self.identity.server_credentials())
+        self.address = cfg.advertised_address(self.port)
+        self._add_servicers(server)
+        await server.start()
+        self._refresh_record()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if cfg.port_file is not None:
+            try:
+                _write_atomic(cfg.port_file, f"{self.port}\n")
+            except OSError as exc:
+                raise StartupError(f"port_file: cannot write {cfg.port_file}: {exc.strerror}") from None
+        self._tasks.append(asyncio.create_task(self._gossip_loop()))
+        log_event(self.logger, "INFO", "node serving", address=self.address, roles=list(cfg.roles),
+                  device=self.capability.device, gflops=round(self.capability.matmul_gflops, 1))
+        return self.port
+
+    def _add_servicers(self, server: grpc.aio.Server) -> None:
+        """The node's services (inference, peer, membership, records, health) on `server`, before it starts."""
+        cfg = self.config
         runtime = NodeRuntime(identity=self.identity, roles=cfg.roles, device=self.device, store=self.store,
                               max_sessions=cfg.max_sessions, session_timeout_s=cfg.session_timeout_s,
                               max_payload_bytes=4 << 30, shaping=cfg.link.model(), dial=self.dial,
                               peer_wait_s=self.peer_wait_s, audit=self._audit_log(),
                               batcher=Batcher(BatchSettings(cfg.batch_window_s, cfg.batch_max_rows), self.registry,
                                               self.metrics, self.logger))
-        server = grpc.aio.server(options=server_options(cfg.max_message_bytes), interceptors=[
-            RevocationInterceptor(self.revocation, self._log_refused), MalformedRequests()])
         self.admission = Admission(AdmissionSettings.from_config(cfg), cfg.node_id)
         node_pb2_grpc.add_InferenceServicer_to_server(
             InferenceServicer(runtime, self.registry, self.metrics, self.logger, self.admission), server)
@@ -157,23 +214,14 @@ class NodeDaemon:
             MembershipServicer(self.table, self.registry, cfg.node_id, self.metrics), server)
         node_pb2_grpc.add_RecordsServicer_to_server(RecordsServicer(self.records, self.logger), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.port = server.add_secure_port(f"{cfg.host}:{cfg.port}", self.identity.server_credentials())
-        if self.port == 0:
-            raise OSError(f"could not bind {cfg.host}:{cfg.port}")
-        await server.start()
-        self._server = server
-        self.address = cfg.advertised_address(self.port)
-        self._refresh_record()
-        if cfg.metrics_port is not None:
-            metrics_port = self.metrics.serve(cfg.metrics_port)
-            log_event(self.logger, "INFO", "metrics endpoint up", metrics_port=metrics_port)
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        self._tasks.append(asyncio.create_task(self._gossip_loop()))
-        if cfg.port_file is not None:
-            _write_atomic(cfg.port_file, f"{self.port}\n")
-        log_event(self.logger, "INFO", "node serving", address=self.address, roles=list(cfg.roles),
-                  device=self.capability.device, gflops=round(self.capability.matmul_gflops, 1))
-        return self.port
+
+    def _serve_metrics(self, port: int) -> None:
+        """The Prometheus endpoint on `port` (StartupError naming metrics_port where it cannot listen)."""
+        try:
+            bound = self.metrics.serve(port)
+        except MetricsError as exc:
+            raise StartupError(_keyed("metrics_port", exc)) from None
+        log_event(self.logger, "INFO", "metrics endpoint up", metrics_port=bound)
 
     def _open_perf_store(self) -> Store:
         """The performance store at the config's path (created if new), or a private in-memory one."""
@@ -181,7 +229,14 @@ class NodeDaemon:
         if path is None:
             log_event(self.logger, "INFO", "performance records kept in memory (set data_dir or perf_store to keep "
                       "them across restarts)")
-        return open_store(":memory:" if path is None else path)
+            return open_store(":memory:")
+        key = "perf_store" if self.config.perf_store is not None else "data_dir"
+        try:
+            return open_store(path)
+        except StoreError as exc:
+            raise StartupError(_keyed(key, exc)) from None
+        except OSError as exc:  # its folder cannot be made (a file is in the way, no permission)
+            raise StartupError(f"{key}: cannot create {exc.filename or path.parent}: {exc.strerror}") from None
 
     async def _set_health(self, status: int) -> None:
         result = self.health.set("", status)
@@ -197,21 +252,30 @@ class NodeDaemon:
             return
         log_event(self.logger, "INFO", "node stopping", active_sessions=len(self.registry))
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._cancel_tasks()
         deadline = time.monotonic() + grace_s
         while len(self.registry) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self.registry.abort_all(Cancelled("the node is shutting down"))
+        await self._release(server_grace_s=1.0)
+        self._stopped.set()
+
+    async def _release(self, server_grace_s: float | None) -> None:
+        """Close what start() opened: gossip, the server (after `server_grace_s`), channels, store, metrics."""
+        await self._cancel_tasks()
         if self._server is not None:
-            await self._server.stop(1.0)
+            await self._server.stop(server_grace_s)
         for channel in self._channels.values():
             await channel.close()
         if self.records is not None:
             self.records.store.close()
         self.metrics.close()
-        self._stopped.set()
+
+    async def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
 
     # --- membership ------------------------------------------------------------------------------------------------
 
@@ -281,6 +345,51 @@ class NodeDaemon:
             log_event(self.logger, "DEBUG", "record sync: peer did not answer", peer=peers[0].node_id,
                       status=exc.code().name)
             return 0
+
+
+def _keyed(key: str, error: Exception) -> str:
+    """`error`'s message led by the config key it concerns (unless it already starts with the key)."""
+    text = str(error)
+    return text if text.startswith((f"{key}:", f"{key} ")) else f"{key}: {text}"
+
+
+def _listen_address(host: str, port: int) -> str:
+    """host:port as gRPC and people read it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _check_listenable(host: str, port: int) -> None:
+    """Raise StartupError naming `host` or `port` unless host:port can be listened on now (asked before gRPC binds:
+    its own failure says neither which address nor why)."""
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"host: cannot resolve {host!r}: {exc.strerror}") from None
+    failures = []
+    for family, kind, proto, _name, sockaddr in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                failures.append(exc)
+    taken = [exc for exc in failures if exc.errno in (errno.EADDRINUSE, errno.EACCES)]
+    if taken or (failures and len(failures) == len(addresses)):
+        key = "port" if taken else "host"
+        raise StartupError(f"{key}: cannot listen on {_listen_address(host, port)}: {(taken or failures)[0].strerror}")
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int, credentials: grpc.ServerCredentials) -> int:
+    """Bind `server` to host:port (port 0: a free one, checked by _check_listenable first); the bound port, or
+    StartupError naming the setting."""
+    address = _listen_address(host, port)
+    try:
+        bound = server.add_secure_port(address, credentials)
+    except RuntimeError:  # taken between the check and now; gRPC has logged its own line
+        bound = 0
+    if bound == 0:
+        raise StartupError(f"port: cannot listen on {address}")
+    return bound
 
 
 def _write_atomic(path: Path, text: str) -> None:

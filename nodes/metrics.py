@@ -13,7 +13,7 @@ SESSION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 
 
 class MetricsError(ValueError):
-    """A metric update is out of range, or the HTTP endpoint is misused."""
+    """A metric update is out of range, or the HTTP endpoint is misused or cannot listen where it is asked to."""
 
 
 def _check_label(name: str, value: str) -> str:
@@ -162,7 +162,11 @@ class NodeMetrics:
             raise MetricsError(f"already serving on port {self.port}")
         if not 0 <= port <= 65535:
             raise MetricsError(f"port must be in 0..65535, got {port}")
-        started = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            started = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            shown = f"[{host}]" if ":" in host else host
+            raise MetricsError(f"cannot serve metrics on {shown}:{port}: {exc.strerror or exc}") from None
         if not isinstance(started, tuple):  # prometheus_client < 0.21 returns None: nothing to report or close
             raise MetricsError("prometheus-client >= 0.21 is needed (start_http_server must return the server)")
         self._server, self._thread = started

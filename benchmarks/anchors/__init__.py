@@ -1,6 +1,7 @@
 """Side-by-side benchmarks of secureinfer against the systems users would pick instead.
 
-One command, `python -m benchmarks.anchors`, runs on the same workloads, one after another in one run:
+One command, `secureinfer bench anchors` (from any folder; `python -m benchmarks.anchors` from the checkout's root),
+runs on the same workloads, one after another in one run:
   secureinfer   its secure forward on three in-process parties (secureinfer_runner.py)
   spu           SecretFlow SPU running PUMA's recipes (spu_runner.py, in its own venv built by spu_env.py)
   crypten       CrypTen 0.4.1 with its import fixes kept inside its own venv (crypten_runner.py with its model,
@@ -17,5 +18,6 @@ writes R.json {"anchor", "anchor_version", "workload", "seconds" (median), "seco
 plaintext reference (accuracy.py, with the figures of secureinfer.lab.bench.metrics), the ratios to secureinfer, and
 projections to real networks (projection.py); report.py prints the tables and writes them as Markdown for
 BENCHMARKS.md. A result's "command" reruns it from the repository root; files it wrote outside the working directory
-are named under the placeholder folder OUT.
+are named under the placeholder folder OUT. The anchors' venvs and the work files go under the checkout's .anchors/
+unless --env-dir and --work-dir say otherwise; every runner runs from the checkout's root.
 """

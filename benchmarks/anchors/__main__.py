@@ -1,4 +1,5 @@
-"""`python -m benchmarks.anchors`: secureinfer against SPU/PUMA, CrypTen and transformers, side by side, in one run.
+"""`secureinfer bench anchors` (from any folder) or `python -m benchmarks.anchors` (from the checkout's root):
+secureinfer against SPU/PUMA, CrypTen and transformers, side by side, in one run.
 
 See benchmarks/anchors/__init__.py for what is measured and how; BENCHMARKS.md for the results.
 """
@@ -15,19 +16,23 @@ from pathlib import Path
 
 from . import harness, report, workloads
 
+# The command as typed: it names the help's usage and the command a result records.
+MODULE_PROG = ("python", "-m", "benchmarks.anchors")
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
+
+def parse(argv: list[str] | None, prog: tuple[str, ...] = MODULE_PROG) -> argparse.Namespace:
     """The command line."""
+    name = " ".join(prog)
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.anchors",
+        prog=name,
         description="Run secureinfer's secure forward and each anchor (SecretFlow SPU running PUMA's recipes, CrypTen, "
                     "Hugging Face transformers in plaintext) on the same workloads, one after another in one run, and "
                     "print time, bytes per party, rounds, accuracy against float64 plaintext, the ratios to "
                     "secureinfer, and projections to real networks. The anchors' virtual environments are built on "
                     "first use under --env-dir (minutes; an anchor whose install fails is skipped with its reason).",
-        epilog="examples:\n  python -m benchmarks.anchors --workload minilm            # the headline figure\n"
-               "  python -m benchmarks.anchors --anchor spu --workload gpt2\n"
-               "  python -m benchmarks.anchors --json out.json --markdown out.md   # everything, for BENCHMARKS.md",
+        epilog=f"examples:\n  {name} --workload minilm            # the headline figure\n"
+               f"  {name} --anchor spu --workload gpt2\n"
+               f"  {name} --json out.json --markdown out.md   # everything, for BENCHMARKS.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", action="append", choices=workloads.WORKLOADS,
                         help="only this workload (repeatable; default all: minilm, bert-base, gpt2)")
@@ -37,9 +42,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="append", choices=["accurate", "fast", "lean"],
                         help="secureinfer's approximation profile (repeatable: each runs, ratios against each; "
                              "default accurate)")
-    parser.add_argument("--env-dir", type=Path, default=Path(".anchors"), help="where the anchors' venvs live")
-    parser.add_argument("--work-dir", type=Path, default=Path(".anchors/work"),
-                        help="where workload files and raw results go (about 2 GB for all three workloads)")
+    parser.add_argument("--env-dir", type=Path, default=harness.ENV_DIR,
+                        help="where the anchors' venvs live (default: .anchors in the checkout's root)")
+    parser.add_argument("--work-dir", type=Path, default=harness.WORK_DIR,
+                        help="where workload files and raw results go (about 2 GB for all three workloads; default: "
+                             ".anchors/work in the checkout's root)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the anchors' environments")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one system may take on one workload")
     parser.add_argument("--no-breakdown", action="store_true", help="skip secureinfer's traced per-op breakdown run")
@@ -52,11 +59,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the harness and print, and optionally write, its tables."""
+def main(argv: list[str] | None = None, prog: tuple[str, ...] = MODULE_PROG) -> int:
+    """Run the harness and print, and optionally write, its tables; `prog` is the command as the user typed it."""
     from secureinfer.lab.bench import machine
 
-    args = parse(argv)
+    args = parse(argv, prog)
     cfg = harness.HarnessConfig(workloads=tuple(args.workload or workloads.WORKLOADS),
                                 anchors=tuple(args.anchor or harness.ANCHORS), repeats=args.repeats,
                                 env_dir=args.env_dir, work_dir=args.work_dir, rebuild=args.rebuild,
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(text)
     if args.json:
-        command, config = recorded(cfg, argv)
+        command, config = recorded(cfg, argv, prog)
         payload = {"benchmark": "anchors", "machine": machine("cpu"), "command": command,
                    "seconds": time.perf_counter() - start, "config": config, "environments": outcome.environments,
                    "workloads": outcome.results, "ops": outcome.ops}
@@ -82,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def recorded(cfg: harness.HarnessConfig, argv: list[str] | None) -> tuple[str, dict[str, str]]:
-    """The command (rerunnable from the repository root) and the configuration a result records, without this
-    machine's folders: paths inside the working directory relative to it, others under the placeholder folder OUT."""
+def recorded(cfg: harness.HarnessConfig, argv: list[str] | None,
+             prog: tuple[str, ...] = MODULE_PROG) -> tuple[str, dict[str, str]]:
+    """The command (`prog` and the arguments: rerunnable from the repository root) and the configuration a result
+    records, without this machine's folders: paths inside the working directory relative to it, others under the
+    placeholder folder OUT."""
     from secureinfer.lab.bench import portable_paths
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -92,7 +101,7 @@ def recorded(cfg: harness.HarnessConfig, argv: list[str] | None) -> tuple[str, d
     folders = ("env_dir", "work_dir")
     portable = portable_paths(args + [config[k] for k in folders])
     config.update(zip(folders, portable[len(args):]))
-    return shlex.join(["python", "-m", "benchmarks.anchors", *portable[:len(args)]]), config
+    return shlex.join([*prog, *portable[:len(args)]]), config
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from . import accuracy, projection, workloads
 from .errors import AnchorInstallError
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent  # the checkout: every runner runs from here
+ENV_DIR = ROOT / ".anchors"
+WORK_DIR = ENV_DIR / "work"
 OURS = "secureinfer"
 
 
@@ -49,18 +52,23 @@ ANCHORS = tuple(name for name in SYSTEMS if name != OURS)
 
 @dataclass(frozen=True)
 class HarnessConfig:
-    """What to run and where: workloads, anchors, repeats, folders, per-run time limit."""
+    """What to run and where: workloads, anchors, repeats, folders (made absolute: the runners run from the
+    checkout's root, wherever the harness was started), per-run time limit."""
 
     workloads: tuple[str, ...] = workloads.WORKLOADS
     anchors: tuple[str, ...] = ANCHORS
     repeats: int = 1
-    env_dir: Path = Path(".anchors")
-    work_dir: Path = Path(".anchors/work")
+    env_dir: Path = ENV_DIR
+    work_dir: Path = WORK_DIR
     rebuild: bool = False
     timeout_s: float = 3600.0
     breakdown: bool = True
     profiles: tuple[str, ...] = ("accurate",)  # secureinfer runs once per profile; the first is "secureinfer"
     ops: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("env_dir", "work_dir"):
+            object.__setattr__(self, name, Path(getattr(self, name)).absolute())
 
 
 @dataclass
@@ -132,7 +140,7 @@ def run_json(cmd: list[str], out: Path, cfg: HarnessConfig) -> dict[str, Any]:
     out.unlink(missing_ok=True)
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=cfg.timeout_s,
-                              cwd=HERE.parent.parent)
+                              cwd=ROOT)
     except subprocess.TimeoutExpired:
         raise RunnerFailed(f"no result within {cfg.timeout_s:.0f} s") from None
     if proc.returncode != 0 or not out.exists():

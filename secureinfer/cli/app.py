@@ -23,6 +23,7 @@ examples:
   secureinfer bench model --model minilm # a whole secure MiniLM forward: time, rounds, bytes, accuracy, breakdown
   secureinfer bench sweep --dry-run      # the grid of requests x strategies x links for the performance store
   secureinfer bench plaintext --device cuda # fast plaintext decoding vs transformers generate
+  secureinfer bench anchors --workload minilm # vs SPU/PUMA, CrypTen, transformers (needs a source checkout)
   secureinfer certs init --dir certs     # a network CA; then `certs issue` for each node, client and owner
   secureinfer node serve --config n.toml # run a node daemon (see `secureinfer node serve --help`)
   secureinfer network status --seed 127.0.0.1:7001 --certs certs --name alice

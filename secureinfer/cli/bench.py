@@ -20,6 +20,7 @@ MODULES = {
     "load": "secureinfer.lab.bench.load",
     "sweep": "secureinfer.lab.bench.sweep",
     "plaintext": "secureinfer.lab.bench.plaintext",
+    "anchors": "secureinfer.lab.bench.anchors",
 }
 
 # Kept in step with secureinfer.lab.bench.sweep's MODELS and LINKS (tests/lab/test_sweep.py checks); written out here so
@@ -58,7 +59,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Add the `bench` command and its subcommands to the top-level subcommands; return its parser."""
     bench = commands.add_parser("bench", help="measure the engine (time, rounds, bytes per party, error)")
     kinds = bench.add_subparsers(dest="bench_kind", metavar="WHAT")
-    for add in (_add_ops, _add_model, _add_network, _add_load, _add_sweep, _add_plaintext):
+    for add in (_add_ops, _add_model, _add_network, _add_load, _add_sweep, _add_plaintext, _add_anchors):
         add(kinds).set_defaults(handler=run)
     usage.help_when_bare(bench)
     return bench
@@ -215,3 +216,15 @@ def _add_plaintext(kinds: Any) -> argparse.ArgumentParser:
     plain.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     plain.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
     return plain
+
+
+def _add_anchors(kinds: Any) -> argparse.ArgumentParser:
+    """`bench anchors`: the checkout's side-by-side benchmarks; every argument, --help included, is theirs."""
+    anchors = kinds.add_parser(
+        "anchors", help="secureinfer against SPU/PUMA, CrypTen and transformers, side by side (needs a source "
+        "checkout; `secureinfer bench anchors --help` for its options)",
+        description="Run the source checkout's benchmarks/anchors (python -m benchmarks.anchors) from any folder.",
+        add_help=False, prefix_chars="\0")  # no option of its own: every argument goes through to the anchors
+    anchors.add_argument("anchor_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                         help="the anchors' own options (see `secureinfer bench anchors --help`)")
+    return anchors

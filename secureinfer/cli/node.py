@@ -71,10 +71,12 @@ def _serve(args: argparse.Namespace) -> int:
     from secureinfer.nodes.daemon import serve
     from secureinfer.perfstore import StoreError
 
+    # A configuration mistake is one line and exit status 2; the daemon's StartupError (a setting it cannot use: a
+    # port in use, a performance store that does not open, ...) is a ConfigError and names the setting.
     try:
         config = NodeConfig.from_file(Path(args.config))
         asyncio.run(serve(config))
-    except (ConfigError, CertError, CapabilityError, StoreError, OSError) as exc:  # StoreError: a bad perf store
+    except (ConfigError, CertError, CapabilityError, StoreError, OSError) as exc:
         return usage.fail("node serve", exc)
     return 0
 

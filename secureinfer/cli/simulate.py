@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import time
@@ -134,8 +135,16 @@ def _shaping(args: argparse.Namespace) -> str:
 
 
 def _keep(network: Any) -> None:
-    _say(f"the network keeps running; seed {network.seed}. From another shell:")
-    _say(f"  secureinfer network status --seed {network.seed} --certs {network.certs_dir} --name client")
+    from secureinfer.lab.simulate import CLIENT_NAME, OWNER_NAME
+
+    seed, certs = network.seed, str(network.certs_dir)
+    _say(f"the network keeps running; seed {seed}. From another shell:")
+    status = ["secureinfer", "network", "status", "--seed", seed, "--certs", certs, "--name", CLIENT_NAME]
+    _say("  " + shlex.join(status))
+    _say(f"certificates in {certs}: the client's is named {CLIENT_NAME!r}, the model owner's {OWNER_NAME!r}; "
+         "from Python:")
+    _say(f"  Client.from_dir({certs!r}, {CLIENT_NAME!r}, seeds=[{seed!r}])      # requests")
+    _say(f"  ModelOwner.from_dir({certs!r}, {OWNER_NAME!r}, seeds=[{seed!r}])   # publishing models")
     _say("press Ctrl-C to stop it")
     try:
         while all(network.is_running(n) for n in network.node_ids):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,29 @@ def test_the_recorded_command_reruns_from_the_repository_root_and_names_no_folde
     assert command == ("python -m benchmarks.anchors --work-dir OUT/anc1 --json OUT/anc1/a.json "
                        "--markdown=out/a.md --workload minilm")
     assert config["work_dir"] == "OUT/anc1" and config["env_dir"] == ".anchors" and config["repeats"] == "1"
+
+
+def test_a_run_through_the_cli_records_the_cli_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prog = ("secureinfer", "bench", "anchors")
+    command, _config = anchors_main.recorded(harness.HarnessConfig(), ["--workload", "minilm"], prog)
+    assert command == "secureinfer bench anchors --workload minilm"
+
+
+def test_folders_default_to_the_checkouts_root_and_are_absolute_wherever_the_harness_starts(tmp_path, monkeypatch):
+    """The runners run from the checkout's root, so a folder given relative to another working directory is made
+    absolute first, and the default venvs are the checkout's own (.anchors, ignored by git), not a new copy here."""
+    monkeypatch.chdir(tmp_path)
+    args = anchors_main.parse([])
+    assert args.env_dir == REPO / ".anchors" and args.work_dir == REPO / ".anchors" / "work"
+    cfg = harness.HarnessConfig(env_dir=Path("envs"), work_dir=Path("out/work"))
+    assert cfg.env_dir == tmp_path / "envs" and cfg.work_dir == tmp_path / "out" / "work"
+    system = harness.SYSTEMS["transformers"]
+    env = harness.Environment(Path(sys.executable))
+    cmd = harness.runner_command(system, env, cfg.work_dir / "w.json", cfg.work_dir / "r.json",
+                                 cfg.work_dir / "r.npy", cfg)
+    assert [cmd[i + 1] for i, arg in enumerate(cmd) if arg in ("--workload", "--out", "--output-npy")] == [
+        str(tmp_path / "out" / "work" / name) for name in ("w.json", "r.json", "r.npy")]
 
 
 def test_committed_results_name_no_absolute_path():

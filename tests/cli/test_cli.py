@@ -1,4 +1,5 @@
-"""The `secureinfer` command line: help, version, and `bench ops` end to end in a real subprocess."""
+"""The `secureinfer` command line: help, version, `bench ops` end to end in a real subprocess, and `bench anchors`
+from any folder."""
 
 from __future__ import annotations
 
@@ -6,17 +7,21 @@ import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import secureinfer
 from secureinfer import cli
 from secureinfer.cli import bench
+from secureinfer.lab.bench import anchors
+
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "secureinfer.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd)
 
 
 def test_help_lists_subcommands_and_examples():
@@ -83,3 +88,29 @@ def test_bench_ops_reports_json(tmp_path):
     # secret x secret matmul: each party sends 2 elements per output at most (truncation) -> 3.2 MB at most
     assert all(0 < b <= 2 * 8 * 128 * 768 * 2 for b in rows["matmul"]["bytes_per_party"])
     assert rows["matmul"]["seconds"] > 0 and rows["matmul"]["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("where", ["docs", "outside"])
+def test_bench_anchors_runs_the_checkouts_anchors_from_any_folder(where, tmp_path):
+    """Every argument, --help included, reaches the anchors' own command line, named as typed."""
+    cwd = REPO / "docs" if where == "docs" else tmp_path
+    out = _cli("bench", "anchors", "--help", cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: secureinfer bench anchors [-h] [--workload {minilm,bert-base,gpt2}]")
+    assert "secureinfer bench anchors --workload minilm" in out.stdout  # its examples, as typed here
+    out = _cli("bench", "anchors", "--workload", "nope", cwd=cwd)
+    assert out.returncode == 2 and "invalid choice: 'nope'" in out.stderr
+    assert not (cwd / ".anchors").exists()
+
+
+def test_bench_anchors_without_a_checkout_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    assert anchors.checkout() == REPO  # this installation is an editable one, from this checkout
+    installed = tmp_path / "site-packages" / "secureinfer"
+    installed.mkdir(parents=True)
+    with pytest.raises(anchors.NoCheckout, match=r"installed from one: clone the repository .*pip install -e \."):
+        anchors.checkout(installed)
+    monkeypatch.setattr(anchors, "PACKAGE_DIR", installed)
+    assert cli.main(["bench", "anchors", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"secureinfer bench anchors: the anchor benchmarks live in a source checkout "
+                          f"(benchmarks/anchors), and secureinfer at {installed} was not") and err.count("\n") == 1

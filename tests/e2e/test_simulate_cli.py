@@ -1,5 +1,6 @@
-"""`secureinfer simulate` as a user runs it: the demos exit 0, `--keep` prints a working status command and stops on
-SIGTERM, and no node process is left behind."""
+"""`secureinfer simulate` as a user runs it: the demos exit 0, `--keep` prints a working status command and the
+client's and the owner's certificate names (as working Python lines) and stops on SIGTERM, and no node process is
+left behind."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 import time
 
 import pytest
+
+from secureinfer.client import Client, ModelOwner
 
 from .conftest import node_processes
 
@@ -64,6 +67,13 @@ def test_keep_prints_a_working_status_command_and_stops_on_sigterm(tmp_path):
         status = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
         assert "3 live node(s)" in status.stdout, shlex.join(command)
+        certs = workdir.absolute() / "certs"
+        assert f"certificates in {certs}: the client's is named 'client', the model owner's 'owner'; from Python:\n" \
+            in lines
+        for kind, name in (("Client", "client"), ("ModelOwner", "owner")):
+            line = next(line for line in lines if line.startswith(f"  {kind}.from_dir("))
+            with eval(line.partition("#")[0].strip(), {"Client": Client, "ModelOwner": ModelOwner}) as member:
+                assert member.identity.name == name and len(member.nodes()) == 3
         assert len(node_processes(workdir)) == 3
         process.send_signal(signal.SIGTERM)
         rest, _ = process.communicate(timeout=60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
@@ -99,6 +100,20 @@ def test_http_endpoint_serves_and_closes() -> None:
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
     m.close()  # idempotent
+
+
+def test_a_port_in_use_is_named_and_nothing_is_left_serving() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        m = NodeMetrics()
+        with pytest.raises(MetricsError) as caught:
+            m.serve(port)
+    assert str(caught.value) == f"cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    assert m.port is None
+    assert m.serve(0) > 0  # the failed attempt left the endpoint free to start
+    m.close()
 
 
 def read_lines(stream: io.StringIO) -> list[dict]:
