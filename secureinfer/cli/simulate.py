@@ -68,6 +68,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      "reach it")
     sim.add_argument("--workdir", type=Path, metavar="DIR", help="where certificates, node configs and logs go "
                      "(default: a temporary directory, removed at exit)")
+    sim.add_argument("--port", type=int, default=0, metavar="PORT", help="node-0's port on 127.0.0.1: the seed "
+                     "address clients dial (default: any free port, printed once the nodes are up)")
     sim.add_argument("--timeout", type=float, default=1800.0, metavar="S", help="deadline of each request in "
                      "seconds (default 1800)")
     sim.set_defaults(handler=_main)
@@ -93,9 +95,11 @@ def _main(args: argparse.Namespace) -> int:
         return usage.fail("simulate", "--tokens must be at least 1")
     if args.latency_ms < 0 or (args.bandwidth_mbit is not None and args.bandwidth_mbit <= 0):
         return usage.fail("simulate", "--latency-ms must be >= 0 and --bandwidth-mbit > 0")
+    if not 0 <= args.port < 65536:
+        return usage.fail("simulate", f"--port must be a port number (0: any free one), got {args.port}")
     config = SimulationConfig(n_nodes=args.nodes, workdir=args.workdir, latency_s=args.latency_ms / 1000.0,
                               bandwidth_bytes_per_s=None if args.bandwidth_mbit is None
-                              else args.bandwidth_mbit * 1e6 / 8, log_level="INFO")
+                              else args.bandwidth_mbit * 1e6 / 8, log_level="INFO", seed_port=args.port)
     previous = signal.signal(signal.SIGTERM, _terminate)
     network = LocalNetwork(config)
     start = time.perf_counter()

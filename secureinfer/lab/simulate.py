@@ -68,6 +68,7 @@ class SimulationConfig:
     start_timeout_s: float = 60.0
     device: str = "cpu"
     extra_env: tuple[tuple[str, str], ...] = field(default=())  # more environment variables for the nodes
+    seed_port: int = 0  # node-0's port: the seed address every other node and every client dials (0: any free one)
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_nodes, int) or isinstance(self.n_nodes, bool) or self.n_nodes < 1:
@@ -78,6 +79,8 @@ class SimulationConfig:
             raise ValueError(f"torch_threads must be a positive integer, got {self.torch_threads!r}")
         if not self.start_timeout_s > 0:
             raise ValueError(f"start_timeout_s must be > 0, got {self.start_timeout_s!r}")
+        if not isinstance(self.seed_port, int) or isinstance(self.seed_port, bool) or not 0 <= self.seed_port < 65536:
+            raise ValueError(f"seed_port must be a port number (0: any free one), got {self.seed_port!r}")
         if self.workdir is not None:
             object.__setattr__(self, "workdir", Path(self.workdir))
         object.__setattr__(self, "roles", tuple(tuple(r) for r in self.roles))
@@ -95,7 +98,8 @@ class SimulationConfig:
             node_id=f"node-{index}", host=host, port=0, roles=self.node_roles(index), device=self.device,
             certs_dir=certs_dir, seeds=seeds, gossip_interval_s=self.gossip_interval_s,
             record_ttl_s=self.record_ttl_s, max_sessions=self.max_sessions, session_timeout_s=self.session_timeout_s,
-            batch_window_s=self.batch_window_s, link=LinkSettings(latency_s=self.latency_s, bandwidth_bytes_per_s=self.bandwidth_bytes_per_s),
+            batch_window_s=self.batch_window_s,
+            link=LinkSettings(latency_s=self.latency_s, bandwidth_bytes_per_s=self.bandwidth_bytes_per_s),
             log_level=self.log_level, port_file=port_file)
 
 
@@ -131,7 +135,7 @@ class LocalNetwork:
                            for i in range(self.config.n_nodes)]
             deadline = time.monotonic() + self.config.start_timeout_s
             first = self._nodes[0]
-            self._spawn(0, seeds=())
+            self._spawn(0, seeds=(), port=self.config.seed_port)
             self._wait_for_port(first, deadline)
             for index in range(1, len(self._nodes)):
                 self._spawn(index, seeds=(first.address,))

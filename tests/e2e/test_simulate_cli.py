@@ -8,6 +8,7 @@ import importlib.util
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,17 +53,25 @@ def test_bad_arguments_are_clear_errors():
     assert out.returncode == 0 and "examples:" in out.stdout and "--bandwidth-mbit" in out.stdout
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_keep_prints_a_working_status_command_and_stops_on_sigterm(tmp_path):
-    workdir = tmp_path / "keep"
+    """--keep with --port: the seed is node-0 at the port asked for, and every printed command works."""
+    workdir, port = tmp_path / "keep", _free_port()
     process = subprocess.Popen([sys.executable, "-m", "secureinfer", "simulate", "--model", "none", "--keep",
-                                "--workdir", str(workdir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+                                "--workdir", str(workdir), "--port", str(port)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         lines: list[str] = []
         while not any("press Ctrl-C" in line for line in lines):
             line = process.stdout.readline()
             assert line, "simulate --keep ended early:\n" + "".join(lines)
             lines.append(line)
+        assert any(f"seed 127.0.0.1:{port}." in line for line in lines), "".join(lines)
         command = next(line for line in lines if "secureinfer network status" in line).split()
         status = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
