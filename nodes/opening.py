@@ -1,6 +1,10 @@
 """Checking a session's open request before anything runs: the caller's role, the committee, the model, the output,
 the profile, the fixed point and the execution strategy; and the shapes of the weights an owner publishes.
 
+Roles. Publishing needs an owner certificate. Inference (encode, decode) takes a client certificate or an owner's:
+an owner may run requests, e.g. to test the models it publishes, and learns from them only what any client would.
+Every other role (a node's certificate) is PERMISSION_DENIED.
+
 Weights. A secure committee holds a model as secret shares, or (published with `public_weights`, open models only)
 in the clear at every party. A request asks for public weights with `SecureStrategy(public_weights=True)`; on a
 committee holding shares (a closed model, or one published as shares) that is INVALID_ARGUMENT.
@@ -44,9 +48,10 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
         raise BadRequest("privacy must be PRIVACY_SECRET or PRIVACY_PUBLIC")
     if not _MODEL_ID.match(request.model_id):
         raise BadRequest("model_id must be 1-128 characters of [A-Za-z0-9._/-], starting with a letter or digit")
-    wanted = "owner" if request.task == node_pb2.TASK_PUBLISH else "client"
-    if caller.role not in (wanted, "owner"):
-        raise Unauthorized(f"{caller.name} has role {caller.role!r}; this task needs a {wanted} certificate")
+    allowed = ("owner",) if request.task == node_pb2.TASK_PUBLISH else ("client", "owner")  # module docstring
+    if caller.role not in allowed:
+        raise Unauthorized(f"{caller.name} has role {caller.role!r}; this task needs a certificate with the role "
+                           f"{' or '.join(repr(r) for r in allowed)}")
     secret = request.privacy == node_pb2.PRIVACY_SECRET
     _check_committee(runtime, request, secret)
     if request.task == node_pb2.TASK_PUBLISH:

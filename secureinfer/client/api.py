@@ -1,16 +1,21 @@
 """`Client`: inference on hosted models (embed, classify, logits, generate, stream) over a network of nodes.
 
     client = Client.from_dir(certs, "alice", seeds=["127.0.0.1:7001"])
-    emb = client.embed("minilm", input_ids, attention_mask)   # only this process sees the tokens and the output
-    for token in client.stream("smollm2", prompt_ids, 8):     # tokens as they are sampled, here
+    emb = client.embed("minilm", ["a sentence", "another"])   # only this process sees the texts and the output
+    out = client.generate("smollm2", "Once upon a time", 8)    # out.text, out.tokens, out.plan
+    for piece in client.stream("smollm2", "Once upon a time", 8):  # text as it is sampled; `break` cancels it
         ...
 
-Tokenization happens at the client (pass token ids, or texts with a tokenizer); so do sampling and the
-reconstruction of outputs. `privacy="secret"` runs on a committee of three secure parties; `"public"` runs an open
-model in the clear on one plaintext worker. A request that fails on one committee because a node died, was busy or
-ran out of time is retried on the next committee hosting the model, when there is one (failover.py).
-`strategy="auto"` (or a Client made with `selector=`) lets the selector choose mode, placement and strategy per
-request and records each outcome in the network's performance store (auto.py).
+Inputs are text or token ids. Text is tokenized here, with the tokenizer the owner named when publishing or one the
+request passes (`tokenizer=`, text.py); sampling and the reconstruction of outputs happen here too.
+`privacy="secret"` runs on a committee of three secure parties; `"public"` runs an open model in the clear on one
+plaintext worker, never anywhere else. A request that fails on one committee because a node died, was busy or ran
+out of time is retried on the next committee hosting the model, when there is one (failover.py).
+`strategy="auto"` (or a Client made with `selector=`) lets the selector choose placement and strategy per request
+within the privacy mode asked for and the default accuracy (unless `max_error=` allows less), and records each
+outcome in the network's performance store (auto.py). Every result says which plan served it (results.py): a
+Generated's `.plan`; embed, classify and logits return a PlannedTensor, a torch.Tensor with a `.plan`. Every error
+is a ClientError with its gRPC status `code` (errors.py).
 """
 
 from __future__ import annotations
@@ -21,26 +26,45 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from secureinfer.models.config import ModelConfig
+from secureinfer.models.requests import RequestError
 from secureinfer.models.sampling import SamplingConfig
 from secureinfer.mpc.comm import Channel
 from secureinfer.mpc.models import serving
-from secureinfer.mpc.models.serving import Generation
 from secureinfer.net.certs import Identity
 from secureinfer.net.membership import CommitteeView, MembershipTable
-from secureinfer.strategy import SecureStrategy, Strategy, to_json as strategy_to_json
+from secureinfer.strategy import PlaintextStrategy, SecureStrategy, Strategy, to_json as strategy_to_json
 from secureinfer.v1 import node_pb2
 
 from .auto import AutoRunner, PlanSource, Program, Work, work_of
-from .connection import NetworkError, SessionSpec, session_io
+from .connection import Cancellation, SessionSpec, session_io
+from .errors import InvalidRequest
 from .failover import failover
-from .member import DEFAULT_TIMEOUT_S, Member, privacy_code
+from .member import DEFAULT_TIMEOUT_S, Member, not_hosted, privacy_code
+from .results import Generated, PlannedTensor, ServedPlan, planned
+from .text import TextStream, Tokenizer, TokenizerSource, decode_generation, encode_batch, encode_prompt, is_text, \
+    tokenizer_for
 
 PUSH_WAIT_S = 2.0  # how long close() waits for performance records still being pushed
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A request's resolved settings: where and how it may run, and the model's public config."""
+
+    model_id: str
+    privacy: str
+    committee: CommitteeView | None
+    strategy: Strategy | None  # explicit requests: the strategy sent to the nodes (None: their default)
+    auto: bool  # the selector plans it
+    max_error: float | None
+    membership: MembershipTable
+    cfg: ModelConfig
 
 
 class Client(Member):
@@ -48,7 +72,10 @@ class Client(Member):
 
     With a `selector` (e.g. `client.use_selector(selector_from_network(client))`, both from secureinfer.client),
     requests without an explicit strategy, or with strategy="auto", run where and how the selector plans, and their
-    measured outcomes are recorded (see secureinfer/client/auto.py)."""
+    measured outcomes are recorded (see secureinfer/client/auto.py).
+
+    A certificate with the owner role may also run requests (an owner testing its own model); nodes accept both
+    client and owner certificates for inference, and only owner certificates for publishing."""
 
     def __init__(self, identity: Identity, seeds: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S, *,
                  selector: PlanSource | None = None) -> None:
@@ -61,7 +88,8 @@ class Client(Member):
         return self._auto.selector if self._auto is not None else None
 
     def use_selector(self, selector: PlanSource) -> None:
-        """Plan this client's requests with `selector` from now on (see the class docstring)."""
+        """Plan this client's requests with `selector` from now on (see the class docstring); a selector built
+        from no performance records is logged as a warning and flagged on results (plan.no_history)."""
         self._auto = self._runner(selector)
 
     def _runner(self, selector: PlanSource) -> AutoRunner:
@@ -73,107 +101,169 @@ class Client(Member):
             self._auto.wait_pushes(PUSH_WAIT_S)
         super().close()
 
-    def _run(self, model_id: str, privacy: str, output: str, profile: str, program: Program,
-             committee: CommitteeView | None, retry: Callable[[], bool] = lambda: True,
-             strategy: Strategy | str | None = None, work: Work | None = None) -> Any:
+    def tokenizer(self, model_id: str, tokenizer: TokenizerSource | None = None) -> Tokenizer:
+        """The tokenizer text requests to `model_id` use: `tokenizer` (a packaged model's name, a local path or an
+        object), else the one its owner published it with; InvalidRequest saying how to supply one if none."""
+        return tokenizer_for(model_id, self.model_config(model_id), tokenizer)
+
+    # --- requests --------------------------------------------------------------------------------------------------
+
+    def _request(self, model_id: str, privacy: str, committee: CommitteeView | None, strategy: Strategy | str | None,
+                 max_error: float | None) -> _Request:
+        """Check a request's settings (InvalidRequest) and look the model up (ModelNotFound)."""
         privacy_code(privacy)
-        if strategy == "auto" or (strategy is None and self._auto is not None):
-            if self._auto is None or work is None:
-                raise ValueError('strategy="auto" needs a selector: Client(..., selector=...) or '
+        auto = strategy == "auto" or (strategy is None and self._auto is not None)
+        if auto and self._auto is None:
+            raise InvalidRequest('strategy="auto" needs a selector: Client(..., selector=...) or '
                                  'client.use_selector(secureinfer.client.selector_from_network(client))')
-            membership = self.membership()
-            return self._auto.run(model_id, privacy, output, program, committee, retry, work, table=membership,
-                                  cfg=self.model_config(model_id, view=membership))
-        if isinstance(strategy, str):
-            raise ValueError(f'strategy must be a Strategy, "auto" or None; got {strategy!r}')
+        if not auto and strategy is not None and not isinstance(strategy, (SecureStrategy, PlaintextStrategy)):
+            raise InvalidRequest(f'strategy must be a Strategy, "auto" or None; got {strategy!r}')
+        if max_error is not None and not auto:
+            raise InvalidRequest('max_error is the accuracy budget of strategy="auto"; an explicit strategy (or the '
+                                 'nodes\' default) fixes its accuracy itself')
+        if max_error is not None and (isinstance(max_error, bool) or not isinstance(max_error, (int, float))
+                                      or not max_error > 0):
+            raise InvalidRequest(f"max_error must be a number > 0, got {max_error!r}")
+        explicit = strategy if isinstance(strategy, (SecureStrategy, PlaintextStrategy)) else None
         membership = self.membership()
-        views = self._views(model_id, privacy, committee, strategy, membership)
-        cfg = self.model_config(model_id, view=membership)
-        spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
-                           privacy=privacy_code(privacy), model_id=model_id, output=output,
-                           profile=profile if strategy is None else "",  # a strategy carries its own profile
-                           strategy_json=strategy_to_json(strategy) if strategy is not None else "")
+        return _Request(model_id, privacy, committee, explicit, auto, max_error, membership,
+                        self.model_config(model_id, view=membership))
 
-        def attempt(view: CommitteeView) -> Any:
+    def _run(self, req: _Request, output: str, profile: str, program: Program, work: Work,
+             retry: Callable[[], bool] = lambda: True, cancel: Cancellation | None = None) -> tuple[Any, ServedPlan]:
+        """Run `program` where the request may run (the selector's plans, or the committees of `_views` in turn);
+        its value and the plan that served it."""
+        runner = self._auto
+        if req.auto and runner is not None:
+            return runner.run(req.model_id, req.privacy, output, program, req.committee, retry, work,
+                              table=req.membership, cfg=req.cfg, max_error=req.max_error, cancel=cancel)
+        spec = SessionSpec(task=node_pb2.TASK_DECODE if req.cfg.causal else node_pb2.TASK_ENCODE,
+                           privacy=privacy_code(req.privacy), model_id=req.model_id, output=output,
+                           profile=profile if req.strategy is None else "",  # a strategy carries its own profile
+                           strategy_json=strategy_to_json(req.strategy) if req.strategy is not None else "")
+
+        def attempt(view: CommitteeView) -> tuple[Any, ServedPlan]:
             io, at = session_io(spec.privacy, view, spec)
-            return self.connector.run_session(view, at, lambda ch: program(ch, cfg, io))[0]
+            value = self.connector.run_session(view, at, lambda ch: program(ch, req.cfg, io), cancel=cancel)[0]
+            return value, ServedPlan.explicit(view, req.strategy, profile)
 
-        return failover([(view, functools.partial(attempt, view)) for view in views], retry,
-                        none_left=f"no committee for {model_id!r}")
+        return failover([(view, functools.partial(attempt, view)) for view in self._views(req)], retry,
+                        none_left=f"no committee for {req.model_id!r}")
 
-    def _views(self, model_id: str, privacy: str, committee: CommitteeView | None, strategy: Strategy | None,
-               membership: MembershipTable) -> list[CommitteeView]:
+    def _views(self, req: _Request) -> list[CommitteeView]:
         """The committees to try a request with an explicit strategy (or none) on, in order: the given one, else
         those hosting the model as the strategy needs it (its weight mode, its fixed point)."""
-        views = [committee] if committee is not None else self.committees(model_id, privacy, view=membership)
+        model_id, strategy = req.model_id, req.strategy
+        views = [req.committee] if req.committee is not None else \
+            self.committees(model_id, req.privacy, view=req.membership)
         if not views:
-            raise NetworkError(f"no {privacy} committee hosts a model named {model_id!r} (see `secureinfer network "
-                               f"status`)")
-        if committee is None and getattr(strategy, "public_weights", False):
+            raise not_hosted(model_id, req.privacy, req.membership.choose_committees(model_id))
+        if req.committee is None and getattr(strategy, "public_weights", False):
             views = [v for v in views if v.public_weights]
             if not views:
-                raise NetworkError(f"no committee holds {model_id!r} with public weights (the model is closed or "
-                                   f"was published as secret shares): drop public_weights from the strategy, or "
-                                   f"publish it with ModelOwner.publish(..., public_weights=True)")
+                raise InvalidRequest(f"no committee holds {model_id!r} with public weights (the model is closed or "
+                                     f"was published as secret shares): drop public_weights from the strategy, or "
+                                     f"publish it with ModelOwner.publish(..., public_weights=True)")
         if isinstance(strategy, SecureStrategy):  # a given committee: the strategy's precision is what is asked for
-            views = _at_precision(views, model_id, strategy.frac_bits) if committee is None else \
-                [dataclasses.replace(committee, frac_bits=strategy.frac_bits)]
+            views = _at_precision(views, model_id, strategy.frac_bits) if req.committee is None else \
+                [dataclasses.replace(req.committee, frac_bits=strategy.frac_bits)]
         return views
 
-    def embed(self, model_id: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-              output: str = "embedding", privacy: str = "secret", profile: str = "accurate",
-              committee: CommitteeView | None = None, strategy: Strategy | str | None = None) -> torch.Tensor:
-        """BERT sentence embeddings (B, C) (or "pooled", "hidden", "logits"); `strategy` is sent to the nodes, e.g.
-        SecureStrategy(public_weights=True) for an open model published with public weights."""
-        ids = _ids(input_ids)
+    def _prompt(self, req: _Request, prompt: Any, tokenizer: TokenizerSource | None
+                ) -> tuple[torch.Tensor, Tokenizer | None]:
+        """A prompt's token ids (B, T), and the tokenizer that encoded it if it was text (one string)."""
+        if isinstance(prompt, str):
+            tok = tokenizer_for(req.model_id, req.cfg, tokenizer)
+            return encode_prompt(tok, prompt), tok
+        if is_text(prompt):
+            raise InvalidRequest("a text prompt is one string; for several prompts at once pass token ids (B, T)")
+        return _ids(prompt), None
 
-        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> torch.Tensor:
-            _check_vocab(cfg, ids)
+    def embed(self, model_id: str, inputs: Any, attention_mask: torch.Tensor | None = None, *,
+              output: str = "embedding", privacy: str = "secret", profile: str = "accurate",
+              committee: CommitteeView | None = None, strategy: Strategy | str | None = None,
+              max_error: float | None = None, tokenizer: TokenizerSource | None = None,
+              max_length: int | None = None) -> PlannedTensor:
+        """BERT sentence embeddings (B, C) (or "pooled", "hidden", "logits") of `inputs`: token ids (B, T) with an
+        optional attention mask, or texts (a string or a list of them; each cut to `max_length` tokens, default the
+        model's max_positions, and padded here). `strategy` is sent to the nodes, e.g.
+        SecureStrategy(public_weights=True) for an open model published with public weights; "auto": the selector
+        plans it (`max_error`: how much error it may trade for speed). Returns a PlannedTensor: a torch.Tensor whose
+        `.plan` is the ServedPlan (operations on it give plain tensors)."""
+        req = self._request(model_id, privacy, committee, strategy, max_error)
+        if is_text(inputs):
+            if attention_mask is not None:
+                raise InvalidRequest("attention_mask is for token ids; texts get theirs from the tokenizer")
+            texts = [inputs] if isinstance(inputs, str) else list(inputs)
+            ids, attention_mask = encode_batch(tokenizer_for(model_id, req.cfg, tokenizer), texts,
+                                               max_length or req.cfg.max_positions, req.cfg.pad_token_id)
+        else:
+            ids = _ids(inputs)
+        _check_vocab(req.cfg, ids)
+
+        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> tuple[torch.Tensor, Any]:
             return serving.client_encode(channel, cfg, io.engine(), ids, attention_mask, None, output, io)
 
-        return self._run(model_id, privacy, output, profile, program, committee, strategy=strategy,
-                         work=work_of("embed", ids.shape))
+        value, plan = self._run(req, output, profile, program, work_of("embed", ids.shape))
+        return planned(value, plan)
 
-    def embed_texts(self, model_id: str, texts: Sequence[str], tokenizer: Any, *, max_length: int = 128,
-                    **kwargs: Any) -> torch.Tensor:
-        """Tokenize `texts` here, with the model's Hugging Face tokenizer, and embed them (see `embed`)."""
-        if isinstance(texts, str) or not texts:
-            raise ValueError("texts must be a non-empty list of strings")
-        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return self.embed(model_id, enc["input_ids"], enc["attention_mask"], **kwargs)
+    def embed_texts(self, model_id: str, texts: Sequence[str], tokenizer: TokenizerSource, *, max_length: int = 128,
+                    **kwargs: Any) -> PlannedTensor:
+        """`embed(model_id, texts, tokenizer=tokenizer, max_length=max_length, ...)`: texts tokenized here."""
+        if isinstance(texts, str) or not is_text(texts):
+            raise InvalidRequest("texts must be a non-empty list of strings")
+        return self.embed(model_id, list(texts), tokenizer=tokenizer, max_length=max_length, **kwargs)
 
-    def classify(self, model_id: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 **kwargs: Any) -> torch.Tensor:
-        """Sequence-classification logits (B, num_labels) of a BERT model with a classification head."""
-        return self.embed(model_id, input_ids, attention_mask, output="logits", **kwargs)
+    def classify(self, model_id: str, inputs: Any, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> PlannedTensor:
+        """Sequence-classification logits (B, num_labels) of a BERT model with a classification head (see
+        `embed` for the inputs and options)."""
+        return self.embed(model_id, inputs, attention_mask, output="logits", **kwargs)
 
-    def logits(self, model_id: str, input_ids: torch.Tensor, *, chunks: tuple[int, ...] | None = None,
+    def logits(self, model_id: str, inputs: Any, *, chunks: tuple[int, ...] | None = None,
                privacy: str = "secret", profile: str = "accurate", committee: CommitteeView | None = None,
-               strategy: Strategy | str | None = None) -> torch.Tensor:
-        """Decoder logits (B, T, V) of every position; `strategy` is sent to the nodes, which check it (every
-        position's logits are computed by the standard forward whatever the strategy)."""
-        ids = _ids(input_ids)
+               strategy: Strategy | str | None = None, max_error: float | None = None,
+               tokenizer: TokenizerSource | None = None) -> PlannedTensor:
+        """Decoder logits (B, T, V) of every position of `inputs` (token ids, or one text); `strategy` is sent to
+        the nodes, which check it (every position's logits are computed by the standard forward whatever the
+        strategy). Returns a PlannedTensor (see `embed`)."""
+        req = self._request(model_id, privacy, committee, strategy, max_error)
+        ids, _ = self._prompt(req, inputs, tokenizer)
+        _check_vocab(req.cfg, ids)
         parts = chunks or (ids.shape[1],)
 
-        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> torch.Tensor:
-            _check_vocab(cfg, ids)
+        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> tuple[torch.Tensor, Any]:
             return serving.client_logits(channel, cfg, io.engine(), ids, parts, io)
 
-        return self._run(model_id, privacy, "all", profile, program, committee, strategy=strategy,
-                         work=work_of("logits", ids.shape))
+        value, plan = self._run(req, "all", profile, program, work_of("logits", ids.shape))
+        return planned(value, plan)
 
-    def generate(self, model_id: str, prompt_ids: torch.Tensor, max_new_tokens: int, *,
+    def generate(self, model_id: str, prompt: Any, max_new_tokens: int, *,
                  sampling: SamplingConfig = SamplingConfig(), privacy: str = "secret", profile: str = "accurate",
                  committee: CommitteeView | None = None, on_token: Callable[[torch.Tensor], None] | None = None,
-                 progress: bool = False, strategy: Strategy | str | None = None) -> Generation:
-        """Generate up to `max_new_tokens` tokens after `prompt_ids` (B, T); `on_token` sees each step's tokens.
+                 progress: bool = False, strategy: Strategy | str | None = None, max_error: float | None = None,
+                 tokenizer: TokenizerSource | None = None) -> Generated:
+        """Generate up to `max_new_tokens` tokens after `prompt`: token ids (B, T), or one text (then the result's
+        `text` is the new tokens decoded, up to the first end-of-sequence token); `on_token` sees each step's
+        tokens. The result also carries the plan that served it (`.plan`).
 
         `strategy`: how the nodes execute it, e.g. PlaintextStrategy(precision="bf16", static_cache=True) for a
         public request (the worker then decodes on its fast plaintext decoder); nodes refuse one that does not fit
         the request (a PlaintextStrategy for a secret prompt) with INVALID_ARGUMENT. "auto" (the default when the
-        client has a selector): the selector picks committee or worker and strategy (privacy="secret" allows only
-        secure plans; "public" also plaintext workers), and the outcome is recorded."""
-        ids = _ids(prompt_ids)
+        client has a selector): the selector picks the committee (privacy="secret") or worker ("public") and the
+        strategy, no less accurate than the default profile unless `max_error` allows it, and the outcome is
+        recorded."""
+        req = self._request(model_id, privacy, committee, strategy, max_error)
+        ids, tok = self._prompt(req, prompt, tokenizer)
+        return self._generate(req, ids, tok, max_new_tokens, sampling, profile, on_token, progress)
+
+    def _generate(self, req: _Request, ids: torch.Tensor, tok: Tokenizer | None, max_new_tokens: int,
+                  sampling: SamplingConfig, profile: str, on_token: Callable[[torch.Tensor], None] | None,
+                  progress: bool, cancel: Cancellation | None = None) -> Generated:
+        try:
+            serving.check_generation_request(req.cfg, [ids], max_new_tokens)
+        except RequestError as exc:
+            raise InvalidRequest(str(exc)) from exc
         emitted = [0]
         bar = _Progress(max_new_tokens) if progress else None
 
@@ -184,67 +274,94 @@ class Client(Member):
             if on_token is not None:
                 on_token(token)
 
-        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> Generation:
-            serving.check_generation_request(cfg, [ids], max_new_tokens)
+        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> tuple[Any, Any]:
             eos = torch.tensor(cfg.eos_token_ids, dtype=torch.int64)
             results, steps = serving.client_generate_many(channel, cfg, io.engine(), [ids], max_new_tokens,
                                                           sampling, eos, seen, io)
             return results[0], steps
 
         try:  # a retry after tokens were shown would show them twice: retry only before the first token
-            return self._run(model_id, privacy, "last", profile, program, committee, retry=lambda: emitted[0] == 0,
-                             strategy=strategy, work=work_of("generate", ids.shape, max_new_tokens))
+            gen, plan = self._run(req, "last", profile, program, work_of("generate", ids.shape, max_new_tokens),
+                                  retry=lambda: emitted[0] == 0, cancel=cancel)
         finally:
             if bar is not None:
                 bar.close()
+        text = decode_generation(tok, gen.tokens, req.cfg.eos_token_ids) if tok is not None else None
+        return Generated(tokens=gen.tokens, logits=gen.logits, plan=plan, text=text)
 
-    def stream(self, model_id: str, prompt_ids: torch.Tensor, max_new_tokens: int, **kwargs: Any
-               ) -> Iterator[torch.Tensor]:
-        """Yield each step's sampled tokens (B,) as soon as the client has them."""
-        tokens: queue.Queue[Any] = queue.Queue()
-        done = object()
+    def stream(self, model_id: str, prompt: Any, max_new_tokens: int, *,
+               sampling: SamplingConfig = SamplingConfig(), privacy: str = "secret", profile: str = "accurate",
+               committee: CommitteeView | None = None, progress: bool = False,
+               strategy: Strategy | str | None = None, max_error: float | None = None,
+               tokenizer: TokenizerSource | None = None) -> Iterator[Any]:
+        """Yield the generation as it is sampled: for one text prompt, the new text piece by piece (str); for
+        token ids, each step's tokens (B,). Leaving the loop early (`break`, or closing the iterator) cancels the
+        session: the nodes drop it at once instead of computing the remaining tokens. Options as in `generate`."""
+        req = self._request(model_id, privacy, committee, strategy, max_error)
+        ids, tok = self._prompt(req, prompt, tokenizer)
+        items: queue.Queue[Any] = queue.Queue()
+        done, cancel = object(), Cancellation()
 
         def run() -> None:
             try:
-                self.generate(model_id, prompt_ids, max_new_tokens, on_token=tokens.put, **kwargs)
-                tokens.put(done)
+                self._generate(req, ids, tok, max_new_tokens, sampling, profile, items.put, progress, cancel)
+                items.put(done)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-                tokens.put(exc)
+                items.put(exc)
 
         threading.Thread(target=run, name="secureinfer-stream", daemon=True).start()
-        while True:
-            item = tokens.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        pieces = TextStream(tok, req.cfg.eos_token_ids) if tok is not None else None
+        finished = False
+        try:
+            while not finished:
+                item = items.get()
+                finished = item is done
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                if finished:
+                    tail = pieces.flush() if pieces is not None else ""
+                    if tail:
+                        yield tail
+                elif pieces is None:
+                    yield item
+                elif piece := pieces.push(int(item[0])):
+                    yield piece
+        finally:
+            if not finished:  # the caller stopped early: stop the nodes too
+                cancel.cancel()
 
 
 def _at_precision(views: list[CommitteeView], model_id: str, frac_bits: int) -> list[CommitteeView]:
-    """The committees of `views` holding the model at fixed point `frac_bits`; NetworkError naming those held if
+    """The committees of `views` holding the model at fixed point `frac_bits`; InvalidRequest naming those held if
     none."""
     kept = [v for v in views if v.frac_bits == frac_bits]
     if not kept:
         held = sorted({v.frac_bits for v in views})
-        raise NetworkError(f"no committee holds {model_id!r} at frac_bits={frac_bits} (held at: "
-                           f"{', '.join(map(str, held))}): use a strategy with one of those, or publish it with "
-                           f"ModelOwner.publish(..., frac_bits={frac_bits})")
+        raise InvalidRequest(f"no committee holds {model_id!r} at frac_bits={frac_bits} (held at: "
+                             f"{', '.join(map(str, held))}): use a strategy with one of those, or publish it with "
+                             f"ModelOwner.publish(..., frac_bits={frac_bits})")
     return kept
 
 
 def _ids(x: Any) -> torch.Tensor:
-    ids = torch.as_tensor(x)
+    """Token ids as a (B, T) int64 tensor (a single row may be given as (T,)); InvalidRequest for anything else."""
+    try:
+        ids = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidRequest(f"inputs must be text or token ids, got {type(x).__name__}") from exc
     if ids.dim() == 1:
         ids = ids[None]
     if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32) or 0 in ids.shape:
-        raise ValueError(f"token ids must be a non-empty (B, T) integer tensor, got {tuple(ids.shape)} {ids.dtype}")
+        raise InvalidRequest(f"token ids must be a non-empty (B, T) integer tensor, got {tuple(ids.shape)} "
+                             f"{ids.dtype}")
     return ids.long()
 
 
 def _check_vocab(cfg: ModelConfig, ids: torch.Tensor) -> None:
+    """InvalidRequest unless every id is in the model's vocabulary."""
     if int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size:
-        raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}) for this model")
+        raise InvalidRequest(f"token ids must lie in [0, {cfg.vocab_size}) for this model")
 
 
 class _Progress:

@@ -4,16 +4,24 @@
 
     with Client.from_dir(certs, "alice", seeds=[...]) as client:
         client.use_selector(selector_from_network(client))   # trained on the history every node shares
-        client.generate("tiny", prompt, 8, strategy="auto")  # privacy="public" also allows plaintext workers
+        out = client.generate("tiny", prompt, 8, strategy="auto")
+        out.plan                                             # mode, committee or worker, strategy, no_history
+
+What "auto" never changes: the privacy mode and the accuracy. `privacy` decides the mode ("secret": committees of
+three secure nodes; "public": plaintext workers only); a model not hosted in that mode is ModelNotFound naming the
+other privacy, never a silent switch. Without `max_error`, no plan is expected to be less accurate than the default
+profile (`less_accurate`); a request that sets `max_error` lets the selector trade accuracy within that budget.
 
 Per request: the request's features come from the model's public config and the request's shape; the options from
-the membership view (the committees and workers hosting the model, each node's signed capability record, and the
-one-way latency as half the round trip of a health call from here); the selector ranks plans; plans this network
-cannot execute, or the request may not use, are dropped here as well (the one strategy check, `strategy.misfit`: a
-secret prompt never runs in plaintext, whatever a selector says), and so are plans against the planner's own
-preference (`against_preference`); the request runs on the first plan left and, on a retryable failure, on the
-next plan at another placement (failover.py). Every attempt's outcome goes to `selector.observe` and, as a
-performance record, to a node (fire and forget: a failed push never fails the request).
+the membership view (the committees and workers hosting the model, only workers for a public request, each node's
+signed capability record, and the one-way latency as half the round trip of a health call from here); the selector
+ranks plans; plans this network cannot execute, or the request may not use, are dropped here as well (the one
+strategy check, `strategy.misfit`: a secret prompt never runs in plaintext, whatever a selector says), and so are
+plans below the default accuracy and plans against the planner's own preference (`against_preference`); the request
+runs on the first plan left and, on a retryable failure, on the next plan at another placement (failover.py). Every
+attempt's outcome goes to `selector.observe` and, as a performance record, to a node (fire and forget: a failed push
+never fails the request). A selector built from zero performance records is announced by a logged warning and
+flagged on every result it plans (`ServedPlan.no_history`).
 """
 
 from __future__ import annotations
@@ -39,13 +47,16 @@ from secureinfer.plaintext import serving as plain_serving
 from secureinfer.selector.features import (CommitteeOption, LinkFeatures, NodeFeatures, Option, Outcome, Plan,
                                            RequestFeatures, SelectorError, WorkerOption)
 from secureinfer.selector.records import record_of
-from secureinfer.strategy import Hosting, SecureStrategy, misfit, to_json
+from secureinfer.selector.space import prior_error
+from secureinfer.strategy import Hosting, SecureStrategy, Strategy, misfit, to_json
 from secureinfer.v1 import node_pb2
 
-from .connection import Connector, Measured, NetworkError, RequestFailed, SessionSpec, session_io
+from .connection import Cancellation, Connector, Measured, SessionSpec, session_io
+from .errors import NetworkError, RequestFailed
 from .failover import failover
-from .member import Member
+from .member import Member, not_hosted, privacy_code
 from .records import measure_rtts, pull_records, push_records
+from .results import ServedPlan
 
 if TYPE_CHECKING:  # the selector's learning stack loads only when selector_from_network builds one
     from secureinfer.selector.selector import Selector
@@ -57,7 +68,11 @@ Program = Callable[[Channel, ModelConfig, serving.TokenIO], tuple[Any, serving.C
 
 
 class PlanSource(Protocol):
-    """What the client needs of a selector (secureinfer.selector.selector.Selector has it)."""
+    """What the client needs of a selector (secureinfer.selector.selector.Selector has it): plans, feedback, and
+    the performance records it was built from."""
+
+    @property
+    def records(self) -> Sequence[RunRecord]: ...
 
     def plan(self, request: RequestFeatures, options: Sequence[Option]) -> list[Plan]: ...
 
@@ -118,12 +133,26 @@ def placements(table: MembershipTable, views: Sequence[CommitteeView], rtts: dic
     return out
 
 
-def request_features(cfg: ModelConfig, model_id: str, work: Work, *, secret_prompt: bool, open_model: bool
-                     ) -> RequestFeatures:
-    """The selector's view of a request: the model's public shape, the work, and its privacy constraints."""
+def request_features(cfg: ModelConfig, model_id: str, work: Work, *, secret_prompt: bool, open_model: bool,
+                     max_error: float | None = None) -> RequestFeatures:
+    """The selector's view of a request: the model's public shape, the work, its privacy constraints and its
+    accuracy budget (None: the default profile's accuracy, which the client enforces with `less_accurate`)."""
     return RequestFeatures.for_model(cfg, model=model_id, seq_len=work.seq_len, batch=work.batch,
                                      gen_tokens=work.gen_tokens, task=work.task, secret_prompt=secret_prompt,
-                                     open_model=open_model)
+                                     open_model=open_model, max_error=max_error)
+
+
+def less_accurate(strategy: Strategy) -> str | None:
+    """Why `strategy` is expected to be less accurate than the default (SecureStrategy(): the accurate profile), or
+    None: by the stated prior errors (secureinfer.selector.space.prior_error). A secure strategy is judged at the
+    default fixed point: the committee's fixed point is the owner's choice when publishing, not the plan's."""
+    default = SecureStrategy()
+    judged = dataclasses.replace(strategy, frac_bits=default.frac_bits) if isinstance(strategy, SecureStrategy) \
+        else strategy
+    if prior_error(judged) <= prior_error(default):
+        return None
+    return (f"accuracy: {strategy.name} is expected to be less accurate than the default profile "
+            f"({default.profile}); set max_error= on the request to allow it")
 
 
 def hosting_of(place: Placement) -> Hosting:
@@ -194,12 +223,17 @@ def record_for(plan: Plan, place: Placement, outcome: Outcome, request: RequestF
 class AutoRunner:
     """Runs requests on the selector's plans for one client (see the module docstring); thread-safe.
 
-    `connector` reaches the nodes; `client_name` is who reports the performance records."""
+    `connector` reaches the nodes; `client_name` is who reports the performance records. A selector built from no
+    records is announced with a warning here and flagged on every plan it serves."""
 
     def __init__(self, connector: Connector, client_name: str, selector: PlanSource) -> None:
         self.connector = connector
         self.client_name = client_name
         self.selector = selector
+        self.no_history = not selector.records
+        if self.no_history:
+            logger.warning("the selector has no history (built from 0 performance records): its plans come from the "
+                           "cost model alone until outcomes are recorded; results say so (plan.no_history)")
         self.pushes: list[Any] = []  # futures of background pushes (Client.close waits for them briefly)
         self._rtts: dict[str, tuple[float | None, float]] = {}
         self._lock = threading.Lock()
@@ -215,12 +249,21 @@ class AutoRunner:
         return {a: self._rtts[a][0] for a, _ in targets}
 
     def plans(self, model_id: str, cfg: ModelConfig, table: MembershipTable, work: Work, privacy: str,
-              committee: CommitteeView | None) -> tuple[RequestFeatures, list[tuple[Plan, Placement]]]:
-        """The request's features and its runnable plans, best first (the selector's order)."""
+              committee: CommitteeView | None, max_error: float | None = None
+              ) -> tuple[RequestFeatures, list[tuple[Plan, Placement]]]:
+        """The request's features and its runnable plans, best first (the selector's order), on the placements
+        hosting the model (or on `committee`): a public request only on plaintext workers; a secret one is offered
+        every placement, and plans that would show its prompt are dropped (`unusable`)."""
         hosting = table.choose_committees(model_id)
-        open_model = any(v.privacy == node_pb2.PRIVACY_PUBLIC or getattr(v, "public_weights", False) for v in hosting)
-        request = request_features(cfg, model_id, work, secret_prompt=privacy == "secret", open_model=open_model)
+        open_model = any(v.privacy == node_pb2.PRIVACY_PUBLIC or v.public_weights for v in hosting)
+        request = request_features(cfg, model_id, work, secret_prompt=privacy == "secret", open_model=open_model,
+                                   max_error=max_error)
         views = [committee] if committee is not None else hosting
+        wanted = privacy_code(privacy)
+        if not any(v.privacy == wanted for v in views):
+            raise not_hosted(model_id, privacy, hosting)
+        if wanted == node_pb2.PRIVACY_PUBLIC:  # a public request runs in the clear: never silently on a committee
+            views = [v for v in views if v.privacy == wanted]
         places = placements(table, views, self._measure(views))
         if not places:
             raise NetworkError(f"no committee or worker hosting {model_id!r} answered (see `secureinfer network "
@@ -231,23 +274,26 @@ class AutoRunner:
                 ranked = self.selector.plan(request, [p.option for p in places])
         except SelectorError as exc:
             raise NetworkError(f"the selector found no plan for this request: {exc}") from exc
-        runnable = _runnable(ranked, by_key, cfg, request)
+        runnable, dropped = _runnable(ranked, by_key, cfg, request)
         if not runnable:
             raise NetworkError(f"none of the selector's {len(ranked)} plans for {model_id!r} can run on this network "
-                               f"for a {privacy} request")
+                               f"for a {privacy} request: {'; '.join(sorted(set(dropped))[:3])}")
         return request, runnable
 
     def run(self, model_id: str, privacy: str, output: str, program: Program, committee: CommitteeView | None,
-            retry: Callable[[], bool], work: Work, *, table: MembershipTable, cfg: ModelConfig) -> Any:
-        """Run the request on its best plan, falling back to the next placement on a retryable failure (`table`:
-        the membership view to plan in; `cfg`: the model's public config)."""
-        request, ranked = self.plans(model_id, cfg, table, work, privacy, committee)
-        attempts = [(place.view, functools.partial(self._attempt, plan, place, cfg, request, output, program, work))
+            retry: Callable[[], bool], work: Work, *, table: MembershipTable, cfg: ModelConfig,
+            max_error: float | None = None, cancel: Cancellation | None = None) -> tuple[Any, ServedPlan]:
+        """Run the request on its best plan, falling back to the next placement on a retryable failure; returns
+        its value and the plan that served it (`table`: the membership view to plan in; `cfg`: the model's public
+        config; `max_error`: the request's accuracy budget; `cancel`: stops it from another thread)."""
+        request, ranked = self.plans(model_id, cfg, table, work, privacy, committee, max_error)
+        attempts = [(place.view, functools.partial(self._attempt, plan, place, cfg, request, output, program, work,
+                                                   cancel))
                     for plan, place in ranked]
         return failover(attempts, retry, none_left=f"no plan could run {model_id!r}")
 
     def _attempt(self, plan: Plan, place: Placement, cfg: ModelConfig, request: RequestFeatures, output: str,
-                 program: Program, work: Work) -> Any:
+                 program: Program, work: Work, cancel: Cancellation | None) -> tuple[Any, ServedPlan]:
         secure = plan.mode == "secure"
         spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
                            privacy=node_pb2.PRIVACY_SECRET if secure else node_pb2.PRIVACY_PUBLIC,
@@ -255,7 +301,7 @@ class AutoRunner:
         io, spec = session_io(spec.privacy, place.view, spec)  # secure: the committee's fixed point
         start = time.monotonic()
         try:
-            measured = self.connector.run_measured(place.view, spec, lambda ch: program(ch, cfg, io))
+            measured = self.connector.run_measured(place.view, spec, lambda ch: program(ch, cfg, io), cancel=cancel)
         except RequestFailed as exc:
             if exc.retryable:  # the placement failed (a node died, was busy, ran out of time), not the request
                 outcome = Outcome(total_s=time.monotonic() - start, ok=False, extra={"code": exc.code.name})
@@ -264,7 +310,10 @@ class AutoRunner:
         value, steps = measured.result
         outcome = outcome_of(measured, steps, work)
         self._feedback(plan, place, outcome, request)
-        return value
+        served = ServedPlan(mode=plan.mode, committee_id=place.view.committee_id, node_ids=place.view.node_ids,
+                            strategy=plan.strategy, auto=True, no_history=self.no_history,
+                            predicted_s=plan.predicted.total_s)
+        return value, served
 
     def _feedback(self, plan: Plan, place: Placement, outcome: Outcome, request: RequestFeatures,
                   error: str | None = None) -> None:
@@ -289,18 +338,23 @@ class AutoRunner:
 
 
 def _runnable(ranked: list[Plan], by_key: dict[str, Placement], cfg: ModelConfig, request: RequestFeatures
-              ) -> list[tuple[Plan, Placement]]:
-    """The plans of `ranked` that may run where they say, in order, with their placements; the others are logged."""
-    runnable = []
+              ) -> tuple[list[tuple[Plan, Placement]], list[str]]:
+    """The plans of `ranked` that may run where they say, in order, with their placements, and why the others
+    were dropped (each also logged). Without an accuracy budget, plans below the default accuracy are dropped."""
+    runnable, dropped = [], []
     for plan in ranked:
         place = by_key.get(_key(plan.option))
         reason = "not an option offered" if place is None else unusable(plan, place, cfg, request)
+        if reason is None and request.max_error is None:
+            reason = less_accurate(plan.strategy)
         if reason is None:
             runnable.append((plan, place))
-        else:  # a privacy reason means the selector proposed what it must not: say so louder
-            logger.log(logging.WARNING if reason.startswith("privacy") else logging.DEBUG,
-                       "plan %s dropped: %s", plan.arm, reason)
-    return runnable
+            continue
+        dropped.append(reason)
+        # a privacy reason means the selector proposed what it must not: say so louder
+        logger.log(logging.WARNING if reason.startswith("privacy") else logging.DEBUG, "plan %s dropped: %s",
+                   plan.arm, reason)
+    return runnable, dropped
 
 
 def _key(option: Option) -> str:

@@ -3,7 +3,8 @@
 A client (or model owner) session opens one `Inference.Session` stream per committee node, sends the open request,
 waits for each node's acceptance, and then speaks the engine protocol (secureinfer.mpc.models.serving) through a
 `GrpcChannel` whose links are those streams. The engine code runs in the caller's thread; the streams are pumped on
-a private event loop thread. Failures surface as `RequestFailed` with the gRPC status of the node that failed first.
+a private event loop thread. Failures surface as `RequestFailed` with the gRPC status of the node that failed first
+(errors.py); a `Cancellation` stops a session from another thread.
 """
 
 from __future__ import annotations
@@ -28,42 +29,13 @@ from secureinfer.net.certs import NODE_SAN, Identity
 from secureinfer.net.membership import CommitteeView
 from secureinfer.net.options import grpc_options
 from secureinfer.net.wire import REPORT_BYTES, REPORT_ROUNDS, REPORT_SECONDS
-from secureinfer.net.transport import GrpcChannel, Link
+from secureinfer.net.transport import GrpcChannel, Link, LinkTimeout
 from secureinfer.v1 import node_pb2, node_pb2_grpc
+
+from .errors import Cancelled, NetworkError, RequestFailed
 
 T = TypeVar("T")
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-# NOT_FOUND too: the membership view said the committee hosts the model, so a node that does not (it restarted
-# empty, or dropped the model) means the view is stale and another committee may still serve the request.
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
-             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND)
-
-
-class NetworkError(RuntimeError):
-    """The network could not serve a request (no node reachable, no committee for a model)."""
-
-
-# gRPC's client core reports a read or write on a stream whose connection broke (a node process died, or the node
-# already ended the stream) as INTERNAL with this text. It is the client library's, not a status a node sent.
-CORE_LINK_ERROR = "Internal error from Core"
-
-
-class RequestFailed(NetworkError):
-    """A node ended the request with a gRPC status; `code` says why (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...).
-    The client library's own INTERNAL for a broken connection (CORE_LINK_ERROR) is reported as UNAVAILABLE: the link
-    to that node was lost, which another committee may not suffer."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, node: str = "") -> None:
-        if code == grpc.StatusCode.INTERNAL and details == CORE_LINK_ERROR:
-            code, details = grpc.StatusCode.UNAVAILABLE, f"connection lost ({CORE_LINK_ERROR})"
-        where = f" at {node}" if node else ""
-        super().__init__(f"{code.name}{where}: {details}")
-        self.code, self.details, self.node = code, details, node
-
-    @property
-    def retryable(self) -> bool:
-        """Whether another committee might succeed (a node died, was busy, or ran out of time)."""
-        return self.code in RETRYABLE
 
 
 class EventLoopThread:
@@ -75,7 +47,13 @@ class EventLoopThread:
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        """The coroutine's result; TimeoutError after `timeout` seconds, the coroutine then cancelled."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
 
     def close(self) -> None:
         """Stop the loop and its thread (idempotent)."""
@@ -109,6 +87,29 @@ def session_io(privacy: int, view: CommitteeView, spec: SessionSpec) -> tuple[se
         return serving.PUBLIC, spec
     io = serving.TokenIO(secret=True, fxp=FixedPoint(view.frac_bits))
     return io, dataclasses.replace(spec, fractional_bits=view.frac_bits)
+
+
+class Cancellation:
+    """A request's off switch, thrown from any thread: it aborts the request's session as soon as the session is
+    open (at once if it already is), so the nodes drop it; the request then raises Cancelled."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channel: GrpcChannel | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled, channel = True, self._channel
+        if channel is not None:
+            channel.abort(Cancelled())
+
+    def attach(self, channel: GrpcChannel) -> None:
+        """The open session this switch aborts (called by Connector.run_measured)."""
+        with self._lock:
+            self._channel, cancelled = channel, self.cancelled
+        if cancelled:
+            channel.abort(Cancelled())
 
 
 @dataclass(frozen=True)
@@ -185,13 +186,14 @@ class Connector:
     # --- sessions --------------------------------------------------------------------------------------------------
 
     def run_session(self, view: CommitteeView, spec: SessionSpec, program: Callable[[Channel], T],
-                    timeout_s: float | None = None) -> T:
+                    timeout_s: float | None = None, cancel: Cancellation | None = None) -> T:
         """Open the session on every committee node, run `program(channel)` here, and close it cleanly."""
-        return self.run_measured(view, spec, program, timeout_s).result
+        return self.run_measured(view, spec, program, timeout_s, cancel).result
 
     def run_measured(self, view: CommitteeView, spec: SessionSpec, program: Callable[[Channel], T],
-                     timeout_s: float | None = None) -> Measured[T]:
-        """`run_session`, also returning its wall time here and what each node reported it cost."""
+                     timeout_s: float | None = None, cancel: Cancellation | None = None) -> Measured[T]:
+        """`run_session`, also returning its wall time here and what each node reported it cost; `cancel` aborts
+        the session from another thread (the nodes drop it at once, and this raises Cancelled)."""
         timeout = timeout_s or self.timeout_s
         start = time.monotonic()
         deadline = start + timeout
@@ -200,7 +202,12 @@ class Connector:
             channel, calls, pumps = self.loop_thread.run(self._open(view, spec, session_id, timeout), timeout=timeout)
         except grpc.aio.AioRpcError as exc:  # a write failed: the node is unreachable
             raise RequestFailed(exc.code(), exc.details() or "") from exc
+        except TimeoutError as exc:
+            raise RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"the committee did not accept the session within {timeout:g} s") from exc
         try:
+            if cancel is not None:
+                cancel.attach(channel)
             result = program(channel)
             channel.finish()
             self.loop_thread.run(asyncio.wait_for(asyncio.gather(*pumps), max(deadline - time.monotonic(), 1.0)))
@@ -209,8 +216,9 @@ class Connector:
             return Measured(result, seconds, reports)
         except BaseException as exc:
             channel.abort(exc if isinstance(exc, Exception) else CommError("interrupted"))
-            reported = self.loop_thread.run(_settle(calls, pumps, view), timeout=10)
-            raise _as_request_failure(exc, reported) from exc
+            stopped = cancel is not None and cancel.cancelled
+            reported = self.loop_thread.run(_settle(calls, pumps, view, wait_s=0.0 if stopped else 2.0), timeout=10)
+            raise (Cancelled() if stopped else _as_request_failure(exc, reported)) from exc
 
     async def _open(self, view: CommitteeView, spec: SessionSpec, session_id: str, timeout: float
                     ) -> tuple[GrpcChannel, list[Any], list[asyncio.Future]]:
@@ -312,6 +320,8 @@ def _as_request_failure(exc: BaseException, reported: RequestFailed | None) -> B
         if isinstance(seen, grpc.aio.AioRpcError):
             return RequestFailed(seen.code(), seen.details() or "")
         seen = seen.__cause__
+    if isinstance(exc, (LinkTimeout, TimeoutError)):  # the session's deadline passed while waiting here
+        return RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "the session's deadline passed")
     if isinstance(exc, CommError):
         return RequestFailed(grpc.StatusCode.UNAVAILABLE, str(exc))
     return exc

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from secureinfer.net.membership import CommitteeView
 
-from .connection import NetworkError, RequestFailed
+from .errors import NetworkError, RequestFailed
 
 T = TypeVar("T")
 

@@ -14,17 +14,34 @@ from secureinfer.net.membership import CommitteeView, MembershipTable
 from secureinfer.net.wire import config_from_json
 from secureinfer.v1 import node_pb2
 
-from .connection import Connector, NetworkError
+from .connection import Connector
+from .errors import InvalidRequest, ModelNotFound
 
 PRIVACIES = {"secret": node_pb2.PRIVACY_SECRET, "public": node_pb2.PRIVACY_PUBLIC}
 DEFAULT_TIMEOUT_S = 600.0
 
 
 def privacy_code(name: str) -> int:
-    """The Privacy value of "secret" or "public"; ValueError for anything else."""
+    """The Privacy value of "secret" or "public"; InvalidRequest (a ValueError) for anything else."""
     if name not in PRIVACIES:
-        raise ValueError(f"privacy must be 'secret' or 'public', got {name!r}")
+        raise InvalidRequest(f"privacy must be 'secret' or 'public', got {name!r}")
     return PRIVACIES[name]
+
+
+def not_hosted(model_id: str, privacy: str, hosting: Sequence[CommitteeView]) -> ModelNotFound:
+    """NOT_FOUND for a model no committee or worker of `hosting` serves in the privacy asked for; when it is hosted
+    in the other mode, the message names the option that reaches it (the SDK never switches modes by itself)."""
+    secret = [v for v in hosting if v.privacy == node_pb2.PRIVACY_SECRET]
+    public = [v for v in hosting if v.privacy == node_pb2.PRIVACY_PUBLIC]
+    if privacy == "public" and secret:
+        return ModelNotFound(f"no plaintext worker hosts {model_id!r}: it is hosted only on committees of three "
+                             f"secure nodes, which privacy='public' never uses; ask with privacy='secret' to run it "
+                             f"there")
+    if privacy == "secret" and public:
+        return ModelNotFound(f"no committee of secure nodes hosts {model_id!r}: it is hosted only in the clear on "
+                             f"plaintext workers, which a secret prompt never reaches; ask with privacy='public' "
+                             f"to run it there (the worker sees the prompt)")
+    return ModelNotFound(f"no {privacy} committee hosts a model named {model_id!r} (see `secureinfer network status`)")
 
 
 class Member:
@@ -68,7 +85,8 @@ class Member:
         return [c for c in (view or self.membership()).choose_committees(model_id) if c.privacy == wanted]
 
     def wait_for_model(self, model_id: str, privacy: str = "secret", timeout_s: float = 30.0) -> list[CommitteeView]:
-        """Wait until the membership view shows a committee hosting `model_id` (records spread by gossip)."""
+        """Wait until the membership view shows a committee hosting `model_id` (records spread by gossip);
+        ModelNotFound if none does within `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while True:
             views = self.committees(model_id, privacy)
@@ -76,13 +94,14 @@ class Member:
                 break
             time.sleep(0.25)
         if not views:
-            raise NetworkError(f"no {privacy} committee hosts {model_id!r} after {timeout_s:.0f} s")
+            raise ModelNotFound(f"no {privacy} committee hosts {model_id!r} after {timeout_s:.0f} s")
         return views
 
     def model_config(self, model_id: str, *, view: MembershipTable | None = None) -> ModelConfig:
-        """The public architecture of a hosted model, from any node's record (in `view`, else a fresh one)."""
+        """The public architecture of a hosted model, from any node's record (in `view`, else a fresh one);
+        ModelNotFound (NOT_FOUND) if no node hosts it."""
         for record in (view or self.membership()).live():
             for hosted in record.models:
                 if hosted.model_id == model_id and hosted.config_json:
                     return config_from_json(hosted.config_json)
-        raise NetworkError(f"no node hosts a model named {model_id!r}")
+        raise ModelNotFound(f"no node hosts a model named {model_id!r} (see `secureinfer network status`)")

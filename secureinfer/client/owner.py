@@ -2,11 +2,16 @@
 party of such committees, or as open weights to plaintext workers.
 
     with ModelOwner.from_dir("certs", "owner", seeds=["127.0.0.1:7001"]) as owner:
-        owner.publish("minilm", cfg, params)                     # secret shares to a committee of three nodes
+        owner.publish("minilm", cfg, params, tokenizer="all-MiniLM-L6-v2")  # secret shares to three nodes
+
+Too few live, usable nodes for what is asked is NotEnoughNodes, saying how many are needed and how many there are;
+options that do not fit (public_weights or frac_bits on a worker, a tokenizer that is not packaged) are
+InvalidRequest, before anything is sent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Sequence
@@ -19,13 +24,15 @@ from secureinfer.mpc.comm import Channel
 from secureinfer.mpc.models import serving, weights
 from secureinfer.mpc.party import PARTY_NAMES
 from secureinfer.mpc.ring import DEFAULT_FRAC_BITS, FixedPoint
-from secureinfer.net.membership import CommitteeView, pick_secure_nodes
+from secureinfer.net.membership import CommitteeView, RecordError, pick_secure_nodes
 from secureinfer.net.wire import config_to_json
 from secureinfer.strategy import StrategyError, check_frac_bits
 from secureinfer.v1 import node_pb2
 
-from .connection import NetworkError, SessionSpec
+from .connection import SessionSpec
+from .errors import InvalidRequest, NetworkError, NotEnoughNodes
 from .member import Member, privacy_code
+from .text import check_packaged
 
 
 class ModelOwner(Member):
@@ -33,7 +40,7 @@ class ModelOwner(Member):
 
     def publish(self, model_id: str, cfg: ModelConfig, params: dict[str, torch.Tensor], *, privacy: str = "secret",
                 committees: int = 1, nodes: Sequence[str] = (), wait_s: float = 30.0, public_weights: bool = False,
-                frac_bits: int | None = None) -> list[CommitteeView]:
+                frac_bits: int | None = None, tokenizer: str | None = None) -> list[CommitteeView]:
         """Publish to `committees` disjoint committees (or the given node ids) and wait up to `wait_s` until the
         membership view shows them all (so clients find the model right away); returns them.
 
@@ -42,8 +49,14 @@ class ModelOwner(Member):
         prompt and every activation still secret shares.
 
         `frac_bits` (privacy "secret", in [12, 24]; None: 18): the fixed point the weights are encoded at and every
-        session of the model runs with; requests then need SecureStrategy(frac_bits=...) equal to it, or none."""
+        session of the model runs with; requests then need SecureStrategy(frac_bits=...) equal to it, or none.
+
+        `tokenizer`: the packaged model (secureinfer.models.checkpoint.PACKAGED_MODELS) whose tokenizer encodes
+        this model's text; it travels in the public config, so clients can send text (client.generate(model, "Hi"))."""
         _check_publish_options(privacy, public_weights, frac_bits)
+        if tokenizer is not None:
+            check_packaged(tokenizer)
+            cfg = dataclasses.replace(cfg, tokenizer=tokenizer)
         chosen = self._choose(self.nodes(), privacy, committees, nodes)
         spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=privacy_code(privacy), model_id=model_id,
                            model_config_json=config_to_json(cfg), public_weights=public_weights,
@@ -67,41 +80,60 @@ class ModelOwner(Member):
 
     def _choose(self, records: list[node_pb2.NodeRecord], privacy: str, committees: int, nodes: Sequence[str]
                 ) -> list[CommitteeView]:
+        """The committees (or workers) to publish to: `nodes` in groups, else `committees` disjoint ones of the
+        fastest usable nodes."""
         by_id = {r.node_id: r for r in records}
         size = 3 if privacy == "secret" else 1
         if nodes:
+            if len(nodes) % size:
+                raise InvalidRequest(f"nodes must come in groups of {size} for privacy={privacy!r}; got {len(nodes)}")
             missing = [n for n in nodes if n not in by_id]
-            if missing or len(nodes) % size:
-                raise NetworkError(f"nodes must be live and a multiple of {size}; unknown: {missing}")
+            if missing:
+                raise NetworkError(f"nodes must be live; not in the membership view: {missing}")
             groups = [list(nodes[i:i + size]) for i in range(0, len(nodes), size)]
+        elif committees < 1:
+            raise InvalidRequest(f"committees must be >= 1, got {committees}")
         else:
-            groups, used = [], set()
-            for _ in range(committees):
-                if privacy == "secret":
-                    picked = pick_secure_nodes(records, 3, exclude=tuple(used))
-                else:
-                    picked = [r for r in records if "plaintext" in r.roles and r.node_id not in used][:1]
-                    if not picked:
-                        raise NetworkError("no live plaintext worker is free for this model")
-                groups.append([r.node_id for r in picked])
-                used.update(groups[-1])
+            picked = _pick(records, privacy, size * committees, committees)
+            groups = [[r.node_id for r in picked[i:i + size]] for i in range(0, len(picked), size)]
         return [CommitteeView(committee_id=secrets.token_hex(6), node_ids=tuple(g),
                               addresses=tuple(by_id[n].address for n in g), privacy=privacy_code(privacy))
                 for g in groups]
 
 
+def _pick(records: list[node_pb2.NodeRecord], privacy: str, needed: int, committees: int
+          ) -> list[node_pb2.NodeRecord]:
+    """The `needed` fastest live, usable nodes for `committees` disjoint committees (secure nodes) or workers;
+    NotEnoughNodes saying how many are needed and how many the membership view has."""
+    if privacy == "secret":
+        try:
+            return pick_secure_nodes(records, needed)
+        except RecordError as exc:
+            shortage = str(exc)
+    else:
+        workers = [r for r in records if "plaintext" in r.roles]
+        if len(workers) >= needed:
+            return workers[:needed]
+        shortage = f"need {needed} live plaintext workers but only {len(workers)} are usable"
+    what = "committee(s) of three secure nodes" if privacy == "secret" else "plaintext worker(s)"
+    raise NotEnoughNodes(f"publishing to {committees} {what}: {shortage} ({len(records)} live node(s) known); start "
+                         f"more nodes or publish to fewer (committees=...)")
+
+
 def _check_publish_options(privacy: str, public_weights: bool, frac_bits: int | None) -> None:
-    """ValueError for publishing options that do not fit the privacy, or a fixed point sessions may not use."""
+    """InvalidRequest (a ValueError) for publishing options that do not fit the privacy, or a fixed point sessions
+    may not use."""
+    privacy_code(privacy)
     if public_weights and privacy != "secret":
-        raise ValueError("public_weights is for secure committees (privacy='secret'); a plaintext worker holds "
-                         "the weights in the clear anyway")
+        raise InvalidRequest("public_weights is for secure committees (privacy='secret'); a plaintext worker holds "
+                             "the weights in the clear anyway")
     if frac_bits is not None and privacy != "secret":
-        raise ValueError("frac_bits is for secure committees (privacy='secret'); a plaintext worker computes in "
-                         "floating point")
+        raise InvalidRequest("frac_bits is for secure committees (privacy='secret'); a plaintext worker computes in "
+                             "floating point")
     try:
         check_frac_bits(DEFAULT_FRAC_BITS if frac_bits is None else frac_bits)
     except StrategyError as exc:
-        raise ValueError(str(exc)) from exc
+        raise InvalidRequest(str(exc)) from exc
 
 
 def _send(channel: Channel, published: dict[str, torch.Tensor], privacy: str, public_weights: bool,

@@ -22,7 +22,8 @@ from secureinfer.net.perfwire import MAX_BATCH, MAX_PAGE, check_record, from_mes
 from secureinfer.perfstore import RunRecord
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
-from .connection import Connector, NetworkError
+from .connection import Connector
+from .errors import NetworkError
 
 PUSH_TIMEOUT_S = 2.0
 PULL_TIMEOUT_S = 10.0

@@ -47,6 +47,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    tokenizer: str = ""            # a packaged model (checkpoint.PACKAGED_MODELS) whose tokenizer encodes text
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -68,6 +69,8 @@ class ModelConfig:
             raise CheckpointError(f"LLaMA needs rope_theta > 0, got {self.rope_theta!r}")
         if self.num_labels < 0 or (self.num_labels and self.arch != "bert"):
             raise CheckpointError(f"num_labels={self.num_labels} is only meaningful for BERT")
+        if not isinstance(self.tokenizer, str):
+            raise CheckpointError(f"tokenizer must be a packaged model's name (a string), got {self.tokenizer!r}")
 
     @property
     def causal(self) -> bool:

@@ -59,7 +59,7 @@ def _signed_bytes(record: NodeRecord) -> bytes:
 def sign_record(identity: Identity, record: NodeRecord) -> NodeRecord:
     """A copy of record carrying identity's certificate and its signature over the rest of the record."""
     if identity.role != "node":
-        raise RecordError(f"only node identities sign node records; {identity.name!r} is a {identity.role}")
+        raise RecordError(f"only node identities sign node records; {identity.name!r} has the role {identity.role!r}")
     if record.node_id != identity.name:
         raise RecordError(f"record names node {record.node_id!r} but the signer is {identity.name!r}")
     signed = NodeRecord()
@@ -93,7 +93,7 @@ def verify_record(record: NodeRecord, ca_pem: bytes, now: float | None = None) -
     except CertError as exc:
         raise RecordError(f"record of {who!r}: certificate rejected: {exc}") from None
     if peer.role != "node":
-        raise RecordError(f"record of {who!r}: signed by a {peer.role} certificate ({peer.name!r}), not a node's")
+        raise RecordError(f"record of {who!r}: signed by the {peer.role} certificate {peer.name!r}, not a node's")
     if peer.name != record.node_id:
         raise RecordError(f"record of {who!r}: signed by node {peer.name!r}, which may only speak for itself")
     try:
@@ -252,5 +252,6 @@ def pick_secure_nodes(
             newest[record.node_id] = record
     ranked = sorted(newest.values(), key=_speed)
     if len(ranked) < k:
-        raise RecordError(f"need {k} live, healthy secure nodes but only {len(ranked)} are known")
+        besides = f" besides {', '.join(sorted(skip))}" if skip else ""
+        raise RecordError(f"need {k} live, healthy secure nodes{besides} but only {len(ranked)} are usable")
     return ranked[:k]

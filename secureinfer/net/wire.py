@@ -16,8 +16,12 @@ RETRY_AFTER = "secureinfer-retry-after-s"  # a rate-limited call: seconds until 
 
 
 def config_to_json(cfg: ModelConfig) -> str:
-    """The public architecture as a JSON object (tuples become lists)."""
-    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    """The public architecture as a JSON object (tuples become lists); `tokenizer` only when one is named, so a
+    config without one reads the same as before the field existed."""
+    data = dataclasses.asdict(cfg)
+    if not data["tokenizer"]:
+        del data["tokenizer"]
+    return json.dumps(data, sort_keys=True)
 
 
 def config_from_json(text: str) -> ModelConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from secureinfer.client.connection import CORE_LINK_ERROR, RequestFailed
+from secureinfer.client.errors import CORE_LINK_ERROR, RequestFailed
 
 
 def test_core_link_error_is_reported_as_unavailable_and_retryable():

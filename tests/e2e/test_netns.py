@@ -215,7 +215,7 @@ def test_link_cut_mid_request_is_retried_on_the_other_committee(netns_factory, t
     cut_at: list[float] = []
     run_session = client.connector.run_session
 
-    def spy(view, spec, program, timeout_s=None):
+    def spy(view, spec, program, timeout_s=None, cancel=None):
         tried.append(view.committee_id)
 
         def cut_then_run(channel):  # the session is open on all three nodes: cut one before the prefill
@@ -224,7 +224,7 @@ def test_link_cut_mid_request_is_retried_on_the_other_committee(netns_factory, t
                 cut_at.append(time.monotonic())
             return program(channel)
 
-        return run_session(view, spec, cut_then_run, timeout_s)
+        return run_session(view, spec, cut_then_run, timeout_s, cancel)
 
     client.connector.run_session = spy
     prompt = random_ids(1, 4, seed=25)

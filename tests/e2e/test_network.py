@@ -221,9 +221,9 @@ def test_dead_committee_member_makes_the_client_retry_on_the_next_committee(netw
     tried: list[str] = []
     run_session = client.connector.run_session
 
-    def spy(view, spec, program, timeout_s=None):
+    def spy(view, spec, program, timeout_s=None, cancel=None):
         tried.append(view.committee_id)
-        return run_session(view, spec, program, timeout_s)
+        return run_session(view, spec, program, timeout_s, cancel)
 
     client.connector.run_session = spy
     prompt = random_ids(1, 4, seed=16)

@@ -12,10 +12,12 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 import torch
 
-from secureinfer.client import Client, NetworkError, selector_from_network
+from secureinfer.client import (Client, InvalidRequest, ModelNotFound, NetworkError, PlannedTensor, ServedPlan,
+                                selector_from_network)
 from secureinfer.client.auto import AutoRunner, Work
 from secureinfer.plaintext import reference as plaintext
 from secureinfer.selector.cost import CostModel
@@ -25,7 +27,7 @@ from secureinfer.selector.space import Policy
 from secureinfer.strategy import PlaintextStrategy, SecureStrategy
 from secureinfer.v1 import node_pb2
 
-from .committee import SECRET, Net, publish, running_committee
+from .committee import PUBLIC, SECRET, Net, publish, running_committee
 from .netutil import LoopThread, Pki, tiny_config, wait_until
 
 PROMPT = torch.tensor([[2, 5, 7], [4, 3, 9]])
@@ -70,8 +72,10 @@ def records_at(net: Net, node: str, client_name: str) -> list[Any]:
 class StandIn:
     """A test-only selector with a fixed ranking: `order(request, options)` gives (strategy, option) pairs."""
 
-    def __init__(self, order: Callable[[Any, list[Any]], list[tuple[Any, Any]]]) -> None:
+    def __init__(self, order: Callable[[Any, list[Any]], list[tuple[Any, Any]]], records: tuple[Any, ...] = ()
+                 ) -> None:
         self.order = order
+        self.records = list(records)  # what it was built from (none: the client flags its plans no_history)
         self.requests: list[Any] = []
         self.observed: list[tuple[Plan, Outcome]] = []
 
@@ -191,7 +195,6 @@ def test_selector_from_network_learns_from_every_nodes_records(net: Net, pki: Pk
         assert selector.bandit.observations == 1
 
 
-
 def test_unusable_plans_are_named_and_a_secret_prompt_only_ever_passes_on_three_secure_parties() -> None:
     """Every strategy of the selector's space on every kind of placement: what the client would run (no network)."""
     cfg = tiny_config()
@@ -233,3 +236,83 @@ def test_unusable_plans_are_named_and_a_secret_prompt_only_ever_passes_on_three_
     assert closed_on_open.startswith("planning preference") and "public_weights" in closed_on_open
     with pytest.raises(ValueError, match="committees are secure, workers public"):  # no plan on a mismatched pair
         Placement(WorkerOption(nodes[0]), shares.view)
+
+
+# ------------------------------------------------------------------------------------------------ what auto keeps
+
+
+def test_auto_keeps_the_default_accuracy_unless_the_request_sets_a_budget(net: Net, pki: Pki) -> None:
+    def lean_first(request: Any, options: list[Any]) -> list[tuple[Any, Any]]:
+        return [(SecureStrategy(profile="lean"), committee(options)),
+                (SecureStrategy(profile="accurate"), committee(options))]
+
+    standin = StandIn(lean_first)
+    with client(net, pki, standin) as alice:
+        default = alice.logits("tiny", PROMPT)  # a selector on the client: "auto"
+        loose = alice.logits("tiny", PROMPT, max_error=0.1)
+        with pytest.raises(InvalidRequest, match="max_error is the accuracy budget"):
+            alice.logits("tiny", PROMPT, strategy=SecureStrategy(), max_error=0.1)
+        alice.use_selector(StandIn(lambda r, opts: [(SecureStrategy(profile="lean"), committee(opts))]))
+        with pytest.raises(NetworkError, match="less accurate than the default profile .* set max_error="):
+            alice.logits("tiny", PROMPT)
+    assert [r.max_error for r in standin.requests] == [None, 0.1]  # the budget reaches the selector
+    assert [p.strategy.profile for p, _ in standin.observed] == ["accurate", "lean"]
+    assert default.plan.strategy == SecureStrategy(profile="accurate") and loose.plan.strategy.profile == "lean"
+
+
+@pytest.mark.slow  # ranks secure plans: the cost model measures its op tables (seconds on a busy box)
+def test_the_selectors_secret_plans_are_as_accurate_as_the_default_without_a_budget(net: Net, pki: Pki,
+                                                                                    costs: CostModel) -> None:
+    selector = Selector(None, seed=4, cost_model=costs)
+    with client(net, pki, selector, "bob") as bob:
+        planner = AutoRunner(bob.connector, bob.identity.name, selector)
+        _, default = planner.plans("tiny", net.cfg, bob.membership(), _work(), "secret", None)
+        _, loose = planner.plans("tiny", net.cfg, bob.membership(), _work(), "secret", None, max_error=0.5)
+    assert default and {p.strategy.profile for p, _ in default} == {"accurate"}
+    assert {"fast", "lean"} <= {p.strategy.profile for p, _ in loose}
+
+
+def test_a_public_request_never_runs_on_a_committee_with_or_without_a_selector(net: Net, pki: Pki) -> None:
+    publish(net.olivia, net.view(SECRET, committee_id="c-closed"), net.cfg, net.params, model_id="closed")
+    secure_before = sessions(net, "n1", "secret")
+    standin = StandIn(lambda r, opts: [(SecureStrategy(), committee(opts))])
+    refusals = []
+    for selector in (standin, None):
+        with client(net, pki, selector) as alice:
+            alice.wait_for_model("closed", "secret", timeout_s=15)
+            with pytest.raises(ModelNotFound) as info:
+                alice.generate("closed", PROMPT, 2, privacy="public")
+        refusals.append(info.value)
+    assert standin.requests == [] and sessions(net, "n1", "secret") == secure_before  # nothing ran anywhere
+    assert [str(r) for r in refusals] == [str(refusals[0])] * 2
+    assert refusals[0].code == grpc.StatusCode.NOT_FOUND and "privacy='secret'" in str(refusals[0])
+
+
+def test_a_selector_without_history_says_so(net: Net, pki: Pki, caplog) -> None:
+    plan = StandIn(lambda r, opts: [(SecureStrategy(), committee(opts))])
+    with caplog.at_level(logging.WARNING, logger="secureinfer.client.auto"), client(net, pki, plan) as alice:
+        fresh = alice.generate("tiny", PROMPT, 2)
+    assert any("no history" in m and "0 performance records" in m for m in caplog.messages)
+    assert fresh.plan.no_history and fresh.plan.auto
+    caplog.clear()
+    trained = StandIn(plan.order, records=("a record",))
+    with caplog.at_level(logging.WARNING, logger="secureinfer.client.auto"), client(net, pki, trained) as alice:
+        seasoned = alice.generate("tiny", PROMPT, 2)
+    assert not seasoned.plan.no_history and not any("no history" in m for m in caplog.messages)
+
+
+def test_every_result_carries_the_plan_that_served_it(net: Net, pki: Pki) -> None:
+    with client(net, pki, None) as alice:
+        secret = alice.generate("tiny", PROMPT, 2)
+        public = alice.logits("tiny", PROMPT, privacy="public")
+        named = alice.logits("tiny", PROMPT, strategy=SecureStrategy(profile="fast"))
+    assert secret.plan == ServedPlan("secure", "c-secret", SECRET, None, profile="accurate")
+    assert public.plan == ServedPlan("plaintext", "c-public", PUBLIC, None)
+    assert named.plan == ServedPlan("secure", "c-secret", SECRET, SecureStrategy(profile="fast"))
+    want = plaintext.gpt2_forward(net.cfg, net.params, PROMPT)
+    diff = public - want  # a PlannedTensor is a tensor: operations give plain tensors
+    assert isinstance(public, PlannedTensor) and type(diff) is torch.Tensor and diff.abs().max().item() <= 1e-12
+    with client(net, pki, StandIn(lambda r, opts: [(PlaintextStrategy(precision="fp32"), worker(opts))])) as alice:
+        auto = alice.generate("tiny", PROMPT, 2, privacy="public")
+    assert auto.plan == ServedPlan("plaintext", "c-public", PUBLIC, PlaintextStrategy(precision="fp32"), auto=True,
+                                   no_history=True, predicted_s=1.0)
