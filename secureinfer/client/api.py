@@ -125,7 +125,7 @@ class Client(Member):
                                       or not max_error > 0):
             raise InvalidRequest(f"max_error must be a number > 0, got {max_error!r}")
         explicit = strategy if isinstance(strategy, (SecureStrategy, PlaintextStrategy)) else None
-        membership = self.membership()
+        membership = self.settled_membership(model_id)
         return _Request(model_id, privacy, committee, explicit, auto, max_error, membership,
                         self.model_config(model_id, view=membership))
 
@@ -133,6 +133,9 @@ class Client(Member):
              retry: Callable[[], bool] = lambda: True, cancel: Cancellation | None = None) -> tuple[Any, ServedPlan]:
         """Run `program` where the request may run (the selector's plans, or the committees of `_views` in turn);
         its value and the plan that served it."""
+        # Read the view again now: its records expire (a node re-signs its own every few seconds), and preparing
+        # the request (loading a tokenizer, say) may have taken longer than a record lives.
+        req = dataclasses.replace(req, membership=self.settled_membership(req.model_id))
         runner = self._auto
         if req.auto and runner is not None:
             return runner.run(req.model_id, req.privacy, output, program, req.committee, retry, work,

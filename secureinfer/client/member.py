@@ -19,6 +19,7 @@ from .errors import InvalidRequest, ModelNotFound
 
 PRIVACIES = {"secret": node_pb2.PRIVACY_SECRET, "public": node_pb2.PRIVACY_PUBLIC}
 DEFAULT_TIMEOUT_S = 600.0
+VIEW_SETTLE_S = 10.0  # how long a request waits for a committee that the view shows only in part (gossip lag)
 
 
 def privacy_code(name: str) -> int:
@@ -74,6 +75,18 @@ class Member:
         table.merge(list(self.connector.status().records))
         return table
 
+    def settled_membership(self, model_id: str, settle_s: float = VIEW_SETTLE_S) -> MembershipTable:
+        """A membership view for a request to `model_id`. Records spread by gossip, and a busy node's can lag behind
+        (say, while it stores a large model), so a view may show a committee only in part; when no committee or
+        worker hosting the model is whole but some live record names one, the view is read again for up to
+        `settle_s`. A model no record names is not waited for."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            table = self.membership()
+            if not _only_in_part(table, model_id) or time.monotonic() >= deadline:
+                return table
+            time.sleep(0.25)
+
     def nodes(self) -> list[node_pb2.NodeRecord]:
         """The live node records a seed knows (signed; verified here against the network CA)."""
         return self.membership().live()
@@ -105,3 +118,9 @@ class Member:
                 if hosted.model_id == model_id and hosted.config_json:
                     return config_from_json(hosted.config_json)
         raise ModelNotFound(f"no node hosts a model named {model_id!r} (see `secureinfer network status`)")
+
+
+def _only_in_part(table: MembershipTable, model_id: str) -> bool:
+    """Whether live records name a committee (or worker) hosting `model_id` while none is whole in `table`."""
+    named = {h.committee_id for r in table.live() for h in r.models if h.model_id == model_id}
+    return bool(named) and not table.choose_committees(model_id)

@@ -9,6 +9,7 @@ vocabularies, in the clear on n0 (tokenization is the client's, whatever the pri
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -128,3 +129,23 @@ def test_publishing_more_committees_than_the_network_has_nodes_for_says_how_many
     print(message)
     assert "need 6 live, healthy secure nodes but only 3 are usable" in message and "3 live node(s)" in message
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION and not isinstance(info.value, ValueError)
+
+
+class SlowLetters(Letters):
+    """Letters that take longer to encode than a node record lives on the short-lived network below (as loading a
+    large model's tokenizer from disk can)."""
+
+    def encode(self, text: str) -> list[int]:
+        time.sleep(2.5)
+        return super().encode(text)
+
+
+def test_a_request_prepared_longer_than_a_record_lives_still_finds_its_committee(pki: Pki, loop: LoopThread) -> None:
+    """Records that expire 2 s after they are signed: the view the request was checked against has expired by the
+    time its text is encoded, so the committees must be read again before it is sent (not NOT_FOUND)."""
+    with running_committee(pki, loop, peer_wait_s=2.0, gossip=True, record_ttl_s=2.0) as short:
+        with Client(pki.identity("alice"), [short.cluster.address("n0")], timeout_s=60) as alice:
+            alice.wait_for_model("tiny")  # the committee's records have spread to the seed
+            got = alice.generate("tiny", "abc", 2, tokenizer=SlowLetters())
+    want = plaintext.greedy_generate(short.cfg, short.params, torch.tensor([[2, 3, 4]]), 2)
+    assert got.plan.mode == "secure" and torch.equal(got.tokens, want)
