@@ -65,11 +65,12 @@ def msb(party: Party, x: AShare, bits: int = RING_BITS, block_bits: int = BLOCK_
         raise ValueError(f"bits={bits} is not reachable with block width {w}")
     shifted = x.lshift(pad) if pad else x
     spec, index, plan = _msb_spec(bits + pad, w)
-    planes, layout = split.split_bool_round(party, shifted, spec, tag="msb")
-    g = {key[1]: planes[i] for key, i in index.items() if key[0] == "G"}
-    p = {key[1]: planes[i] for key, i in index.items() if key[0] == "P"}
-    g = prefix.run_prefix(party, g, p, plan, tag="msb_tree")
-    return split.planes_to_bshare(party, g[spec.blocks - 1], layout, x.shape)
+    out, layout = split.split_bool_round(party, shifted, spec, tag="msb")
+    nb, device = spec.blocks, x.lo.device
+    g = planes.gather(out, planes.row_index(tuple(index.get(("G", b), 0) for b in range(nb)), device))
+    p = planes.gather(out, planes.row_index(tuple(index.get(("P", b), 0) for b in range(nb)), device))
+    carry = prefix.run_prefix(party, g, p, plan, tag="msb_tree")  # rows the plan never reads: row 0, unused
+    return split.planes_to_bshare(party, carry[nb - 1], layout, x.shape)
 
 
 def ltz(party: Party, x: AShare) -> BShare:

@@ -8,6 +8,7 @@ per ANDed bit per party.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -70,6 +71,17 @@ class Planes:
 
     def __getitem__(self, index) -> "Planes":
         return Planes(self.lo[index], self.hi[index])
+
+
+def gather(planes: Planes, rows: torch.Tensor) -> Planes:
+    """The rows `rows` (an int64 index tensor) of (k, nbytes) plane shares, in that order (a copy)."""
+    return Planes(planes.lo.index_select(0, rows), planes.hi.index_select(0, rows))
+
+
+@functools.lru_cache(maxsize=None)
+def row_index(rows: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """`rows` as an int64 index tensor on `device` (made once per tuple and device)."""
+    return torch.tensor(rows, dtype=torch.int64, device=device)
 
 
 def stack_planes(items: Sequence[Planes]) -> Planes:

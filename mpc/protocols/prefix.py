@@ -4,10 +4,13 @@ the same depth), trimmed by liveness to the carries actually needed; one AND rou
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
+import torch
+
 from ..party import Party
-from .planes import and_planes, stack_planes
+from .planes import Planes, and_planes, gather
 
 
 class PrefixOp(NamedTuple):
@@ -53,25 +56,54 @@ def prefix_plan(n: int, outputs: frozenset) -> tuple[tuple[tuple[PrefixOp, ...],
     return tuple(reversed(plan)), frozenset(need_g), frozenset(need_p)
 
 
-def run_prefix(party: Party, g: dict, p: dict, plan: Sequence[Sequence[PrefixOp]], tag: str = "prefix") -> dict:
-    """Run a prefix plan on plane shares (dicts block -> Planes of shape (nbytes,)); one AND round per level."""
-    g, p = dict(g), dict(p)
+@dataclass(frozen=True)
+class _Level:
+    """One level of a plan as row indices: the AND's left rows (of P) and right rows (of G stacked over P), in the
+    plan's order (per op: its G entry, then its P entry), and where each result goes (G rows XORed, P rows set)."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+    g_rows: torch.Tensor
+    g_results: torch.Tensor
+    p_rows: torch.Tensor
+    p_results: torch.Tensor
+
+
+@functools.lru_cache(maxsize=None)
+def _levels(plan: tuple[tuple[PrefixOp, ...], ...], blocks: int, device: torch.device) -> tuple[_Level, ...]:
+    """The plan as index tensors on `device` (built once per plan, block count and device)."""
+    out = []
     for level in plan:
-        lefts, rights = [], []
+        left, right, g_rows, g_results, p_rows, p_results = [], [], [], [], [], []
         for op in level:
             if op.do_g:
-                lefts.append(p[op.u])
-                rights.append(g[op.low])
+                g_rows.append(op.u)
+                g_results.append(len(left))
+                left.append(op.u)
+                right.append(op.low)
             if op.do_p:
-                lefts.append(p[op.u])
-                rights.append(p[op.low])
-        res = and_planes(party, stack_planes(lefts), stack_planes(rights), tag)
-        k = 0
-        for op in level:
-            if op.do_g:
-                g[op.u] = g[op.u] ^ res[k]
-                k += 1
-            if op.do_p:
-                p[op.u] = res[k]
-                k += 1
-    return g
+                p_rows.append(op.u)
+                p_results.append(len(left))
+                left.append(op.u)
+                right.append(blocks + op.low)
+        out.append(_Level(*(torch.tensor(v, dtype=torch.int64, device=device)
+                            for v in (left, right, g_rows, g_results, p_rows, p_results))))
+    return tuple(out)
+
+
+def run_prefix(party: Party, g: Planes, p: Planes, plan: Sequence[Sequence[PrefixOp]], tag: str = "prefix") -> Planes:
+    """Run a prefix plan on plane shares: g and p are (blocks, nbytes), row b block b's generate and propagate (rows
+    the plan never reads may hold anything); returns the final G rows (row u: the generate of blocks 0..u). One AND
+    round per level, all of a level's ANDs in one message; the rows move as whole tensors (a few ops per level)."""
+    blocks = g.lo.shape[0]
+    G, P = Planes(g.lo.clone(), g.hi.clone()), Planes(p.lo.clone(), p.hi.clone())
+    for level in _levels(tuple(tuple(lv) for lv in plan), blocks, g.lo.device):
+        both = Planes(torch.cat([G.lo, P.lo]), torch.cat([G.hi, P.hi]))
+        res = and_planes(party, gather(P, level.left), gather(both, level.right), tag)
+        if level.g_rows.numel():
+            G.lo[level.g_rows] ^= res.lo[level.g_results]
+            G.hi[level.g_rows] ^= res.hi[level.g_results]
+        if level.p_rows.numel():
+            P.lo[level.p_rows] = res.lo[level.p_results]
+            P.hi[level.p_rows] = res.hi[level.p_results]
+    return G
