@@ -17,7 +17,7 @@ Small batches pay for byte padding: each dealer slice is rounded up to 8 element
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -115,11 +115,24 @@ class BlockSpec:
     blocks: int  # number of w-bit blocks, counted from bit 0
     out_block: tuple[int, ...]
     tables: tuple[tuple[tuple[int, ...], ...], ...]  # (n_out, 2^w, 2^w) bits
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # device -> tensors()
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        blocks = torch.tensor(self.out_block, dtype=torch.long, device=device)
-        tables = torch.tensor(self.tables, dtype=torch.uint8, device=device) * 255  # (n_out, A, S)
-        return blocks, tables
+        """The output blocks (n_out,) and the ANF tables as 0x00/0xFF bytes (n_out, A, S) on `device` (made once
+        per device: specs are cached per width and use)."""
+        device = torch.device(device)
+        if device not in self._on_device:
+            blocks = torch.tensor(self.out_block, dtype=torch.long, device=device)
+            tables = torch.tensor(self.tables, dtype=torch.uint8, device=device) * 255
+            self._on_device[device] = (blocks, tables)
+        return self._on_device[device]
+
+
+@functools.lru_cache(maxsize=None)
+def _flips(w: int, device: torch.device) -> torch.Tensor:
+    """(2^w, w) bytes: 0x00 where bit i of a is 1, else 0xFF (so bit ^ flip is [bit == a_i] as a byte mask)."""
+    return torch.tensor([[0 if (a >> i) & 1 else 255 for i in range(w)] for a in range(1 << w)], dtype=torch.uint8,
+                        device=device)
 
 
 def make_spec(w: int, blocks: int, outputs: Sequence[tuple[int, BlockFn]]) -> BlockSpec:
@@ -155,8 +168,7 @@ def _coefficients(bits: torch.Tensor, spec: BlockSpec, device: torch.device) -> 
     w = spec.width
     size = 1 << w
     out_block, tables = spec.tensors(device)
-    flips = torch.tensor([[0 if (a >> i) & 1 else 255 for i in range(w)] for a in range(size)], dtype=torch.uint8,
-                         device=device)  # (A, w)
+    flips = _flips(w, torch.device(device))  # (A, w)
     minterms = torch.full((bits.shape[0], size, bits.shape[2]), 255, dtype=torch.uint8, device=device)
     for i in range(w):
         minterms &= bits[:, None, i] ^ flips[None, :, i, None]  # [a == a'], one-hot over a'
