@@ -7,6 +7,7 @@ this is what makes zero-sharings and common masks free of communication.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -16,25 +17,35 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .aes import AesCtr
+
 SEED_BYTES = 16
 _AES_SLACK = 15  # update_into may ask for one block minus a byte beyond the data
 
 
 class PRG:
-    """AES-128 in counter mode keyed by a 16-byte seed; a deterministic stream of uniform ring elements.
+    """AES-128 in counter mode keyed by a 16-byte seed (counter blocks 0, 1, ...); a deterministic stream of uniform
+    ring elements, the same bytes on every device.
 
-    Draws are written by AES straight into a CPU tensor's memory (no intermediate copy); on CUDA that tensor is
-    copied to the device once, synchronously (an asynchronous copy from pinned memory would need the host buffer
-    kept alive until the copy ran: not worth a race on secret randomness).
+    `on_device` picks where the keystream is made (default: on the PRG's device unless that is the CPU). On the host,
+    the `cryptography` package writes each draw straight into a CPU tensor's memory, and on another device that
+    tensor is copied there once, synchronously (an asynchronous copy from pinned memory would need the host buffer kept
+    alive until the copy ran: not worth a race on secret randomness); `on_device=False` keeps that path on a GPU for
+    comparison. On the device, `mpc/aes.py` computes the same keystream with torch integer ops from the stream
+    position, so a draw is device work with no host copy or synchronization.
     """
 
-    def __init__(self, seed: bytes, device: torch.device | str = "cpu") -> None:
+    def __init__(self, seed: bytes, device: torch.device | str = "cpu", *, on_device: bool | None = None) -> None:
         if len(seed) != SEED_BYTES:
             raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
-        self._encryptor = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor()
         self.device = torch.device(device)
+        self.on_device = self.device.type != "cpu" if on_device is None else on_device
         self.drawn_bytes = 0
-        self._zeros = bytearray()  # the plaintext of the keystream, grown to the largest draw
+        if self.on_device:
+            self._device_aes = AesCtr(seed, self.device)
+        else:
+            self._encryptor = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor()
+            self._zeros = bytearray()  # the plaintext of the keystream, grown to the largest draw
 
     @classmethod
     def fresh(cls, device: torch.device | str = "cpu") -> "PRG":
@@ -43,29 +54,34 @@ class PRG:
 
     def bytes(self, n: int) -> bytes:
         """The next n pseudorandom bytes of the stream."""
-        return self._keystream(n).tobytes()
+        return self._draw(n).cpu().numpy().tobytes()
 
-    def _keystream(self, nbytes: int) -> np.ndarray:
+    def _draw(self, nbytes: int) -> torch.Tensor:
+        """The next `nbytes` bytes of the stream as a fresh writable uint8 tensor on this PRG's device."""
+        if self.on_device:
+            out = self._device_aes.keystream(self.drawn_bytes, nbytes)
+        else:
+            out = torch.from_numpy(self._host_keystream(nbytes))
+            out = out if self.device.type == "cpu" else out.to(self.device)
+        self.drawn_bytes += nbytes
+        return out
+
+    def _host_keystream(self, nbytes: int) -> np.ndarray:
         """The next `nbytes` bytes of the stream, written by AES straight into a fresh writable uint8 array."""
         host = np.empty(nbytes + _AES_SLACK, dtype=np.uint8)
         if nbytes:
             if len(self._zeros) < nbytes:
                 self._zeros = bytearray(nbytes)
             self._encryptor.update_into(memoryview(self._zeros)[:nbytes], host)
-        self.drawn_bytes += nbytes
         return host[:nbytes]
-
-    def _on_device(self, array: np.ndarray) -> torch.Tensor:
-        out = torch.from_numpy(array)
-        return out if self.device.type == "cpu" else out.to(self.device)
 
     def ring(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform elements of Z_2^64 (int64) of the given shape, on this PRG's device."""
-        return self._on_device(self._keystream(8 * _count(shape)).view(np.int64).reshape(tuple(shape)))
+        return self._draw(8 * _count(shape)).view(torch.int64).reshape(tuple(shape))
 
     def uint8(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform bytes (uint8) of the given shape, on this PRG's device."""
-        return self._on_device(self._keystream(_count(shape)).reshape(tuple(shape)))
+        return self._draw(_count(shape)).reshape(tuple(shape))
 
     def bits(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform 0/1 int64 values of the given shape."""
@@ -77,7 +93,8 @@ class PRG:
 
 
 def _count(shape: tuple[int, ...] | torch.Size) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+    """Elements of a tensor of `shape` (math.prod: numpy's prod costs several microseconds on every draw)."""
+    return math.prod(int(s) for s in shape)
 
 
 class KeyAgreement:
