@@ -84,11 +84,6 @@ def row_index(rows: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64, device=device)
 
 
-def stack_planes(items: Sequence[Planes]) -> Planes:
-    """Stack plane shares along a new leading axis."""
-    return Planes(torch.stack([p.lo for p in items]), torch.stack([p.hi for p in items]))
-
-
 def and_planes(party: Party, x: Planes, y: Planes, tag: str = "and_planes") -> Planes:
     """AND of bit-plane shares: 1 round, one bit per ANDed bit per party (8 elements per byte)."""
     z = (x.lo & (y.lo ^ y.hi)) ^ (x.hi & y.lo)

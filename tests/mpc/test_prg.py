@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secureinfer.mpc import runtime
 from secureinfer.mpc.aes import AesCtr, expand_key, sbox
-from secureinfer.mpc.prg import PRG, SEED_BYTES, KeyAgreement
+from secureinfer.mpc.prg import DEVICE_DRAW_MIN, PRG, SEED_BYTES, KeyAgreement
 
 ON_DEVICE = pytest.mark.parametrize("on_device", [False, True], ids=["host-aes", "torch-aes"])
 
@@ -237,10 +237,26 @@ def test_torch_prg_uses_no_torch_randomness():
     assert torch.equal(PRG(seed, on_device=True).ring((100,)), first)
 
 
-def test_prg_keystream_is_made_on_its_device_by_default():
-    assert not PRG(os.urandom(SEED_BYTES)).on_device  # the CPU keeps the `cryptography` path
-    assert not PRG(os.urandom(SEED_BYTES), "cpu").on_device
-    assert PRG(os.urandom(SEED_BYTES), "meta").on_device  # any other device makes the keystream there
+def test_prg_keystream_path_by_default():
+    assert PRG(os.urandom(SEED_BYTES)).device_draw_min is None  # the CPU keeps the `cryptography` path
+    assert PRG(os.urandom(SEED_BYTES), "cpu").device_draw_min is None
+    gpu_like = PRG(os.urandom(SEED_BYTES), "meta")  # any other device: large draws there, small ones on the host
+    assert gpu_like.device_draw_min == DEVICE_DRAW_MIN and not gpu_like.on_device
+    assert PRG(os.urandom(SEED_BYTES), "meta", on_device=True).on_device
+    assert PRG(os.urandom(SEED_BYTES), "meta", on_device=False).device_draw_min is None
+
+
+@pytest.mark.parametrize("sizes", list(DRAW_PATTERNS.values()), ids=list(DRAW_PATTERNS))
+def test_mixed_paths_keep_one_stream(sizes):
+    """A PRG that makes its large draws with torch AES and its small ones with `cryptography` (the default on a GPU,
+    here with the threshold lowered on the CPU) gives the host path's bytes: the host counter restarts where the
+    device draws left the stream, mid-block included."""
+    seed = os.urandom(SEED_BYTES)
+    mixed, host_prg = PRG(seed), PRG(seed)
+    mixed.device_draw_min = 16
+    for nbytes in sizes:
+        assert torch.equal(mixed.uint8((nbytes,)), host_prg.uint8((nbytes,))), (seed.hex(), nbytes)
+    assert mixed.bytes(19) == host_prg.bytes(19) and mixed.drawn_bytes == host_prg.drawn_bytes
 
 
 @pytest.mark.cuda
