@@ -85,9 +85,9 @@ class AdmissionSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> "AdmissionSettings":
-        """The limits of a NodeConfig (its client_rate_per_s, client_burst and client_max_sessions)."""
+        """The limits of a NodeConfig (its client_rate_per_s, client_burst and client_session_cap: on by default)."""
         return cls(rate_per_s=config.client_rate_per_s, burst=config.client_burst,
-                   max_concurrent=config.client_max_sessions)
+                   max_concurrent=config.client_session_cap)
 
     @property
     def limited(self) -> bool:

@@ -276,6 +276,8 @@ class Batcher:
         with self._lock:
             if plan.batch_id in self._started:
                 return
+            _check_plan(member.cfg, plan, {sid for sid, held in self._held.items() if held.key == key},
+                        session.runtime.step_limits)
             self._started[plan.batch_id] = None
             while len(self._started) > _REMEMBERED:
                 self._started.popitem(last=False)
@@ -337,12 +339,30 @@ class Batcher:
                 raise
         finally:
             self.registry.remove(run)
+            run.release()
             sent = run.channel.stats.bytes_sent
             self.metrics.add_bytes_sent("party", sent)
             self.metrics.batch_finished(status, len(plan.members))
             log_event(self.logger, "INFO" if status == "OK" else "WARNING", "batch done", batch=plan.batch_id[6:14],
                       members=len(plan.members), rows=sum(m.rows for m in plan.members), status=status,
                       seconds=round(time.monotonic() - start, 3), bytes_sent=sent, rounds=run.channel.stats.rounds)
+
+
+def _check_plan(cfg: ModelConfig, plan: Plan, held: set[str], limits: serving.StepLimits) -> None:
+    """PeerFailed unless every member of the leader's plan is a step this node would take from a client (rows and
+    positions within the model and the step limits), and the placeholders it would make for the members it does not
+    hold (zero shares of their declared shapes) stay within one step's memory limit."""
+    placeholders = 0
+    for m in plan.members:
+        if not 1 <= m.rows <= limits.max_rows or m.positions < 1 or m.cached + m.positions > cfg.max_positions:
+            raise PeerFailed(f"the leader's batch plan declares a step of {m.rows} rows, {m.positions} positions "
+                             f"after {m.cached}: outside this node's limits")
+        if m.session_id not in held:
+            placeholders += 2 * 8 * m.rows * (m.positions * cfg.vocab_size + 2 * cfg.n_kv_heads * m.cached *
+                                              cfg.head_dim * cfg.n_layers)
+    if placeholders > limits.max_input_bytes:
+        raise PeerFailed(f"the leader's batch plan would make this node hold {placeholders} bytes of placeholders, "
+                         f"over its limit of {limits.max_input_bytes}")
 
 
 def _batch_program(compute: Callable[[Party], int]) -> Program:

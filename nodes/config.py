@@ -23,6 +23,9 @@ LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEVICE_PATTERN = re.compile(r"cpu|cuda|cuda:\d+|auto")
 # A full 1 MiB frame chunk plus its header must fit in one gRPC message.
 MIN_MESSAGE_BYTES = 1024 * 1024 + 64 * 1024
+MIN_SESSION_BYTES = 1 << 20  # a session budget below this could not hold an engine message of any real model
+DEFAULT_CLIENT_RATE = 50.0  # sessions per second per client certificate, unless client_rate_per_s says otherwise
+INBOX_BYTES = 64 << 20  # the most one link of a session holds unread (less with a smaller session_memory_bytes)
 
 
 class ConfigError(ValueError):
@@ -135,6 +138,9 @@ _NODE_KINDS: dict[str, tuple[str, bool]] = {
     "client_rate_per_s": (_FLOAT, True),
     "client_burst": (_INT, True),
     "client_max_sessions": (_INT, True),
+    "session_max_rows": (_INT, False),
+    "session_memory_bytes": (_INT, False),
+    "max_model_bytes": (_INT, False),
     "session_timeout_s": (_FLOAT, False),
     "peer_wait_s": (_FLOAT, False),
     "batch_window_s": (_FLOAT, False),
@@ -164,9 +170,12 @@ class NodeConfig:
     gossip_interval_s: float = 1.0
     record_ttl_s: float = 10.0
     max_sessions: int = 4
-    client_rate_per_s: float | None = None  # per client certificate: sessions per second (None: no limit)
+    client_rate_per_s: float | None = DEFAULT_CLIENT_RATE  # per client certificate: sessions per second (None: none)
     client_burst: int | None = None  # ... and how many may open at once (None: ceil(client_rate_per_s))
-    client_max_sessions: int | None = None  # per client certificate: concurrent sessions (None: no cap)
+    client_max_sessions: int | None = None  # per client certificate: concurrent sessions (None: client_session_cap)
+    session_max_rows: int = 64  # the most rows (sequences) one step of a session may carry
+    session_memory_bytes: int = 1 << 30  # a session's budget: its largest message, a step's expanded token shares
+    max_model_bytes: int = 8 << 30  # the most one hosted model's weights may take here (opening.model_bytes)
     session_timeout_s: float = 600.0
     peer_wait_s: float = 30.0  # how long a session waits for its lower-index parties to dial in (and vice versa)
     batch_window_s: float = 0.05  # batched secure requests: how long a group waits for partners after its first step
@@ -210,6 +219,7 @@ class NodeConfig:
         if self.max_sessions < 1:
             raise ConfigError(f"max_sessions: must be >= 1, got {self.max_sessions}")
         _check_client_limits(self)
+        _check_session_limits(self)
         if not 0.0 <= self.batch_window_s <= 10.0:
             raise ConfigError(f"batch_window_s: must be in [0, 10], got {self.batch_window_s}")
         if self.batch_max_rows < 1:
@@ -237,6 +247,19 @@ class NodeConfig:
             return self.advertise
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{bound_port}"
+
+    @property
+    def client_session_cap(self) -> int | None:
+        """Concurrent sessions one client certificate may hold here: `client_max_sessions`, else half of
+        max_sessions rounded up, so that no one client holds every slot (None, no cap, only for max_sessions = 1)."""
+        if self.client_max_sessions is not None:
+            return self.client_max_sessions
+        return None if self.max_sessions == 1 else (self.max_sessions + 1) // 2
+
+    @property
+    def inbox_bytes(self) -> int:
+        """What one link of a session may hold unread before it stops reading (the remote then waits)."""
+        return min(self.session_memory_bytes, INBOX_BYTES)
 
     def perf_store_path(self) -> Path | None:
         """Where the node keeps its performance records: `perf_store`, else perf.sqlite in `data_dir`; None (no
@@ -329,16 +352,29 @@ class NodeConfig:
 
 
 def _check_client_limits(config: NodeConfig) -> None:
-    """Per-client admission limits: a rate > 0, a burst >= 1 only with a rate, a session cap in 1..max_sessions."""
+    """Per-client admission limits: a rate > 0, a burst >= 1 only with a rate, a session cap that leaves other
+    clients a slot (below max_sessions, unless that is 1)."""
     rate, burst, cap = config.client_rate_per_s, config.client_burst, config.client_max_sessions
     if rate is not None and rate <= 0:
-        raise ConfigError(f"client_rate_per_s: must be > 0 (leave it out for no rate limit), got {rate}")
+        raise ConfigError(f"client_rate_per_s: must be > 0 (default {DEFAULT_CLIENT_RATE:g}), got {rate}")
     if burst is not None and rate is None:
         raise ConfigError("client_burst: only meaningful with client_rate_per_s; set both or neither")
     if burst is not None and burst < 1:
         raise ConfigError(f"client_burst: must be >= 1, got {burst}")
-    if cap is not None and not 1 <= cap <= config.max_sessions:
-        raise ConfigError(f"client_max_sessions: must be in 1..max_sessions ({config.max_sessions}), got {cap}")
+    highest = max(1, config.max_sessions - 1)
+    if cap is not None and not 1 <= cap <= highest:
+        raise ConfigError(f"client_max_sessions: must be in 1..{highest} (below max_sessions, {config.max_sessions}, "
+                          f"so that no one client holds every session slot), got {cap}")
+
+
+def _check_session_limits(config: NodeConfig) -> None:
+    """A session's row cap >= 1, its memory budget >= MIN_SESSION_BYTES, a hosted model's size >= 1 byte."""
+    if config.session_max_rows < 1:
+        raise ConfigError(f"session_max_rows: must be >= 1, got {config.session_max_rows}")
+    if config.session_memory_bytes < MIN_SESSION_BYTES:
+        raise ConfigError(f"session_memory_bytes: must be >= {MIN_SESSION_BYTES}, got {config.session_memory_bytes}")
+    if config.max_model_bytes < 1:
+        raise ConfigError(f"max_model_bytes: must be >= 1, got {config.max_model_bytes}")
 
 
 def _reject_unknown(what: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:

@@ -3,7 +3,7 @@
     secureinfer node serve --config node.toml
 
 Start-up: load the identity (certs_dir), check the port is free, serve metrics, measure the capability record, open
-the performance store, bind the port (written to `port_file`), sign this node's record and gossip it to the seeds
+the performance store, host again the models kept in data_dir (nodes/vault.py), bind the port (written to `port_file`), sign this node's record and gossip it to the seeds
 and known peers every `gossip_interval_s`; each round also pulls the performance records of one random peer that
 are new here (nodes/records.py). A setting that cannot be used at start-up (a port in use, unreadable certificates,
 a performance store that does not open) stops the start with an error that names its key, and whatever was already
@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from secureinfer.mpc.comm.audit import FrameLog
+from secureinfer.mpc.models.serving import StepLimits
 from secureinfer.net.certs import NODE_SAN, CertError, Identity
 from secureinfer.net.errors import Cancelled
 from secureinfer.net.membership import MembershipTable, sign_record
@@ -33,7 +34,7 @@ from secureinfer.net.options import grpc_options, server_options
 from secureinfer.perfstore import Store, StoreError, open_store
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
-from . import capability, logs
+from . import capability, logs, publishing
 from .admission import Admission, AdmissionSettings
 from .batching import Batcher, BatchSettings
 from .capability import CapabilityError
@@ -46,6 +47,7 @@ from .revocation import RevocationError, RevocationInterceptor, RevocationWatch
 from .servicers import InferenceServicer, MembershipServicer, PeerServicer, RecordsServicer
 from .sessions import NodeRuntime, SessionRegistry
 from .store import ModelStore
+from .vault import Vault, VaultError
 
 GOSSIP_FANOUT = 2
 # Leakage audit (tests and debugging only, off by default): when set, every message a session of this node receives
@@ -94,6 +96,7 @@ class NodeDaemon:
         self._gossip_rounds = 0
         self.capability: node_pb2.Capability | None = None
         self.records: RecordBook | None = None  # the performance store, opened by start()
+        self.vault: Vault | None = None  # the hosted models kept across restarts (data_dir), opened by start()
         self._sync: RecordSync | None = None
         self.address = ""
         self.port = 0
@@ -177,6 +180,9 @@ class NodeDaemon:
             raise StartupError(_keyed("device", exc)) from None
         self.records = RecordBook(self._open_perf_store())
         self._sync = RecordSync(self.records, self.dial, timeout_s=GOSSIP_TIMEOUT_S)
+        self.vault = self._open_vault()
+        if self.vault is not None:
+            publishing.restore_kept(self.vault, self.store, self.device, self.logger)
         # Bound last and started at once: gRPC keeps the port of a server that never started until the process ends.
         self._server = server = grpc.aio.server(
             options=server_options(cfg.max_message_bytes) + [EXCLUSIVE_PORT],
@@ -202,10 +208,12 @@ class NodeDaemon:
         cfg = self.config
         runtime = NodeRuntime(identity=self.identity, roles=cfg.roles, device=self.device, store=self.store,
                               max_sessions=cfg.max_sessions, session_timeout_s=cfg.session_timeout_s,
-                              max_payload_bytes=4 << 30, shaping=cfg.link.model(), dial=self.dial,
+                              max_payload_bytes=cfg.session_memory_bytes, shaping=cfg.link.model(), dial=self.dial,
                               peer_wait_s=self.peer_wait_s, audit=self._audit_log(),
                               batcher=Batcher(BatchSettings(cfg.batch_window_s, cfg.batch_max_rows), self.registry,
-                                              self.metrics, self.logger))
+                                              self.metrics, self.logger),
+                              max_inbox_bytes=cfg.inbox_bytes, max_model_bytes=cfg.max_model_bytes,
+                              step_limits=StepLimits(cfg.session_max_rows, cfg.session_memory_bytes), vault=self.vault)
         self.admission = Admission(AdmissionSettings.from_config(cfg), cfg.node_id)
         node_pb2_grpc.add_InferenceServicer_to_server(
             InferenceServicer(runtime, self.registry, self.metrics, self.logger, self.admission), server)
@@ -237,6 +245,23 @@ class NodeDaemon:
             raise StartupError(_keyed(key, exc)) from None
         except OSError as exc:  # its folder cannot be made (a file is in the way, no permission)
             raise StartupError(f"{key}: cannot create {exc.filename or path.parent}: {exc.strerror}") from None
+
+    def _open_vault(self) -> Vault | None:
+        """Where hosted models are kept across restarts: data_dir's vault (made on the first start), or None."""
+        if self.config.data_dir is None:
+            log_event(self.logger, "INFO", "hosted models kept in memory only (set data_dir to keep them, encrypted, "
+                      "across restarts)")
+            return None
+        try:
+            vault = Vault.open(self.config.data_dir, self.config.node_id, self.config.max_model_bytes)
+        except VaultError as exc:
+            raise StartupError(_keyed("data_dir", exc)) from None
+        except OSError as exc:
+            raise StartupError(f"data_dir: cannot use {exc.filename or self.config.data_dir}: {exc.strerror}") from None
+        if vault.key_exposed():
+            log_event(self.logger, "WARNING", "the hosted-model key is readable by others: chmod 600 it",
+                      key=str(vault.key_path))
+        return vault
 
     async def _set_health(self, status: int) -> None:
         result = self.health.set("", status)

@@ -7,6 +7,10 @@ weights); with `public_weights=False`, the secret-weights protocol on the trivia
 (`weights.share_public`: the same messages, rounds and bytes as on a committee holding real shares). The prompt is
 secret either way (one-hot shares).
 
+Limits. Every step's tokens are held to the node's step limits (rows, and the memory they take) before anything is
+computed: a secure party's from the shapes their shares declare (serving.serve_steps), a plaintext worker's from the
+ids tensor, which has arrived whole within the link's payload limit.
+
 Fixed point. Every session of a hosted model runs with EngineConfig(fxp=FixedPoint(f)) at the precision f its weights
 are encoded at (the hosted record's).
 """
@@ -15,7 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from secureinfer import strategy
+from secureinfer.models.config import ModelConfig
 from secureinfer.models.requests import CLIENT
 from secureinfer.mpc.approx import profile as approx_profile
 from secureinfer.mpc.approx.profile import ApproxProfile
@@ -47,8 +54,8 @@ def _infer(session: NodeSession) -> Any:
     chosen = request_strategy(request)
     output = output_of(request, hosted.cfg)
     if not session.secret:
-        return plain_serving.serve_public(session.channel, hosted.model, output, device=runtime.device,
-                                          strategy=chosen)
+        channel = _BoundedTokens(session.channel, hosted.cfg, runtime.step_limits)
+        return plain_serving.serve_public(channel, hosted.model, output, device=runtime.device, strategy=chosen)
     profile = approx_profile.get(request.profile or (chosen.profile if chosen is not None else "accurate"))
     model = secure_model(hosted, chosen, profile, session)
     if isinstance(chosen, strategy.SecureStrategy) and chosen.batch_requests:  # steps run in shared batches
@@ -57,7 +64,24 @@ def _infer(session: NodeSession) -> Any:
         return runtime.batcher.serve(session, model, output, profile.name)
     step, with_meta = serving.step_function(hosted.cfg, output)
     party = Party.connect(session.index, session.channel, session.engine_config())
-    return serving.serve(party, model, step, with_meta, client=CLIENT)
+    return serving.serve(party, model, step, with_meta, client=CLIENT, limits=runtime.step_limits)
+
+
+class _BoundedTokens:
+    """A public session's channel whose client token steps are held to the session's step limits (rows, and the
+    memory a step of that many tokens takes) before the worker computes on them; everything else passes through."""
+
+    def __init__(self, channel: Any, cfg: ModelConfig, limits: serving.StepLimits) -> None:
+        self._channel, self._cfg, self._limits = channel, cfg, limits
+
+    def recv(self, frm: str, tag: str = "") -> Any:
+        payload = self._channel.recv(frm, tag)
+        if tag == "tokens" and frm == CLIENT and isinstance(payload, torch.Tensor) and payload.dim() == 2:
+            serving.check_tokens(self._cfg, (*payload.shape, self._cfg.vocab_size), None, self._limits)
+        return payload
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
 
 
 def secure_model(hosted: Hosted, chosen: strategy.Strategy | None, profile: ApproxProfile,

@@ -10,6 +10,7 @@ from secureinfer.models.config import CheckpointError
 from secureinfer.models.requests import RequestError
 from secureinfer.mpc.comm import CommError
 from secureinfer.mpc.models.weights import WeightsError
+from secureinfer.mpc.protocols.sharing import InputError
 from secureinfer.net.certs import CertError
 from secureinfer.net.errors import NodeError
 from secureinfer.net.frames import FrameError
@@ -21,6 +22,7 @@ _BY_TYPE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (FrameError, grpc.StatusCode.INVALID_ARGUMENT),
     (CheckpointError, grpc.StatusCode.INVALID_ARGUMENT),
     (WeightsError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InputError, grpc.StatusCode.INVALID_ARGUMENT),  # before CommError: a malformed share is the sender's error
     (CertError, grpc.StatusCode.PERMISSION_DENIED),
     (LinkTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (CommError, grpc.StatusCode.UNAVAILABLE),
@@ -30,10 +32,11 @@ _BY_TYPE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The first NodeError or RequestError in the `__cause__` chain (a party's CommError often wraps it)."""
+    """The first NodeError, RequestError or malformed-input error in the `__cause__` chain (a party's CommError often
+    wraps it)."""
     seen = error
     while seen is not None:
-        if isinstance(seen, (NodeError, RequestError, FrameError)):
+        if isinstance(seen, (NodeError, RequestError, FrameError, InputError, WeightsError)):
             return seen
         seen = seen.__cause__
     return error

@@ -9,6 +9,9 @@ Weights. A secure committee holds a model as secret shares, or (published with `
 in the clear at every party. A request asks for public weights with `SecureStrategy(public_weights=True)`; on a
 committee holding shares (a closed model, or one published as shares) that is INVALID_ARGUMENT.
 
+Size. A published model's weights must fit the node's `max_model_bytes` (judged from its config, before any weight
+arrives); each weight is then checked against the config's shapes as it arrives (nodes/publishing.py).
+
 Fixed point. The owner publishes a secure model at a precision f in [12, 24] (OpenSession.fractional_bits, 0 = 18),
 and every session of that model runs at f. A request naming another f (a SecureStrategy's frac_bits, or a non-zero
 fractional_bits) is INVALID_ARGUMENT.
@@ -16,6 +19,7 @@ fractional_bits) is INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -75,17 +79,28 @@ def _check_committee(runtime: NodeRuntime, request: node_pb2.OpenSession, secret
         raise BadRequest(f"this node ({runtime.node_id}) is not party {request.party_index} of the committee")
 
 
+def model_bytes(cfg: ModelConfig, secret: bool) -> int:
+    """The memory a hosted model's weights take on this node: 16 bytes per parameter for a secure committee (two
+    ring components of a share, or open weights beside their ring encoding), 8 on a plaintext worker (float64)."""
+    count = sum(math.prod(shape) for shape in {**optional_parameter_shapes(cfg), **parameter_shapes(cfg)}.values())
+    return count * (16 if secret else 8)
+
+
 def _check_publish(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: PeerCert, secret: bool) -> None:
-    """BadRequest unless a publish request has no strategy, a valid precision and weight mode and a model config,
-    and Unauthorized if another owner's model of that id lives on this committee."""
+    """BadRequest unless a publish request has no strategy, a valid precision and weight mode and a model config
+    whose weights fit this node, and Unauthorized if another owner's model of that id lives on this committee."""
     if request.strategy_json:
         raise BadRequest("publishing takes no execution strategy")
     _check_publish_bits(request, secret)
     if request.public_weights and not secret:
         raise BadRequest("public_weights publishes an open model's weights in the clear to a secure committee of "
                          "three; a plaintext worker holds every model in the clear already (leave it unset)")
-    config_from_json(request.model_config_json)
+    size = model_bytes(config_from_json(request.model_config_json), secret)
+    if size > runtime.max_model_bytes:
+        raise BadRequest(f"this model's weights would take {size} bytes here, over this node's limit of "
+                         f"{runtime.max_model_bytes} (max_model_bytes)")
     runtime.store.check_replace(request.model_id, request.committee.committee_id, caller.name)
+    runtime.store.check_room(request.model_id, request.committee.committee_id)
 
 
 def _check_publish_bits(request: node_pb2.OpenSession, secret: bool) -> None:

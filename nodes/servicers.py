@@ -116,6 +116,7 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
         finally:
             if session is not None:
                 self.registry.remove(session)
+                session.release()
             sent = session.channel.stats.bytes_sent if session is not None else 0
             rounds = session.channel.stats.rounds if session is not None else 0
             self.metrics.session_finished(task, privacy, status, time.monotonic() - start, bytes_sent=sent,
@@ -157,6 +158,10 @@ class PeerServicer(node_pb2_grpc.PeerServicer):
             session.check_peer(hello, caller.name)
         except NodeError as exc:
             await context.abort(*status_for(exc))
+        # The stream's initial metadata goes out now, on its own: if it went with the link's first message, a status
+        # sent while that write is in flight would carry it a second time, and gRPC would refuse the status
+        # (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS), leaving the dialling party to wait for its deadline.
+        await context.send_initial_metadata(())
         try:
             await session.attach_peer(hello.from_party, context)
         except BaseException as exc:

@@ -17,6 +17,7 @@ import asyncio
 import functools
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,16 +27,18 @@ import grpc
 from secureinfer.models.requests import CLIENT, PUBLIC_WORKER
 from secureinfer.mpc.comm import LinkModel
 from secureinfer.mpc.comm.audit import FrameLog
+from secureinfer.mpc.models.serving import StepLimits
 from secureinfer.mpc.party import PARTY_NAMES, EngineConfig
 from secureinfer.mpc.ring import DEFAULT_FRAC_BITS, FixedPoint
 from secureinfer.mpc.runtime import OWNER
 from secureinfer.net.certs import Identity, PeerCert
 from secureinfer.net.errors import BadRequest, Busy, Cancelled, PeerFailed, SessionExists, SessionTimeout, Unauthorized
 from secureinfer.net.frames import FrameError
-from secureinfer.net.transport import GrpcChannel, Link
+from secureinfer.net.transport import DEFAULT_MAX_INBOX, GrpcChannel, Link
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 from .store import ModelStore
+from .vault import Vault
 
 PEER_WAIT_S = 30.0  # default: how long an incoming peer link waits for its session, and a session for its peers
 
@@ -49,7 +52,9 @@ class BatchServer(Protocol):
 
 @dataclass(frozen=True)
 class NodeRuntime:
-    """What sessions need from their node: identity, role, device, hosted models, limits and peer channels."""
+    """What sessions need from their node: identity, role, device, hosted models, limits and peer channels.
+    `max_payload_bytes` bounds any one message a link takes, `max_inbox_bytes` what a link holds unread,
+    `step_limits` what one step's tokens may declare, `max_model_bytes` a published model."""
 
     identity: Identity
     roles: tuple[str, ...]
@@ -63,6 +68,10 @@ class NodeRuntime:
     peer_wait_s: float = PEER_WAIT_S  # how long a session and an incoming peer link wait for each other
     batcher: BatchServer | None = None  # runs SecureStrategy(batch_requests=True) steps together; None: refused
     audit: FrameLog | None = None  # leakage audit only (daemon.AUDIT_ENV): every inbound message; None: off
+    max_inbox_bytes: int = DEFAULT_MAX_INBOX
+    step_limits: StepLimits = StepLimits()
+    max_model_bytes: int = 8 << 30
+    vault: Vault | None = None  # where hosted models are kept across restarts (nodes/vault.py); None: memory only
 
     @property
     def node_id(self) -> str:
@@ -119,6 +128,7 @@ class NodeSession:
         self._attached: set[int] = set()  # lower parties whose Peer.Link has arrived
         self._tasks: dict[asyncio.Future, str] = {}  # link pumps and the link each one serves
         self._wake = asyncio.Event()  # set when a peer attaches or the session is aborted
+        self._worker: asyncio.Future | None = None
 
     @property
     def id(self) -> str:
@@ -131,8 +141,8 @@ class NodeSession:
             receiver = PARTY_NAMES[self.index] if self.secret else PUBLIC_WORKER
             observer = functools.partial(self.runtime.audit.record, receiver, session=self.id)
         return Link(name, self.loop, lambda f: message_type(frame=f), _frame_of, shaping=self.runtime.shaping,
-                    max_payload_bytes=self.runtime.max_payload_bytes, device=self.runtime.device if on_device else None,
-                    observer=observer)
+                    max_payload_bytes=self.runtime.max_payload_bytes, max_inbox_bytes=self.runtime.max_inbox_bytes,
+                    device=self.runtime.device if on_device else None, observer=observer)
 
     def _pump(self, name: str, coro: Any) -> asyncio.Future:
         task = asyncio.ensure_future(coro)
@@ -148,7 +158,7 @@ class NodeSession:
         for j in self.peers:
             if j > self.index:
                 self._pump(PARTY_NAMES[j], self._dial(j))
-        worker = self._start_worker()
+        worker = self._worker = self._start_worker()
         try:
             await self._until_worker_done(worker)
             self.channel.finish()
@@ -254,6 +264,23 @@ class NodeSession:
         for task in self._tasks:
             task.cancel()
         self._wake.set()
+
+    def release(self) -> None:
+        """Drop what an ended session still holds (unread messages, its result, the locals of the frames its error
+        passed through, e.g. expanded shares), so its memory is freed when it ends rather than at some later
+        garbage collection."""
+        for link in self.links.values():
+            link.discard()
+        self.result = None
+        worker = self._worker
+        failed = worker.exception() if worker is not None and worker.done() and not worker.cancelled() else None
+        seen: set[int] = set()
+        for error in (self.error, failed):
+            while error is not None and id(error) not in seen:
+                seen.add(id(error))
+                if error.__traceback__ is not None:
+                    traceback.clear_frames(error.__traceback__)
+                error = error.__cause__ or error.__context__
 
     def _start_worker(self) -> asyncio.Future:
         future: asyncio.Future = self.loop.create_future()

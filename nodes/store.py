@@ -41,13 +41,22 @@ class ModelStore:
         if existing is not None and existing.owner != owner:
             raise Unauthorized(f"model {model_id!r} of committee {committee_id!r} belongs to another owner")
 
+    def check_room(self, model_id: str, committee_id: str) -> None:
+        """Raise BadRequest if this node is full and does not host this model already (it would be replaced)."""
+        with self._lock:
+            self._check_room((model_id, committee_id))
+
     def put(self, hosted: Hosted) -> None:
         key = (hosted.record.model_id, hosted.record.committee_id)
         self.check_replace(*key, hosted.owner)
         with self._lock:
-            if key not in self._models and len(self._models) >= self.max_models:
-                raise BadRequest(f"this node already hosts {self.max_models} models")
+            self._check_room(key)
             self._models[key] = hosted
+
+    def _check_room(self, key: tuple[str, str]) -> None:
+        """check_room, with the lock held."""
+        if key not in self._models and len(self._models) >= self.max_models:
+            raise BadRequest(f"this node already hosts {self.max_models} models")
 
     def get(self, model_id: str, committee_id: str, privacy: int) -> Hosted:
         with self._lock:

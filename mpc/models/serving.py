@@ -7,8 +7,9 @@ Party side (`serve`): with its model built, a party says b"ready" to the client,
   4. the output's shares go to the client alone (`reveal.reveal_to_owner`), which reconstructs them.
 Client side (`client_encode`, `client_logits`, `client_generate_many`): the mirror image; for generation the client
 samples each next token locally from the opened last-position logits and feeds it back as a fresh one-hot share.
-Malformed requests (wrong vocabulary width, too many positions, bad metadata) raise `RequestError` on every party
-alike, since all three see the same public shapes.
+Malformed requests (wrong vocabulary width, too many positions or rows, bad metadata) raise `RequestError` on every
+party alike, since all three see the same public shapes. A step's token shares are checked against the model and the
+session's `StepLimits` from the shapes their messages declare, before a seed is expanded (`sharing.receive_input`).
 """
 
 from __future__ import annotations
@@ -115,14 +116,39 @@ class ServedStep:
     recording: trace.Recording | None
 
 
-def check_tokens(cfg: ModelConfig, onehot: Any, cache: SecretKVCache | None) -> None:
-    """RequestError unless `onehot` is (B, T, V) shares of this vocabulary that fit after the cached positions."""
-    shape = tuple(onehot.shape)
+MAX_ROWS = 64  # default: the most rows (sequences) one step may carry
+MAX_INPUT_BYTES = 1 << 30  # default: the most memory one step's token shares may take once expanded
+
+
+@dataclass(frozen=True)
+class StepLimits:
+    """What one step of a session may declare, checked before its token shares are expanded: how many rows
+    (sequences), and how much memory the shares take (two ring components of 8 bytes per one-hot element)."""
+
+    max_rows: int = MAX_ROWS
+    max_input_bytes: int = MAX_INPUT_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or self.max_input_bytes < 1:
+            raise ValueError(f"step limits must be >= 1, got {self}")
+
+
+def check_tokens(cfg: ModelConfig, shape: tuple[int, ...], cache: SecretKVCache | None,
+                 limits: StepLimits = StepLimits()) -> None:
+    """RequestError unless `shape` is that of (B, T, V) token shares of this vocabulary that fit after the cached
+    positions and within `limits` (called on the declared shape, before anything is expanded)."""
+    shape = tuple(shape)
     if len(shape) != 3 or shape[-1] != cfg.vocab_size or shape[0] < 1 or shape[1] < 1:
         raise RequestError(f"token one-hots must be (B, T, {cfg.vocab_size}), got {shape}")
     seen = cache.length if cache is not None else 0
     if seen + shape[1] > cfg.max_positions:
         raise RequestError(f"{seen} cached + {shape[1]} new positions exceed max_positions={cfg.max_positions}")
+    if shape[0] > limits.max_rows:
+        raise RequestError(f"a step of {shape[0]} rows exceeds this session's limit of {limits.max_rows} rows")
+    size = 2 * 8 * shape[0] * shape[1] * shape[2]
+    if size > limits.max_input_bytes:
+        raise RequestError(f"a step of {shape[0]} x {shape[1]} tokens takes {size} bytes as shares, over this "
+                           f"session's limit of {limits.max_input_bytes} bytes")
 
 
 # Runs one checked step: (token shares, metadata, cache) -> the cache to keep; it opens the step's output to the
@@ -130,10 +156,12 @@ def check_tokens(cfg: ModelConfig, onehot: Any, cache: SecretKVCache | None) -> 
 StepRunner = Callable[[Any, Any, SecretKVCache | None], SecretKVCache | None]
 
 
-def serve_steps(party: Party, cfg: ModelConfig, with_meta: bool, run: StepRunner, *, client: str = CLIENT) -> None:
+def serve_steps(party: Party, cfg: ModelConfig, with_meta: bool, run: StepRunner, *, client: str = CLIENT,
+                limits: StepLimits = StepLimits()) -> None:
     """The party's side of the step protocol: say ready, then answer the client's control messages until it says
     stop; `reset` starts a new sequence (empty cache), `step` receives the step's metadata (with `with_meta`) and token
-    shares, checks them and hands them to `run`."""
+    shares, checked (their declared shapes, against the model and `limits`) before they are expanded, and hands them
+    to `run`."""
     party.channel.send(client, b"ready", "ready")
     cache = SecretKVCache.empty(cfg.n_layers) if cfg.causal else None
     while True:
@@ -146,15 +174,15 @@ def serve_steps(party: Party, cfg: ModelConfig, with_meta: bool, run: StepRunner
         if ctrl != b"step":
             raise RequestError(f"{party.name}: unexpected control message from the client")
         meta = party.channel.recv(client, "meta") if with_meta else None
-        onehot = sharing.receive_input(party, client, "tokens")
-        check_tokens(cfg, onehot, cache)
+        onehot = sharing.receive_input(party, client, "tokens",
+                                       check=lambda shape: check_tokens(cfg, shape, cache, limits))
         cache = run(onehot, meta, cache)
 
 
 def serve(party: Party, model: Any, step: Step, with_meta: bool, *, client: str = CLIENT,
-          traced: bool = False) -> list[ServedStep]:
-    """Serve the client's steps on `model` until it says stop, opening each step's output to the client alone;
-    returns what each step cost this party."""
+          traced: bool = False, limits: StepLimits = StepLimits()) -> list[ServedStep]:
+    """Serve the client's steps on `model` until it says stop, opening each step's output to the client alone (each
+    step within `limits`); returns what each step cost this party."""
     steps: list[ServedStep] = []
 
     def run(onehot: Any, meta: Any, cache: SecretKVCache | None) -> SecretKVCache | None:
@@ -166,7 +194,7 @@ def serve(party: Party, model: Any, step: Step, with_meta: bool, *, client: str 
             steps.append(ServedStep(time.perf_counter() - start, party.channel.stats.since(before), rec))
         return cache
 
-    serve_steps(party, model.cfg, with_meta, run, client=client)
+    serve_steps(party, model.cfg, with_meta, run, client=client, limits=limits)
     return steps
 
 

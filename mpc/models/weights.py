@@ -7,11 +7,16 @@ Open models may instead travel in the clear (`publish_public` / `receive_public`
 each of the three parties of a secure session with public weights (`encode_public` turns them into the ring
 tensors the secure models take; activations stay secret). A party holding an open model's weights can also run the
 secret-weights protocol on them (`share_public`: the trivial replicated sharing w = w + 0 + 0, no messages).
+
+A receiving party given the architecture's parameter `shapes` accepts only those names, each once, each at its own
+shape, checked from what the owner's messages declare before a seed is expanded or a value kept; a worker taking a
+checkpoint as it is (extra tensors and all) may bound the bytes it keeps instead.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 
 import torch
 
@@ -25,8 +30,46 @@ _MAX_NAME = 512
 _MAX_PARAMS = 100_000
 
 
+Shapes = Mapping[str, tuple[int, ...]]  # parameter name -> its shape
+
+
 class WeightsError(ValueError):
-    """Weights that cannot be published (bad names, non-finite values, too many)."""
+    """Weights that cannot be published (bad names, non-finite values, too many, not the expected ones)."""
+
+
+def _expect(name: str, shape: tuple[int, ...], shapes: Shapes | None) -> None:
+    """WeightsError unless `shapes` (when given) lists parameter `name` at `shape`."""
+    if shapes is None:
+        return
+    if name not in shapes:
+        raise WeightsError(f"published parameter {name!r} is not one of the architecture's")
+    if tuple(shape) != tuple(shapes[name]):
+        raise WeightsError(f"parameter {name} has shape {tuple(shape)}, expected {tuple(shapes[name])}")
+
+
+def _count(header: object, owner: str, shapes: Shapes | None) -> int:
+    """The parameter count a weights header announces, within _MAX_PARAMS and the expected names."""
+    if not isinstance(header, bytes) or len(header) != 4:
+        raise CommError(f"malformed weights header from {owner}")
+    (count,) = struct.unpack("<I", header)
+    if count > _MAX_PARAMS:
+        raise CommError(f"{owner} announced {count} parameters, more than {_MAX_PARAMS}")
+    if shapes is not None and count > len(shapes):
+        raise WeightsError(f"{owner} announced {count} parameters; the architecture has {len(shapes)}")
+    return count
+
+
+def _name(message: object, owner: str, seen: Mapping[str, object]) -> str:
+    """A parameter name message, decoded; each name once."""
+    if not isinstance(message, bytes) or not 0 < len(message) <= _MAX_NAME:
+        raise CommError(f"malformed parameter name from {owner}")
+    try:
+        name = message.decode()
+    except UnicodeDecodeError:
+        raise WeightsError(f"a parameter name from {owner} is not UTF-8") from None
+    if name in seen:
+        raise WeightsError(f"{owner} published parameter {name!r} twice")
+    return name
 
 
 def _names(channel: Channel, params: dict[str, torch.Tensor], parties: tuple[str, ...], tag: str
@@ -56,20 +99,13 @@ def publish(channel: Channel, params: dict[str, torch.Tensor], fxp: FixedPoint, 
     return elements
 
 
-def receive(party: Party, owner: str, tag: str = "weights") -> dict[str, AShare]:
-    """Party side of `publish`: this party's shares of every parameter, keyed by name."""
-    header = party.channel.recv(owner, tag)
-    if not isinstance(header, bytes) or len(header) != 4:
-        raise CommError(f"{party.name}: malformed weights header from {owner}")
-    (count,) = struct.unpack("<I", header)
-    if count > _MAX_PARAMS:
-        raise CommError(f"{party.name}: {owner} announced {count} parameters, more than {_MAX_PARAMS}")
+def receive(party: Party, owner: str, tag: str = "weights", *, shapes: Shapes | None = None) -> dict[str, AShare]:
+    """Party side of `publish`: this party's shares of every parameter, keyed by name; with `shapes`, only those
+    parameters at those shapes (refused before a seed is expanded)."""
     out: dict[str, AShare] = {}
-    for _ in range(count):
-        name = party.channel.recv(owner, tag)
-        if not isinstance(name, bytes) or not 0 < len(name) <= _MAX_NAME:
-            raise CommError(f"{party.name}: malformed parameter name from {owner}")
-        out[name.decode()] = sharing.receive_input(party, owner, tag)
+    for _ in range(_count(party.channel.recv(owner, tag), owner, shapes)):
+        name = _name(party.channel.recv(owner, tag), owner, out)
+        out[name] = sharing.receive_input(party, owner, tag, check=lambda shape: _expect(name, shape, shapes))
     return out
 
 
@@ -86,23 +122,22 @@ def publish_public(channel: Channel, params: dict[str, torch.Tensor], worker: st
     return elements
 
 
-def receive_public(channel: Channel, owner: str, tag: str = "weights") -> dict[str, torch.Tensor]:
-    """Worker side of `publish_public`: the parameters, keyed by name."""
-    header = channel.recv(owner, tag)
-    if not isinstance(header, bytes) or len(header) != 4:
-        raise CommError(f"malformed weights header from {owner}")
-    (count,) = struct.unpack("<I", header)
-    if count > _MAX_PARAMS:
-        raise CommError(f"{owner} announced {count} parameters, more than {_MAX_PARAMS}")
+def receive_public(channel: Channel, owner: str, tag: str = "weights", *, shapes: Shapes | None = None,
+                   max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """Worker side of `publish_public`: the parameters, keyed by name; with `shapes`, only those parameters at
+    those shapes; with `max_bytes`, no more than that in all."""
     out: dict[str, torch.Tensor] = {}
-    for _ in range(count):
-        name = channel.recv(owner, tag)
+    held = 0
+    for _ in range(_count(channel.recv(owner, tag), owner, shapes)):
+        name = _name(channel.recv(owner, tag), owner, out)
         value = channel.recv(owner, tag)
-        if not isinstance(name, bytes) or not 0 < len(name) <= _MAX_NAME:
-            raise CommError(f"malformed parameter name from {owner}")
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise CommError(f"parameter {name!r} from {owner} is not a floating-point tensor")
-        out[name.decode()] = value
+        _expect(name, tuple(value.shape), shapes)
+        held += value.numel() * value.element_size()
+        if max_bytes is not None and held > max_bytes:
+            raise WeightsError(f"the published parameters exceed this node's limit of {max_bytes} bytes")
+        out[name] = value
     return out
 
 

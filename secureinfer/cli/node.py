@@ -22,13 +22,22 @@ example node.toml (paths are relative to the file):
   certs_dir = "certs"           # ca.pem, node-a.pem, node-a.key
   seeds = ["10.0.0.6:7001"]     # any node already in the network; none for the first node
   revocation_list = "certs/crl.pem"  # the CA-signed revocation list (default: crl.pem in certs_dir, if there)
-  data_dir = "data"             # keeps data/perf.sqlite: performance records (perf_store = FILE to move it)
+  data_dir = "data"             # keeps data/perf.sqlite (performance records; perf_store = FILE to move it) and
+                                # the hosted models, encrypted with the key data/models.key (made on the first
+                                # start, mode 0600): a restarted node serves them again without republishing
   metrics_port = 9101           # Prometheus text format at http://127.0.0.1:9101/metrics
   batch_window_s = 0.05         # SecureStrategy(batch_requests=True): how long a batch waits for partners
   batch_max_rows = 32           # ... and the most sequences one batched forward takes
-  client_rate_per_s = 2.0       # per client certificate: sessions per second (leave out: no limit) ...
-  client_burst = 4              # ... with this many at once; over it: RESOURCE_EXHAUSTED saying when to retry
-  client_max_sessions = 2       # per client certificate: concurrent sessions here (other nodes are never limited)
+  max_sessions = 4              # sessions this node runs at once
+  client_rate_per_s = 50.0      # per client certificate: sessions per second (default 50) ...
+  client_burst = 50             # ... with this many at once (default: the rate); over it: RESOURCE_EXHAUSTED
+  client_max_sessions = 2       # per client certificate: concurrent sessions here, below max_sessions (default:
+                                # half of it); other nodes are never limited
+  session_max_rows = 64         # the most rows (sequences) one step of a session may carry
+  session_memory_bytes = 1073741824  # one session's budget (1 GiB): its largest message, one step's token shares
+                                # once expanded; each of its links holds at most 64 MiB of it unread
+  max_model_bytes = 8589934592  # the most one hosted model's weights may take here (8 GiB; 16 bytes a parameter
+                                # in a secure committee, 8 on a plaintext worker)
 
   [link]                        # optional software-injected link shaping (for experiments)
   latency_s = 0.0

@@ -1,7 +1,8 @@
 """Engine messages on the wire: a payload (bytes or a tensor) split into `Frame` chunks, and put back together.
 
 No pickle: a tensor travels as its raw little-endian bytes with a dtype name from `DTYPES` and a shape; the
-receiver checks that the sizes agree before it allocates anything, and refuses payloads over its limit.
+receiver checks the first chunk's declared size against its limit (a node: its session budget) and that the sizes
+agree before it keeps any data, holds no more than the chunks that actually arrived, and joins them once.
 """
 
 from __future__ import annotations
@@ -91,11 +92,11 @@ class Assembler:
         self._parts.append(frame.data)
         if not frame.last:
             return None
-        first, data = self._first, b"".join(self._parts)
+        first, parts, received = self._first, self._parts, self._received
         self._first, self._parts, self._received = None, [], 0
-        if len(data) != first.total_bytes:
-            raise FrameError(f"payload ended after {len(data)} of {first.total_bytes} bytes")
-        return Message(_payload(first, data), int(first.clock), first.tag)
+        if received != first.total_bytes:
+            raise FrameError(f"payload ended after {received} of {first.total_bytes} bytes")
+        return Message(_payload(first, parts), int(first.clock), first.tag)
 
     def _check_head(self, frame: node_pb2.Frame) -> None:
         if frame.total_bytes > self.max_payload_bytes:
@@ -113,10 +114,12 @@ class Assembler:
             raise FrameError(f"shape {list(frame.shape)} of {frame.dtype} does not match {frame.total_bytes} bytes")
 
 
-def _payload(first: node_pb2.Frame, data: bytes) -> torch.Tensor | bytes:
+def _payload(first: node_pb2.Frame, parts: list[bytes]) -> torch.Tensor | bytes:
+    """The payload the chunks `parts` carry: joined once, a tensor over the joined buffer (no further copy)."""
     if first.kind == node_pb2.PAYLOAD_KIND_BYTES:
-        return data
+        return b"".join(parts)
     dtype = DTYPES[first.dtype]
     raw = torch.uint8 if dtype == torch.bool else dtype
-    flat = torch.frombuffer(bytearray(data), dtype=raw) if data else torch.empty(0, dtype=raw)
+    data = bytearray().join(parts)
+    flat = torch.frombuffer(data, dtype=raw) if data else torch.empty(0, dtype=raw)
     return flat.reshape(tuple(first.shape)).to(dtype)

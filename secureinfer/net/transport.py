@@ -8,6 +8,11 @@ each message in a thread-safe inbox that `recv` blocks on. A link may be created
 bandwidth) gives each message a due time; the writer holds it until then, so order is kept and `finish` never
 overtakes a delayed message. When the remote half-closes, receives beyond what already arrived fail at once.
 
+The inbox is bounded: while the messages waiting in it hold `max_inbox_bytes` or more, the reader stops reading, so
+gRPC's flow control holds the remote back instead of this side buffering whatever it sends. (It cannot deadlock: a
+paused link has a message waiting, and the engine consumes each link's messages in order.) At most that bound plus
+one payload (`max_payload_bytes`, checked from a payload's first chunk) is held per link.
+
 Streams are duck-typed: a client-side call (`read`, `write`, `done_writing`) or a server-side context (`read`,
 `write`); `wrap` turns a Frame into the stream's message type and `unwrap` takes it back out.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +35,8 @@ from secureinfer.v1 import node_pb2
 from . import frames
 
 _FINISH = object()  # outbox sentinel: no more messages on this link
+DEFAULT_MAX_INBOX = 64 << 20
+MESSAGE_OVERHEAD = 256  # bytes an inbox entry counts for beyond its payload (an empty message is not free)
 
 
 class LinkTimeout(CommError):
@@ -40,8 +48,8 @@ class Link:
 
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop, wrap: Callable[[node_pb2.Frame], Any],
                  unwrap: Callable[[Any], node_pb2.Frame | None], *, shaping: LinkModel = LinkModel(),
-                 max_payload_bytes: int = frames.DEFAULT_MAX_PAYLOAD, device: str | None = None,
-                 observer: Callable[[str, Message], None] | None = None) -> None:
+                 max_payload_bytes: int = frames.DEFAULT_MAX_PAYLOAD, max_inbox_bytes: int = DEFAULT_MAX_INBOX,
+                 device: str | None = None, observer: Callable[[str, Message], None] | None = None) -> None:
         self.name = name
         self.observer = observer  # leakage audit only (mpc/comm/audit.py): sees every complete inbound message
         self.device = device  # received tensors are moved here (a CUDA party's peers' shares); None: left on CPU
@@ -49,7 +57,12 @@ class Link:
         self.wrap, self.unwrap = wrap, unwrap
         self.shaping = shaping
         self.max_payload_bytes = max_payload_bytes
+        self.max_inbox_bytes = max_inbox_bytes
         self.inbox: queue.Queue[Message | BaseException] = queue.Queue()
+        self.held_bytes = 0  # what the messages waiting in the inbox count for (MESSAGE_OVERHEAD each + payload)
+        self._held_lock = threading.Lock()
+        self._room = asyncio.Event()  # set (on the loop) when the inbox drops below its bound while the reader waits
+        self._reader_waits = False
         self.outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.error: BaseException | None = None
         self.bytes_received = 0
@@ -85,9 +98,23 @@ class Link:
             if isinstance(item, BaseException):
                 self.inbox.put(item)  # every later receive fails the same way
                 raise CommError(f"link to {self.name} failed: {item}") from item
+            self._taken(item)
             if self.device is not None and isinstance(item.payload, torch.Tensor):
                 return Message(item.payload.to(self.device, non_blocking=True), item.clock, item.tag)
             return item
+
+    def _taken(self, message: Message) -> None:
+        """Count a message out of the inbox; wake a reader that waits for room (thread-safe)."""
+        with self._held_lock:
+            self.held_bytes -= _held(message)
+            wake = self._reader_waits and self.held_bytes < self.max_inbox_bytes
+            if wake:
+                self._reader_waits = False
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._room.set)
+            except RuntimeError:  # the loop is closed: nobody reads any more
+                pass
 
     def _delay(self, size: int) -> float:
         """Seconds to hold a message back so the link behaves like the configured one (FIFO per link)."""
@@ -101,6 +128,21 @@ class Link:
         if self.error is None:
             self.error = error
             self.inbox.put(error)
+
+    def discard(self) -> None:
+        """Drop the messages still waiting in the inbox (their session has ended); a failure stays."""
+        kept = []
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, BaseException):
+                kept.append(item)
+        for item in kept[:1]:
+            self.inbox.put(item)
+        with self._held_lock:
+            self.held_bytes = 0
 
     def finish(self) -> None:
         """No more messages will be sent (thread-safe); the writer closes its half once the queue drains."""
@@ -123,10 +165,21 @@ class Link:
         if done_writing is not None:
             await done_writing()
 
+    async def _until_room(self) -> None:
+        """Return once the inbox holds less than its bound (module docstring: the remote waits meanwhile)."""
+        while True:
+            with self._held_lock:
+                if self.held_bytes < self.max_inbox_bytes:
+                    return
+                self._reader_waits = True
+                self._room.clear()
+            await self._room.wait()
+
     async def read_loop(self, stream: Any) -> None:
-        """Reassemble incoming frames into messages until the remote half-closes."""
+        """Reassemble incoming frames into messages until the remote half-closes; pause while the inbox is full."""
         assembler = frames.Assembler(self.max_payload_bytes)
         while True:
+            await self._until_room()
             message = await stream.read()
             if message is grpc.aio.EOF:
                 # Receives after the messages already in the inbox fail at once instead of waiting for the deadline;
@@ -141,6 +194,8 @@ class Link:
             if complete is not None:
                 if self.observer is not None:
                     self.observer(self.name, complete)
+                with self._held_lock:
+                    self.held_bytes += _held(complete)
                 self.inbox.put(complete)
 
     async def run(self, stream: Any) -> None:
@@ -153,6 +208,10 @@ class Link:
             self.fail(exc if isinstance(exc, Exception) else CommError(f"link to {self.name} closed"))
             writer.cancel()
             raise
+
+
+def _held(message: Message) -> int:
+    return MESSAGE_OVERHEAD + payload_bytes(message.payload)
 
 
 class GrpcChannel(Channel):

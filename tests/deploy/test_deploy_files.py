@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,37 @@ def test_guide_commands_exist() -> None:
         with pytest.raises(SystemExit) as exit_:
             parser.parse_args([command, sub, "--help"])
         assert exit_.value.code == 0, f"secureinfer {command} {sub}"
+
+
+# ------------------------------------------------------------------------------------------------ limits
+
+
+LIMITS = ("max_sessions", "client_rate_per_s", "client_burst", "client_max_sessions", "session_max_rows",
+          "session_memory_bytes", "max_model_bytes")
+
+
+def deploy_tomls(compose: dict[str, Any], k8s: list[dict[str, Any]]) -> dict[str, str]:
+    """Every node TOML the deploy files carry: compose's, the Kubernetes ConfigMap's and the operator guide's."""
+    found = {f"compose:{name}": config["content"] for name, config in compose["configs"].items()}
+    (configmap,) = kind(k8s, "ConfigMap")
+    found.update({f"k8s:{key}": text for key, text in configmap["data"].items()})
+    guide = re.findall(r"```toml\n(.*?)```", (DEPLOY / "README.md").read_text(), re.S)
+    found.update({f"guide:{i}": textwrap.dedent(text) for i, text in enumerate(guide) if "[node]" in text})
+    return found
+
+
+def test_every_deploy_toml_states_the_admission_and_session_limits(compose: dict[str, Any],
+                                                                  k8s: list[dict[str, Any]]) -> None:
+    """Per-client admission and the session limits are written out in every node config that ships, keep a slot
+    free of any one client, and keep hosted models in a data directory."""
+    from secureinfer.nodes.admission import AdmissionSettings
+
+    tomls = deploy_tomls(compose, k8s)
+    assert len(tomls) == 4 + 5 + 1, sorted(tomls)
+    for name, text in tomls.items():
+        written = tomllib.loads(text)["node"]
+        assert set(LIMITS) <= set(written), (name, sorted(set(LIMITS) - set(written)))
+        config = node_config(text)
+        assert AdmissionSettings.from_config(config).limited, name
+        assert config.client_session_cap is not None and config.client_session_cap < config.max_sessions, name
+        assert config.data_dir is not None, name

@@ -12,8 +12,9 @@ import grpc
 import pytest
 import torch
 
-from secureinfer.mpc.comm import CommError, LinkModel
-from secureinfer.net.transport import GrpcChannel, Link
+from secureinfer.mpc.comm import CommError, LinkModel, Message
+from secureinfer.net import frames
+from secureinfer.net.transport import MESSAGE_OVERHEAD, GrpcChannel, Link
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 from tests.nodes.netutil import LoopThread
@@ -232,6 +233,42 @@ def test_finish_half_closes_and_both_pumps_end(pair: Pair, loop: LoopThread) -> 
 
     loop.run(both())
     assert pair.pump0.exception() is None and pair.pump1.exception() is None
+
+
+def test_a_full_inbox_stops_the_reader_until_messages_are_taken(loop: LoopThread) -> None:
+    """A link whose unread messages reach `max_inbox_bytes` reads no further frame (the remote is held back by flow
+    control) until the engine takes some; then it reads on, and every message arrives in order."""
+    size, bound, count = 10_000, 35_000, 20
+
+    async def build() -> tuple[Link, asyncio.Queue, asyncio.Future]:
+        incoming: asyncio.Queue = asyncio.Queue()
+        for i in range(count):
+            for frame in frames.encode(bytes([i]) * size, "t", 0):
+                incoming.put_nowait(wrap(frame))
+        link = Link("P0", asyncio.get_running_loop(), wrap, unwrap, max_inbox_bytes=bound)
+        pump = asyncio.ensure_future(link.read_loop(FakeStream(incoming, asyncio.Queue(), client_side=False)))
+        await asyncio.sleep(0.2)
+        return link, incoming, pump
+
+    link, incoming, pump = loop.run(build())
+    try:
+        waiting = loop.run(_size(incoming))
+        assert waiting == count - 4, waiting  # read until 4 messages (over 35,000 bytes with their overhead) wait
+        assert bound <= link.held_bytes <= bound + size + MESSAGE_OVERHEAD
+        channel = GrpcChannel("P1", {"P0": link}, time.monotonic() + 10)
+        for i in range(count):
+            assert channel.recv("P0", "t") == bytes([i]) * size
+        assert link.held_bytes == 0
+        link.inbox.put(Message(b"left over", 0, "t"))  # what a session that ended left unread
+        link.held_bytes += MESSAGE_OVERHEAD + 9
+        link.discard()
+        assert link.inbox.empty() and link.held_bytes == 0
+    finally:
+        loop.loop.call_soon_threadsafe(pump.cancel)
+
+
+async def _size(queue: asyncio.Queue) -> int:
+    return queue.qsize()
 
 
 # ------------------------------------------------------------------------------------------------ real gRPC

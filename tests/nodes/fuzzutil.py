@@ -300,14 +300,15 @@ class Target:
 
 
 @contextlib.contextmanager
-def running_target(pki: Pki, loop: LoopThread, directory: Path) -> Iterator[Target]:
-    """Start n0 as a process and n1, n2 in-process, publish the tiny model; stop everything afterwards."""
+def running_target(pki: Pki, loop: LoopThread, directory: Path, **settings: Any) -> Iterator[Target]:
+    """Start n0 as a process (with NodeConfig overrides `settings`) and n1, n2 in-process, publish the tiny model;
+    stop everything afterwards."""
     cluster = Cluster(pki, loop)
     node = alice = olivia = None
     try:
-        config = NodeConfig(node_id="n0", certs_dir=pki.directory, peer_wait_s=PEER_WAIT_S, log_level="WARNING",
-                            port_file=directory / "n0.port", max_sessions=8, gossip_interval_s=5.0,
-                            record_ttl_s=60.0)
+        config = NodeConfig(**{**dict(node_id="n0", certs_dir=pki.directory, peer_wait_s=PEER_WAIT_S,
+                                      log_level="WARNING", port_file=directory / "n0.port", max_sessions=8,
+                                      gossip_interval_s=5.0, record_ttl_s=60.0), **settings})
         node = NodeProcess(config, directory / "n0")
         for name in ("n1", "n2"):
             cluster.start(name, peer_wait_s=PEER_WAIT_S)

@@ -134,16 +134,25 @@ def test_node_toml_carries_the_client_limits(tmp_path: Path) -> None:
     assert (settings.rate_per_s, settings.burst, settings.max_concurrent) == (2.0, 5, 3)
     path.write_text(config.to_toml(relative_to=tmp_path))
     assert NodeConfig.from_file(path) == config
-    plain = NodeConfig(node_id="n0", certs_dir=tmp_path)
-    assert not AdmissionSettings.from_config(plain).limited
-    assert "client_rate_per_s" not in plain.to_toml()
+    plain = NodeConfig(node_id="n0", certs_dir=tmp_path)  # admission is on by default: every client is limited
+    defaults = AdmissionSettings.from_config(plain)
+    assert defaults.limited and (defaults.rate_per_s, defaults.burst, defaults.max_concurrent) == (50.0, 50, 2)
+    assert "client_rate_per_s = 50.0" in plain.to_toml()
+
+
+@pytest.mark.parametrize("max_sessions, cap", [(1, None), (2, 1), (3, 2), (4, 2), (8, 4), (9, 5)])
+def test_no_one_client_holds_every_session_slot_by_default(tmp_path: Path, max_sessions: int, cap: int | None) -> None:
+    """The default cap is half of max_sessions rounded up: always below it, except on a node of one slot."""
+    config = NodeConfig(node_id="n0", certs_dir=tmp_path, max_sessions=max_sessions)
+    assert config.client_session_cap == cap == AdmissionSettings.from_config(config).max_concurrent
 
 
 @pytest.mark.parametrize("settings, fragment", [
     (dict(client_rate_per_s=-1.0), "client_rate_per_s: must be > 0"),
-    (dict(client_burst=2), "client_burst: only meaningful"),
+    (dict(client_rate_per_s=None, client_burst=2), "client_burst: only meaningful"),
     (dict(client_rate_per_s=1.0, client_burst=0), "client_burst: must be >= 1"),
-    (dict(client_max_sessions=5, max_sessions=4), r"client_max_sessions: must be in 1..max_sessions \(4\)"),
+    (dict(client_max_sessions=5, max_sessions=4), r"client_max_sessions: must be in 1..3 \(below max_sessions, 4,"),
+    (dict(client_max_sessions=4, max_sessions=4), "so that no one client holds every session slot"),
     (dict(client_max_sessions=True), "client_max_sessions: expected an integer"),
 ])
 def test_node_config_refuses_bad_client_limits(tmp_path: Path, settings: dict, fragment: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from secureinfer.nodes.admission import AdmissionSettings
 from secureinfer.nodes.config import ConfigError, LinkSettings, NodeConfig
 
 
@@ -32,6 +33,12 @@ def full_config(tmp_path: Path) -> NodeConfig:
         gossip_interval_s=0.25,
         record_ttl_s=2.5,
         max_sessions=8,
+        client_rate_per_s=2.5,
+        client_burst=3,
+        client_max_sessions=5,
+        session_max_rows=7,
+        session_memory_bytes=3 << 20,
+        max_model_bytes=1 << 20,
         session_timeout_s=30.0,
         max_message_bytes=8 * 1024 * 1024,
         link=LinkSettings(latency_s=0.005, bandwidth_bytes_per_s=1.25e8),
@@ -190,6 +197,9 @@ def test_invalid_roles(tmp_path: Path, roles: tuple[str, ...]) -> None:
         ({"log_level": "LOUD"}, "log_level"),
         ({"host": ""}, "host"),
         ({"gossip_interval_s": float("nan")}, "gossip_interval_s"),
+        ({"session_max_rows": 0}, "session_max_rows"),
+        ({"session_memory_bytes": 1000}, "session_memory_bytes"),
+        ({"max_model_bytes": 0}, "max_model_bytes"),
     ],
 )
 def test_out_of_range_values(tmp_path: Path, changes: dict, key: str) -> None:
@@ -239,3 +249,28 @@ def test_check_files(tmp_path: Path) -> None:
     for name in ("ca.pem", "n1.pem", "n1.key"):
         (tmp_path / name).write_text("x")
     config.check_files()
+
+
+def test_session_limits_and_their_defaults(tmp_path: Path) -> None:
+    """Bounds before allocation are on by default: 64 rows a step, a 1 GiB session budget whose links hold at most
+    64 MiB unread each, 8 GiB a hosted model; a smaller budget also lowers what a link holds."""
+    config = NodeConfig(node_id="n0", certs_dir=tmp_path)
+    assert (config.session_max_rows, config.session_memory_bytes, config.max_model_bytes) == (64, 1 << 30, 8 << 30)
+    assert config.inbox_bytes == 64 << 20
+    assert NodeConfig(node_id="n0", certs_dir=tmp_path, session_memory_bytes=2 << 20).inbox_bytes == 2 << 20
+
+
+def test_the_serve_help_example_is_a_valid_config_showing_the_defaults(tmp_path: Path) -> None:
+    """`secureinfer node serve --help` shows a TOML example: it parses, and the limits it shows are the defaults."""
+    from secureinfer.cli.node import NODE_EXAMPLE
+
+    text = textwrap.dedent(NODE_EXAMPLE.split("\n", 1)[1])
+    config = NodeConfig.from_file(write(tmp_path, text))
+    default = NodeConfig(node_id=config.node_id, certs_dir=config.certs_dir)
+    for key in ("max_sessions", "client_rate_per_s", "client_burst", "client_max_sessions", "session_max_rows",
+                "session_memory_bytes", "max_model_bytes"):
+        assert f"\n  {key} = " in NODE_EXAMPLE, key
+    assert AdmissionSettings.from_config(config) == AdmissionSettings.from_config(default)
+    for key in ("max_sessions", "session_max_rows", "session_memory_bytes", "max_model_bytes"):
+        assert getattr(config, key) == getattr(default, key), key
+    assert config.data_dir == tmp_path / "data" and "models.key" in NODE_EXAMPLE
