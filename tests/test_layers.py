@@ -9,7 +9,7 @@ import tomllib
 from .layers import REPO, run_contracts
 
 EXPECTED_CONTRACTS = {"product-layers", "engine-layers", "engine-knows-no-network", "plaintext-not-secure",
-                      "sdk-without-daemon", "sdk-light", "no-cycles"}
+                      "sdk-without-daemon", "gateway-over-the-sdk", "sdk-light", "no-cycles"}
 
 
 def test_every_layer_has_a_contract() -> None:

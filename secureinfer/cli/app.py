@@ -7,7 +7,7 @@ import sys
 
 from secureinfer import __version__
 
-from . import bench, certs, network, node, selector, simulate, usage
+from . import bench, certs, gateway, network, node, selector, simulate, usage
 
 DESCRIPTION = """\
 secureinfer runs Transformer inference across machines that do not trust each other.
@@ -27,6 +27,7 @@ examples:
   secureinfer certs init --dir certs     # a network CA; then `certs issue` for each node, client and owner
   secureinfer node serve --config n.toml # run a node daemon (see `secureinfer node serve --help`)
   secureinfer network status --seed 127.0.0.1:7001 --certs certs --name alice
+  secureinfer gateway --seed 127.0.0.1:7001 --certs certs --name alice  # the OpenAI API and a status page
   secureinfer simulate                   # 3 local node processes, MiniLM published as secret shares, a secure request
 """
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"secureinfer {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (bench, certs, node, network, simulate, selector):
+    for group in (bench, certs, node, network, gateway, simulate, selector):
         group.add_parser(commands)
     usage.help_when_bare(parser)
     return parser

@@ -10,7 +10,7 @@ the test checks that the versions they pin are the ones installed here, that `.c
 (this suite), and runs the first one's own job, `secureinfer simulate`.
 
 The long blocks run with small settings, each change listed in SMALL with its reason, and the README's ports (7001,
-7101) become free ones. Any other block fails the test until it is handled here: the README cannot drift.
+7101, 8080) become free ones. Any other block fails the test until it is handled here: the README cannot drift.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ SMALL = [
     (', 8, progress=True)', ', 2, progress=True)', "secure SmolLM2 costs ~10 s per token on 2 cores: 2 tokens"),
     ('"Once upon a time", 8)', '"Once upon a time", 2)', "the same"),
     ('"The capital of France is", 8)', '"The capital of France is", 2)', "the same"),
+    ('model="smollm2", max_tokens=8,', 'model="smollm2", max_tokens=2,', "the same, through the gateway"),
     ("secureinfer selector eval               #", "secureinfer selector eval --policies random,fixed --passes 1 "
      "--group tiny-gpt2/dev-vm-2cpu/local #", "the full evaluation takes ~5 minutes: one group, two policies"),
     ("secureinfer selector eval --network     #", "secureinfer selector eval --network --policies random,fixed "
@@ -169,7 +170,7 @@ def test_every_readme_block_runs_as_written(session: tuple[Shell, Path, dict[str
     shell, cwd, env = session
     blocks = readme_blocks()
     assert len(blocks) >= 10, f"README.md has only {len(blocks)} code blocks: did the pattern break?"
-    ports = {"7001": str(_free_port()), "7101": str(_free_port())}
+    ports = {"7001": str(_free_port()), "7101": str(_free_port()), "8080": str(_free_port())}
     setups = [b for b in blocks if b.language == "bash" and b.text.startswith(SETUP)]
     assert len(setups) == 2, "README.md keeps its two set-up commands at the top"
     ran = 0
