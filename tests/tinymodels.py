@@ -13,10 +13,33 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may download: set before transform
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
+from secureinfer.models.config import ModelConfig, parameter_shapes  # noqa: E402
+
 VOCAB = 61
+
+
+def tiny_config(**changes: Any) -> ModelConfig:
+    """A 1-layer GPT-2 (hidden 8, 2 heads, vocabulary 13, 8 positions): fast enough to run securely per test."""
+    fields: dict[str, Any] = dict(arch="gpt2", vocab_size=13, hidden=8, n_layers=1, n_heads=2, n_kv_heads=2,
+                                  head_dim=4, intermediate=16, max_positions=8, norm_eps=1e-5, act="gelu_tanh",
+                                  bos_token_id=0, eos_token_ids=(1,))
+    fields.update(changes)
+    return ModelConfig(**fields)
+
+
+def tiny_params(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random parameters of the config's exact shapes (norm gains near 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = {}
+    for name, shape in sorted(parameter_shapes(cfg).items()):
+        noise = torch.randn(shape, generator=gen, dtype=torch.float64)
+        gain = len(shape) == 1 and name.endswith("weight")
+        params[name] = 1.0 + 0.1 * noise if gain else 0.3 * noise
+    return params
 
 
 def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -260,12 +260,13 @@ def test_mixed_paths_keep_one_stream(sizes):
 
 
 @pytest.mark.cuda
-def test_cuda_and_cpu_prgs_draw_identical_ring_tensors():
+@pytest.mark.parametrize("on_device", [True, None], ids=["every-draw-on-device", "default-mixed"])
+def test_cuda_and_cpu_prgs_draw_identical_ring_tensors(on_device):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device here; the CUDA PRG's equality with the CPU PRG is checked on the GPU machine")
     seed = os.urandom(SEED_BYTES)
-    gpu, cpu = PRG(seed, "cuda"), PRG(seed, "cpu")
-    assert gpu.on_device and not cpu.on_device
+    gpu, cpu = PRG(seed, "cuda", on_device=on_device), PRG(seed, "cpu")
+    assert gpu.device_draw_min == (0 if on_device else DEVICE_DRAW_MIN) and cpu.device_draw_min is None
     for shape in [(), (1,), (3,), (2, 7), (0,), (1 << 18,), (5, 1 << 16), (1 << 21,)]:
         got = gpu.ring(shape)
         assert got.device.type == "cuda" and torch.equal(got.cpu(), cpu.ring(shape)), shape

@@ -22,7 +22,7 @@ from secureinfer.mpc.party import PARTY_NAMES, EngineConfig, Party
 from secureinfer.mpc.protocols import sharing
 from secureinfer.mpc.runtime import OWNER
 
-from tests.nodes.netutil import tiny_config, tiny_params
+from tests.tinymodels import tiny_config, tiny_params
 
 
 @pytest.fixture
