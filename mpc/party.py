@@ -1,12 +1,15 @@
 """One computing party's state: its index, channel, pairwise PRGs and the engine configuration.
 
 Three computing parties P0, P1, P2 sit on a ring: party i shares one PRG seed with its next neighbour (i+1) and one
-with its previous neighbour (i-1). Seeds are agreed at set-up with X25519 over the (authenticated) channel.
+with its previous neighbour (i-1). Seeds are agreed at set-up with X25519 over the (authenticated) channel; given a
+`KeySigner` (the node daemon's, over its node keys), each public key travels with a signature over the session, the
+link and the key, which the receiver verifies against the sender's certificate before deriving a seed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -16,6 +19,22 @@ from .ring import FixedPoint
 
 PARTY_NAMES: tuple[str, str, str] = ("P0", "P1", "P2")
 N_PARTIES = 3
+PUBLIC_KEY_BYTES = 32  # an X25519 public key, raw
+
+
+class KeySigner(Protocol):
+    """Signs this party's key-agreement messages and verifies its neighbours' (e.g. with the nodes' certificates)."""
+
+    def sign(self, message: bytes) -> bytes:
+        """A signature of `message` by this party's long-term key."""
+
+    def verify(self, party: int, message: bytes, signature: bytes) -> None:
+        """Raise unless `signature` is party `party`'s signature of `message`."""
+
+
+def setup_message(session_id: str, sender: str, receiver: str, public: bytes) -> bytes:
+    """What a key-agreement message's signature covers: the session, the ordered link and the public key."""
+    return b"secureinfer-setup|" + session_id.encode() + f"|{sender}>{receiver}|".encode() + public
 
 
 @dataclass(frozen=True)
@@ -46,14 +65,17 @@ class Party:
         self._helper_counter = 0
 
     @classmethod
-    def connect(cls, index: int, channel: Channel, config: EngineConfig) -> "Party":
-        """Agree on pairwise PRG seeds with both neighbours (one round of X25519 public keys) and return the party."""
+    def connect(cls, index: int, channel: Channel, config: EngineConfig, signer: KeySigner | None = None
+                ) -> "Party":
+        """Agree on pairwise PRG seeds with both neighbours (one round of X25519 public keys, each signed and
+        verified when a `signer` is given) and return the party."""
         keys = KeyAgreement()
-        nxt, prv = PARTY_NAMES[(index + 1) % 3], PARTY_NAMES[(index - 1) % 3]
-        channel.send(nxt, keys.public_bytes, tag="setup")
-        channel.send(prv, keys.public_bytes, tag="setup")
-        next_public = channel.recv(nxt, tag="setup")
-        prev_public = channel.recv(prv, tag="setup")
+        nxt, prv = (index + 1) % 3, (index - 1) % 3
+        for to in (nxt, prv):
+            channel.send(PARTY_NAMES[to], _signed_key(keys.public_bytes, index, to, config, signer), tag="setup")
+        next_public = _verified_key(channel.recv(PARTY_NAMES[nxt], tag="setup"), nxt, index, config, signer)
+        prev_public = _verified_key(channel.recv(PARTY_NAMES[prv], tag="setup"), prv, index, config, signer)
+        nxt, prv = PARTY_NAMES[nxt], PARTY_NAMES[prv]
         session = config.session_id.encode()
         # The seed for the link (i, i+1) is bound to the session and to the link's ordered names.
         seed_next = keys.seed_with(next_public, session + f"|{PARTY_NAMES[index]}>{nxt}".encode())
@@ -121,3 +143,25 @@ class Party:
         helper = self._helper_counter % N_PARTIES
         self._helper_counter += 1
         return helper
+
+
+def _signed_key(public: bytes, sender: int, receiver: int, config: EngineConfig, signer: KeySigner | None) -> bytes:
+    """The key-agreement message from `sender` to `receiver`: the public key, then its signature if signing."""
+    if signer is None:
+        return public
+    message = setup_message(config.session_id, PARTY_NAMES[sender], PARTY_NAMES[receiver], public)
+    return public + signer.sign(message)
+
+
+def _verified_key(payload: bytes, sender: int, receiver: int, config: EngineConfig, signer: KeySigner | None
+                  ) -> bytes:
+    """The public key of a key-agreement message from `sender`, its signature verified first if signing."""
+    if signer is None:
+        return payload
+    if not isinstance(payload, (bytes, bytearray)) or len(payload) <= PUBLIC_KEY_BYTES:
+        raise ValueError(f"party {PARTY_NAMES[sender]} sent a malformed key-agreement message")
+    payload = bytes(payload)
+    public = payload[:PUBLIC_KEY_BYTES]
+    message = setup_message(config.session_id, PARTY_NAMES[sender], PARTY_NAMES[receiver], public)
+    signer.verify(sender, message, payload[PUBLIC_KEY_BYTES:])
+    return public

@@ -369,7 +369,7 @@ def _batch_program(compute: Callable[[Party], int]) -> Program:
     """The engine program of a batch run, an internal session of the three parties (peer links under the batch id,
     no caller): connect as this party, then compute the batch."""
     def program(run: NodeSession) -> int:
-        return compute(Party.connect(run.index, run.channel, run.engine_config()))
+        return compute(Party.connect(run.index, run.channel, run.engine_config(), run.key_signer()))
 
     return program
 

@@ -27,9 +27,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from secureinfer.mpc.comm.audit import FrameLog
 from secureinfer.mpc.models.serving import StepLimits
-from secureinfer.net.certs import NODE_SAN, CertError, Identity
+from secureinfer.net.certs import CertError, Identity
 from secureinfer.net.errors import Cancelled
-from secureinfer.net.membership import MembershipTable, sign_record
+from secureinfer.net.membership import MembershipTable, gossip_targets, sign_record
 from secureinfer.net.options import grpc_options, server_options
 from secureinfer.perfstore import Store, StoreError, open_store
 from secureinfer.v1 import node_pb2, node_pb2_grpc
@@ -182,7 +182,8 @@ class NodeDaemon:
         self._sync = RecordSync(self.records, self.dial, timeout_s=GOSSIP_TIMEOUT_S)
         self.vault = self._open_vault()
         if self.vault is not None:
-            publishing.restore_kept(self.vault, self.store, self.device, self.logger)
+            publishing.restore_kept(self.vault, self.store, self.device, self.logger,
+                                   ca_pem=self.identity.ca_pem)
         # Bound last and started at once: gRPC keeps the port of a server that never started until the process ends.
         self._server = server = grpc.aio.server(
             options=server_options(cfg.max_message_bytes) + [EXCLUSIVE_PORT],
@@ -213,7 +214,8 @@ class NodeDaemon:
                               batcher=Batcher(BatchSettings(cfg.batch_window_s, cfg.batch_max_rows), self.registry,
                                               self.metrics, self.logger),
                               max_inbox_bytes=cfg.inbox_bytes, max_model_bytes=cfg.max_model_bytes,
-                              step_limits=StepLimits(cfg.session_max_rows, cfg.session_memory_bytes), vault=self.vault)
+                              step_limits=StepLimits(cfg.session_max_rows, cfg.session_memory_bytes), vault=self.vault,
+                              peers=self.table)
         self.admission = Admission(AdmissionSettings.from_config(cfg), cfg.node_id)
         node_pb2_grpc.add_InferenceServicer_to_server(
             InferenceServicer(runtime, self.registry, self.metrics, self.logger, self.admission), server)
@@ -336,11 +338,8 @@ class NodeDaemon:
         some peer is known: all of them; later: a seed that restarted empty, or whose record expired while it was
         away, would otherwise never hear from the nodes that had dropped it)."""
         self._gossip_rounds += 1
-        targets = [(r.address, r.node_id) for r in self.table.sample_peers(GOSSIP_FANOUT, self._rng)]
-        absent_seeds_due = self._gossip_rounds % ABSENT_SEED_EVERY == 0  # a dead seed costs a timeout: not every round
-        known = {r.address for r in self.table.live()}
-        targets += [(seed, NODE_SAN) for seed in self.config.seeds if seed != self.address and
-                    (len(targets) < GOSSIP_FANOUT or (absent_seeds_due and seed not in known))]
+        targets = gossip_targets(self.table, self.config.seeds, self.address, self._gossip_rounds, self._rng,
+                                 GOSSIP_FANOUT, ABSENT_SEED_EVERY)
         request = node_pb2.GossipRequest(records=self.table.live())
         for address, node_id in targets:
             stub = node_pb2_grpc.MembershipStub(self.dial(address, node_id))

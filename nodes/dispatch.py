@@ -63,7 +63,7 @@ def _infer(session: NodeSession) -> Any:
             raise BadRequest(f"node {runtime.node_id} does not batch requests: drop batch_requests")
         return runtime.batcher.serve(session, model, output, profile.name)
     step, with_meta = serving.step_function(hosted.cfg, output)
-    party = Party.connect(session.index, session.channel, session.engine_config())
+    party = Party.connect(session.index, session.channel, session.engine_config(), session.key_signer())
     return serving.serve(party, model, step, with_meta, client=CLIENT, limits=runtime.step_limits)
 
 

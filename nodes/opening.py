@@ -5,6 +5,14 @@ Roles. Publishing needs an owner certificate. Inference (encode, decode) takes a
 an owner may run requests, e.g. to test the models it publishes, and learns from them only what any client would.
 Every other role (a node's certificate) is PERMISSION_DENIED.
 
+Operators. A secret session (publish or inference) runs only on a committee of three distinct operators, as the
+CA names them in the certificates of this node and of the other two nodes' records in this node's membership table;
+two members of one operator are PERMISSION_DENIED.
+
+Owners. A model id is OWNER/NAME: an owner publishes only under its own certificate name, with its signature over
+the record this node will make of the model (secureinfer/net/owners.py); a session is served only for a model whose
+record still carries a valid signature of its owner. Either refusal is PERMISSION_DENIED.
+
 Weights. A secure committee holds a model as secret shares, or (published with `public_weights`, open models only)
 in the clear at every party. A request asks for public weights with `SecureStrategy(public_weights=True)`; on a
 committee holding shares (a closed model, or one published as shares) that is INVALID_ARGUMENT.
@@ -28,15 +36,16 @@ from secureinfer import strategy
 from secureinfer.models.config import ModelConfig, optional_parameter_shapes, parameter_shapes
 from secureinfer.models.requests import DECODE_OUTPUTS, ENCODE_OUTPUTS, RequestError
 from secureinfer.mpc.approx import profile as approx_profile
+from secureinfer.net import owners
 from secureinfer.net.certs import PeerCert
 from secureinfer.net.errors import BadRequest, Unauthorized
-from secureinfer.net.membership import hosted_frac_bits
+from secureinfer.net.membership import hosted_frac_bits, record_operator
 from secureinfer.net.wire import config_from_json
 from secureinfer.plaintext import serving as plain_serving
 from secureinfer.v1 import node_pb2
 
 from .sessions import NodeRuntime
-from .store import Hosted
+from .store import Hosted, published_record
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
@@ -58,6 +67,8 @@ def check_open(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: Peer
                            f"{' or '.join(repr(r) for r in allowed)}")
     secret = request.privacy == node_pb2.PRIVACY_SECRET
     _check_committee(runtime, request, secret)
+    if secret:
+        check_operators(runtime, request.committee)
     if request.task == node_pb2.TASK_PUBLISH:
         _check_publish(runtime, request, caller, secret)
     else:
@@ -77,6 +88,24 @@ def _check_committee(runtime: NodeRuntime, request: node_pb2.OpenSession, secret
         raise BadRequest("committee nodes must be distinct and the committee must have an id")
     if request.party_index >= size or committee.node_ids[request.party_index] != runtime.node_id:
         raise BadRequest(f"this node ({runtime.node_id}) is not party {request.party_index} of the committee")
+
+
+def check_operators(runtime: NodeRuntime, committee: node_pb2.Committee) -> None:
+    """Unauthorized unless the nodes of a secret committee that this node can see are run by distinct operators, as
+    the CA names them in this node's certificate and in the certificates of its peers' live records in its membership
+    table. A peer without such a record is not judged here: the session links only with peers its table holds
+    (peering.py), and a peer that stays unknown fails the session as unavailable (a dead node, retried elsewhere)."""
+    known = {runtime.node_id: runtime.identity.operator}
+    for node_id in committee.node_ids:
+        record = runtime.peers.get(node_id) if runtime.peers is not None and node_id != runtime.node_id else None
+        if record is not None:
+            known[node_id] = record_operator(record)
+    operators = list(known.values())
+    if not all(operators) or len(set(operators)) != len(operators):
+        runs = ", ".join(f"{node_id} ({known[node_id] or 'no operator'})" for node_id in committee.node_ids
+                         if node_id in known)
+        raise Unauthorized(f"committee {committee.committee_id!r} is not run by three distinct operators: {runs}; "
+                           "one operator running two parties would hold two of the three shares")
 
 
 def model_bytes(cfg: ModelConfig, secret: bool) -> int:
@@ -101,6 +130,31 @@ def _check_publish(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: 
                          f"{runtime.max_model_bytes} (max_model_bytes)")
     runtime.store.check_replace(request.model_id, request.committee.committee_id, caller.name)
     runtime.store.check_room(request.model_id, request.committee.committee_id)
+    _check_owner_seal(runtime, request, caller)
+
+
+def _check_owner_seal(runtime: NodeRuntime, request: node_pb2.OpenSession, caller: PeerCert) -> None:
+    """Unauthorized unless the model id is in the caller's namespace (OWNER/NAME with the caller as OWNER) and the
+    request carries the caller's valid signature over the record this node would make of it."""
+    try:
+        owner, _ = owners.split_model_id(request.model_id)
+    except owners.OwnerError as exc:
+        raise Unauthorized(f"{exc}: {caller.name} publishes as '{caller.name}{owners.SEPARATOR}NAME'") from None
+    if owner != caller.name:
+        raise Unauthorized(f"{caller.name} cannot publish {request.model_id!r}: that id is in {owner!r}'s namespace")
+    try:
+        owners.verify(published_record(request), runtime.identity.ca_pem)
+    except owners.OwnerError as exc:
+        raise Unauthorized(f"the owner's statement does not verify: {exc}") from None
+
+
+def _check_served_owner(runtime: NodeRuntime, hosted: Hosted) -> None:
+    """Unauthorized unless the hosted model's record still carries a valid signature by its owner (a session is
+    served only for a model whose owner's statement verifies)."""
+    try:
+        owners.verify(hosted.record, runtime.identity.ca_pem)
+    except owners.OwnerError as exc:
+        raise Unauthorized(f"this node does not serve {hosted.record.model_id!r}: {exc}") from None
 
 
 def _check_publish_bits(request: node_pb2.OpenSession, secret: bool) -> None:
@@ -127,6 +181,7 @@ def _check_inference(runtime: NodeRuntime, request: node_pb2.OpenSession, secret
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
     hosted = runtime.store.get(request.model_id, committee.committee_id, request.privacy)
+    _check_served_owner(runtime, hosted)
     if list(committee.node_ids) != list(hosted.record.node_ids) or request.party_index != hosted.record.party_index:
         # Only the nodes that hold the other shares may take part: anyone else would learn from this party's messages.
         raise BadRequest(f"committee {committee.committee_id!r} is {list(hosted.record.node_ids)} with this node as "

@@ -22,15 +22,16 @@ from secureinfer.mpc.party import EngineConfig, Party
 from secureinfer.mpc.ring import FixedPoint
 from secureinfer.mpc.runtime import OWNER
 from secureinfer.mpc.shares import AShare
+from secureinfer.net import owners
 from secureinfer.net.errors import NodeError
 from secureinfer.net.membership import hosted_frac_bits
-from secureinfer.net.wire import config_from_json, config_to_json
+from secureinfer.net.wire import config_from_json
 from secureinfer.v1 import node_pb2
 
 from .logs import log_event
 from .opening import check_public, check_shapes
 from .sessions import NodeSession
-from .store import Hosted, ModelStore, public_model
+from .store import Hosted, ModelStore, public_model, published_record
 from .vault import Kept, Vault, VaultError
 
 _COMPONENTS = ("#lo", "#hi")  # how a party's two components of a share are named in a kept model
@@ -41,11 +42,7 @@ def publish(session: NodeSession) -> int:
     node hosts now."""
     request, runtime = session.request, session.runtime
     cfg = config_from_json(request.model_config_json)
-    record = node_pb2.HostedModel(model_id=request.model_id, committee_id=request.committee.committee_id,
-                                  node_ids=list(request.committee.node_ids), party_index=session.index,
-                                  privacy=request.privacy, arch=cfg.arch, config_json=config_to_json(cfg),
-                                  public_weights=request.public_weights,
-                                  frac_bits=session.frac_bits if session.secret else 0)
+    record = published_record(request)
     runtime.store.check_room(record.model_id, record.committee_id)
     owner = session.caller.name
     shapes = {**optional_parameter_shapes(cfg), **parameter_shapes(cfg)}
@@ -69,13 +66,15 @@ def publish(session: NodeSession) -> int:
     return len(runtime.store)
 
 
-def restore_kept(vault: Vault, store: ModelStore, device: str, logger: logging.Logger) -> int:
+def restore_kept(vault: Vault, store: ModelStore, device: str, logger: logging.Logger,
+                 ca_pem: bytes | None = None) -> int:
     """Host again every model `vault` kept before a restart; a file that is corrupt, truncated, another node's or
-    sealed with another key is refused with a log line and skipped. Returns how many were restored."""
+    sealed with another key, or (given the network's `ca_pem`) whose record's owner signature does not verify, is
+    refused with a log line and skipped. Returns how many were restored."""
     restored = 0
     for path in vault.files():
         try:
-            hosted = restore(vault.load(path), device)
+            hosted = restore(vault.load(path), device, ca_pem)
             store.put(hosted)
         except Exception as exc:  # noqa: BLE001 - a bad file is skipped, whatever is wrong with it
             log_event(logger, "WARNING", "kept model refused", file=str(path), reason=str(exc))
@@ -86,10 +85,15 @@ def restore_kept(vault: Vault, store: ModelStore, device: str, logger: logging.L
     return restored
 
 
-def restore(kept: Kept, device: str) -> Hosted:
+def restore(kept: Kept, device: str, ca_pem: bytes | None = None) -> Hosted:
     """A kept model rebuilt on this node's `device` as it was published (VaultError if the file's contents do not
-    make the model its record describes)."""
+    make the model its record describes, or, given `ca_pem`, if the record's owner signature does not verify)."""
     record = kept.record
+    if ca_pem is not None:
+        try:
+            owners.verify(record, ca_pem)
+        except owners.OwnerError as exc:
+            raise VaultError(str(exc)) from None
     try:
         cfg = config_from_json(record.config_json)
         if record.privacy == node_pb2.PRIVACY_SECRET and record.public_weights:

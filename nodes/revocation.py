@@ -4,7 +4,8 @@ The CA's holder revokes a certificate by its serial number (`secureinfer certs r
 the certificate directory: a standard X.509 CRL signed by the CA key, its number one higher each time. Nodes read it
 from `revocation_list` in their config (default: `crl.pem` beside `ca.pem`, if present), refuse every incoming call
 whose client certificate is on it (UNAUTHENTICATED, naming the certificate and the list), drop gossiped records
-signed by a revoked certificate, and re-read the file when it changes, so a revocation needs no restart.
+signed by a revoked certificate, and re-read the file when it changes, so a revocation needs no restart; a list
+older than the one held is refused (secureinfer/net/crl.py reads and orders lists for nodes and clients alike).
 """
 
 from __future__ import annotations
@@ -14,97 +15,22 @@ import inspect
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 
-from secureinfer.net.certs import CA_CERT, CA_KEY, CertError, _load_cert, _load_key, _read, _utc
+from secureinfer.net.certs import CA_CERT, CA_KEY, _load_cert, _load_key, _read, _utc
+from secureinfer.net.crl import (CRL_FILE, RevocationError, RevocationList, RevocationWatch, certificate_serial,
+                                 format_serial, parse_serial)
 
-CRL_FILE = "crl.pem"
 DEFAULT_VALID_DAYS = 365
-
-
-class RevocationError(CertError):
-    """A revocation list is missing, malformed, not signed by this network's CA, or a serial is not valid."""
-
-
-@dataclass(frozen=True)
-class RevocationList:
-    """The serial numbers a network CA has revoked, as read from one verified CRL (number 0 with no serials: none)."""
-
-    serials: frozenset[int]
-    number: int = 0
-    next_update: float | None = None  # unix seconds after which the CA meant to publish a newer list
-
-    @classmethod
-    def empty(cls) -> "RevocationList":
-        """The list of a network that has revoked nothing."""
-        return cls(serials=frozenset())
-
-    @classmethod
-    def from_pem(cls, crl_pem: bytes, ca_pem: bytes) -> "RevocationList":
-        """Parse a PEM CRL and check that this network's CA issued and signed it."""
-        try:
-            crl = x509.load_pem_x509_crl(crl_pem)
-        except ValueError as exc:
-            raise RevocationError(f"not a valid PEM revocation list: {exc}") from None
-        ca = _load_cert(ca_pem, "CA certificate")
-        if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):
-            raise RevocationError("the revocation list is not signed by this network's CA")
-        try:
-            number = int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
-        except x509.ExtensionNotFound:
-            number = 0
-        after = crl.next_update_utc
-        return cls(serials=frozenset(entry.serial_number for entry in crl), number=number,
-                   next_update=None if after is None else after.timestamp())
-
-    @classmethod
-    def load(cls, path: Path, ca_pem: bytes) -> "RevocationList":
-        """Read and verify the CRL file at `path`."""
-        try:
-            pem = _read(Path(path), "revocation list")
-        except CertError as exc:
-            raise RevocationError(str(exc)) from None
-        try:
-            return cls.from_pem(pem, ca_pem)
-        except CertError as exc:
-            raise RevocationError(f"{path}: {exc}") from None
-
-    def is_revoked(self, cert_pem: bytes) -> bool:
-        """True when the certificate's serial number is on this list."""
-        return certificate_serial(cert_pem) in self.serials
-
-    def stale(self, now: float | None = None) -> bool:
-        """True when the CA's promised next update has passed (the list still applies; operators should renew it)."""
-        return self.next_update is not None and (time.time() if now is None else now) > self.next_update
-
-
-def certificate_serial(cert_pem: bytes) -> int:
-    """The serial number of a PEM certificate."""
-    return _load_cert(cert_pem).serial_number
-
-
-def parse_serial(text: str) -> int:
-    """A serial number written in hex (with or without 0x and ':' separators, as `certs show` prints it)."""
-    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
-    try:
-        serial = int(cleaned, 16)
-    except ValueError:
-        raise RevocationError(f"serial {text!r} is not a hexadecimal number") from None
-    if serial <= 0:
-        raise RevocationError(f"serial {text!r} must be positive")
-    return serial
-
-
-def format_serial(serial: int) -> str:
-    """A serial number as lowercase hex, the form `certs show` prints and `certs revoke --serial` takes."""
-    return f"{serial:x}"
+# What the CA's tools and the daemon take from here; the list itself is read by secureinfer/net/crl.py, which
+# clients share.
+__all__ = ["CRL_FILE", "DEFAULT_VALID_DAYS", "RevocationError", "RevocationInterceptor", "RevocationList",
+           "RevocationWatch", "certificate_serial", "format_serial", "parse_serial", "revoke"]
 
 
 # ------------------------------------------------------------------------------------------------ writing (the CA)
@@ -147,69 +73,6 @@ def revoke(directory: Path, serials: Iterable[int], days: int = DEFAULT_VALID_DA
     tmp.write_bytes(pem)
     os.replace(tmp, path)
     return path, RevocationList.from_pem(pem, ca_pem)
-
-
-# ------------------------------------------------------------------------------------------------ a node's view
-
-
-class RevocationWatch:
-    """A node's current revocation list, re-read from its file when the file changes (safe to share: reads are
-    of one immutable RevocationList)."""
-
-    def __init__(self, path: Path | None, ca_pem: bytes, required: bool) -> None:
-        """`required`: the file must exist now (a configured path); otherwise a missing file means nothing revoked."""
-        self.path = None if path is None else Path(path)
-        self.ca_pem = ca_pem
-        self.current = RevocationList.empty()
-        self._stamp: tuple[int, int] | None = None
-        if self.path is not None and (required or self.path.exists()):
-            self.current = RevocationList.load(self.path, ca_pem)
-            self._stamp = _stamp(self.path)
-
-    def refresh(self) -> bool:
-        """Re-read the file if it changed; True when the list changed. A bad or vanished file keeps the last good
-        list and raises RevocationError (the caller logs it)."""
-        if self.path is None:
-            return False
-        try:
-            stamp = _stamp(self.path)
-        except FileNotFoundError:
-            if self._stamp is None:
-                return False
-            raise RevocationError(f"{self.path}: the revocation list vanished; keeping the last one read") from None
-        if stamp == self._stamp:
-            return False
-        fresh = RevocationList.load(self.path, self.ca_pem)
-        self._stamp = stamp
-        changed = fresh != self.current
-        self.current = fresh
-        return changed
-
-    def is_revoked(self, cert_pem: bytes) -> bool:
-        """True when the certificate is on the current list (an unparsable certificate counts as revoked)."""
-        try:
-            return self.current.is_revoked(cert_pem)
-        except CertError:
-            return True
-
-    def reason(self, cert_pem: bytes) -> str | None:
-        """Why a certificate is refused (a one-line message), or None when it is not revoked."""
-        if not self.is_revoked(cert_pem):
-            return None
-        try:
-            cert = _load_cert(cert_pem)
-        except CertError as exc:
-            return str(exc)
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        who = str(names[0].value) if names else "?"
-        return (f"certificate of {who!r} (serial {format_serial(cert.serial_number)}) is revoked by the network "
-                f"CA's revocation list #{self.current.number}; ask the network's operator for a new certificate")
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    """What tells a changed file: its modification time (ns) and size."""
-    st = path.stat()
-    return st.st_mtime_ns, st.st_size
 
 
 # ------------------------------------------------------------------------------------------------ the server gate

@@ -52,6 +52,18 @@ async def _first(context: grpc.aio.ServicerContext, field: str, wait_s: float) -
 
 
 
+def _peer_detail(error: BaseException) -> dict[str, str]:
+    """For the node's log only: why a peer was unavailable (the refusal or dial error the caller is not told)."""
+    if not isinstance(error, PeerFailed) or error.__cause__ is None:
+        return {}
+    causes, cause = [], error.__cause__
+    while cause is not None and len(causes) < 4:
+        causes.append(f"{cause.code().name}: {cause.details()}" if isinstance(cause, grpc.aio.AioRpcError)
+                      else str(cause) or type(cause).__name__)
+        cause = cause.__cause__
+    return {"detail": " <- ".join(causes)}
+
+
 def session_report(session: NodeSession) -> tuple[tuple[str, str], ...]:
     """What a finished session cost this node, for the caller's performance record (the stream's trailing metadata):
     bytes it sent, communication rounds (its Lamport clock) and seconds since it opened."""
@@ -109,7 +121,7 @@ class InferenceServicer(node_pb2_grpc.InferenceServicer):
             code, message = status_for(exc)
             status = code.name
             log_event(self.logger, "WARNING", "session failed", session=request.session_id[:8], task=task,
-                      status=status, reason=message)
+                      status=status, reason=message, **_peer_detail(exc))
             if not isinstance(exc, grpc.aio.AbortError):
                 await context.abort(code, message)
             raise
@@ -155,7 +167,7 @@ class PeerServicer(node_pb2_grpc.PeerServicer):
         if session is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no session {hello.session_id[:8]} here")
         try:
-            session.check_peer(hello, caller.name)
+            session.check_peer(hello, caller)
         except NodeError as exc:
             await context.abort(*status_for(exc))
         # The stream's initial metadata goes out now, on its own: if it went with the link's first message, a status
@@ -198,7 +210,8 @@ class MembershipServicer(node_pb2_grpc.MembershipServicer):
 
 
 class RecordsServicer(node_pb2_grpc.RecordsServicer):
-    """Performance records: any certificate of the network may push, pull and fetch (mutual TLS has checked it)."""
+    """Performance records: any certificate of the network may push its own (within its quota, records.py); only
+    nodes may pull and fetch (PERMISSION_DENIED for a client or an owner)."""
 
     def __init__(self, book: RecordBook, logger: logging.Logger) -> None:
         self.book, self.logger = book, logger
@@ -215,7 +228,7 @@ class RecordsServicer(node_pb2_grpc.RecordsServicer):
 
     async def Pull(self, request: node_pb2.PullRecordsRequest, context: grpc.aio.ServicerContext
                    ) -> node_pb2.PullRecordsReply:
-        await _caller(context)
+        await _caller(context, role="node")
         try:
             return await self.book.pull(request)
         except NodeError as exc:
@@ -223,7 +236,7 @@ class RecordsServicer(node_pb2_grpc.RecordsServicer):
 
     async def Fetch(self, request: node_pb2.FetchRecordsRequest, context: grpc.aio.ServicerContext
                     ) -> node_pb2.FetchRecordsReply:
-        await _caller(context)
+        await _caller(context, role="node")
         try:
             return await self.book.fetch(request)
         except NodeError as exc:

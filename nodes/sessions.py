@@ -3,7 +3,8 @@
 A session starts when a client or model owner opens an `Inference.Session` stream to this node:
   1. the open request is checked before anything runs (opening.py);
   2. a `GrpcChannel` is made with one `Link` per other participant: the caller, and for secure sessions the two
-     other parties (this node dials the higher-index ones; the lower-index ones dial in through `Peer.Link`);
+     other parties (this node dials the higher-index ones at the addresses of its own membership table, never the
+     request's; the lower-index ones dial in through `Peer.Link`; both ends checked as peering.py says);
   3. a worker thread runs the session's engine program (dispatch.py: publish, or serve an inference) while the event
      loop pumps the links;
   4. the session ends when the worker returns (status OK once every link has drained), or fails as a whole when
@@ -28,7 +29,7 @@ from secureinfer.models.requests import CLIENT, PUBLIC_WORKER
 from secureinfer.mpc.comm import LinkModel
 from secureinfer.mpc.comm.audit import FrameLog
 from secureinfer.mpc.models.serving import StepLimits
-from secureinfer.mpc.party import PARTY_NAMES, EngineConfig
+from secureinfer.mpc.party import PARTY_NAMES, EngineConfig, KeySigner
 from secureinfer.mpc.ring import DEFAULT_FRAC_BITS, FixedPoint
 from secureinfer.mpc.runtime import OWNER
 from secureinfer.net.certs import Identity, PeerCert
@@ -37,10 +38,12 @@ from secureinfer.net.frames import FrameError
 from secureinfer.net.transport import DEFAULT_MAX_INBOX, GrpcChannel, Link
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
+from .peering import KnownPeer, NodeKeySigner, PeerDirectory, PeerRefused, check_caller, known_peer, unavailable
 from .store import ModelStore
 from .vault import Vault
 
 PEER_WAIT_S = 30.0  # default: how long an incoming peer link waits for its session, and a session for its peers
+PEER_LOOKUP_S = 3.0  # how long a session waits for a peer's record to reach this node's membership table
 
 
 class BatchServer(Protocol):
@@ -72,6 +75,7 @@ class NodeRuntime:
     step_limits: StepLimits = StepLimits()
     max_model_bytes: int = 8 << 30
     vault: Vault | None = None  # where hosted models are kept across restarts (nodes/vault.py); None: memory only
+    peers: PeerDirectory | None = None  # the membership table peers are found and checked in; None: none are
 
     @property
     def node_id(self) -> str:
@@ -174,6 +178,10 @@ class NodeSession:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
+    def key_signer(self) -> KeySigner:
+        """The engine's signer of this session's key agreement: this node's key, the committee's certificates."""
+        return NodeKeySigner(self.runtime.identity, self.runtime.peers, self.request.committee.node_ids)
+
     def engine_config(self) -> EngineConfig:
         """The engine's configuration for this session: its fixed point, this node's device, its session id."""
         return EngineConfig(fxp=FixedPoint(self.frac_bits), device=self.runtime.device, session_id=self.id)
@@ -222,12 +230,22 @@ class NodeSession:
                 continue
             if name == self.caller_name and isinstance(exc, FrameError):
                 raise BadRequest(f"{name} sent a malformed frame: {exc}") from exc
+            if name in PARTY_NAMES:  # what failed on a peer link stays in this node's log (peering.py)
+                party = PARTY_NAMES.index(name)
+                raise PeerFailed(unavailable(party, self.request.committee.node_ids[party])) from exc
             raise PeerFailed(f"the link to {name} of session {self.id[:8]} failed: {_describe(exc)}") from exc
 
     async def _dial(self, j: int) -> None:
-        """Open the Peer.Link stream to party j and pump it."""
-        committee = self.request.committee
-        channel = self.runtime.dial(committee.addresses[j], committee.node_ids[j])
+        """Open the Peer.Link stream to party j, at the address of its node's record in this node's membership
+        table (the request's addresses are never used), and pump it."""
+        peer = await self._find_peer(j)
+        channel = self.runtime.dial(peer.address, peer.node_id)
+        wait_s = max(min(self.runtime.peer_wait_s, self.remaining()), 0.1)
+        try:  # a channel backing off after the peer was away (e.g. restarted) connects again, within peer_wait_s
+            await asyncio.wait_for(channel.channel_ready(), wait_s)
+        except asyncio.TimeoutError:
+            refused = PeerRefused(f"{peer.node_id} at {peer.address} did not connect within {wait_s:g} s")
+            raise PeerFailed(unavailable(j, peer.node_id)) from refused
         call = node_pb2_grpc.PeerStub(channel).Link(timeout=max(self.remaining(), 1.0))
         try:
             hello = node_pb2.LinkHello(session_id=self.id, from_party=self.index, to_party=j)
@@ -237,13 +255,31 @@ class NodeSession:
             call.cancel()
             raise
 
-    def check_peer(self, hello: node_pb2.LinkHello, caller: str) -> None:
+    async def _find_peer(self, j: int) -> KnownPeer:
+        """Party j's node as this node's membership table knows it, waiting up to PEER_LOOKUP_S for gossip to
+        bring a record it lacks; PeerFailed (the peer unavailable, why in its cause) if it never passes."""
+        node_id = self.request.committee.node_ids[j]
+        deadline = time.monotonic() + min(PEER_LOOKUP_S, max(self.remaining(), 0.0))
+        while True:
+            try:
+                return known_peer(self.runtime.peers, node_id)
+            except PeerRefused as exc:
+                if time.monotonic() >= deadline:
+                    raise PeerFailed(unavailable(j, node_id)) from exc
+            await asyncio.sleep(0.1)
+
+    def check_peer(self, hello: node_pb2.LinkHello, caller: PeerCert) -> None:
         """Raise a NodeError unless `hello` is a link this session expects, from the committee's node for a lower
-        party to this one, not yet linked, while the session runs."""
+        party to this one (with the certificate of its membership record), not yet linked, while the session runs."""
         if hello.to_party != self.index or hello.from_party not in self.peers or hello.from_party > self.index:
             raise BadRequest("this link does not fit the session's committee")
-        if self.request.committee.node_ids[hello.from_party] != caller:
-            raise Unauthorized(f"{caller} is not party {PARTY_NAMES[hello.from_party]} of this committee")
+        node_id = self.request.committee.node_ids[hello.from_party]
+        if node_id != caller.name:
+            raise Unauthorized(f"{caller.name} is not party {PARTY_NAMES[hello.from_party]} of this committee")
+        try:
+            check_caller(self.runtime.peers, node_id, caller)
+        except PeerRefused as exc:
+            raise Unauthorized(f"{caller.name} is refused as party {PARTY_NAMES[hello.from_party]}: {exc}") from None
         if hello.from_party in self._attached:
             raise BadRequest(f"party {PARTY_NAMES[hello.from_party]} is already linked to this session")
         if self.error is not None:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from secureinfer.models.config import ModelConfig
+from secureinfer.net import owners
 from secureinfer.net.errors import BadRequest, Unauthorized, UnknownModel
 from secureinfer.plaintext.serving import PublicModel
 from secureinfer.v1 import node_pb2
@@ -74,6 +75,16 @@ class ModelStore:
     def __len__(self) -> int:
         with self._lock:
             return len(self._models)
+
+
+def published_record(request: node_pb2.OpenSession) -> node_pb2.HostedModel:
+    """The record a publish request makes on this node, with the owner's signature it carries (the fields of the
+    statement in secureinfer/net/owners.py, so a node checks the signature before any weight arrives)."""
+    record = owners.hosted_record(request.model_id, request.committee.committee_id, request.committee.node_ids,
+                                  request.privacy, request.model_config_json, party_index=request.party_index,
+                                  public_weights=request.public_weights, fractional_bits=request.fractional_bits)
+    record.owner_seal.CopyFrom(request.owner_seal)
+    return record
 
 
 def public_model(cfg: ModelConfig, params: dict, device: str) -> PublicModel:

@@ -4,13 +4,14 @@ key of the node's own.
     data_dir/models.key              32 random bytes (AES-256), made on the first start, readable by the node only
     data_dir/models/<digest>.model   one hosted model (the digest names the model id and committee)
 
-A file is MAGIC, a length-prefixed JSON header in the clear (format version, node id, model id, committee id, a
-random salt), then the contents in chunks sealed with AES-256-GCM under a key derived from the node's key and the
-salt (HKDF-SHA256): chunk i has nonce i, and its associated data is the header's SHA-256 and whether it is the last
-chunk. A file written by another node, sealed with another key, or with any byte of header or chunk changed, chunks
-reordered or the end cut off, does not open. The contents are a JSON manifest (the hosted record, its owner, each
-tensor's name, dtype and shape) and then the tensors' raw bytes in that order; what a manifest declares is bounded
-before anything is allocated.
+A file is MAGIC, a length-prefixed JSON header in the clear (format version, node id, the digest naming the model id
+and committee, a random salt; a model id names its owner, which stays sealed with the rest), then the contents in
+chunks sealed with AES-256-GCM under a key derived from the node's key and the salt (HKDF-SHA256): chunk i has nonce
+i, and its associated data is the header's SHA-256 and whether it is the last chunk. A file written by another node,
+sealed with another key, or with any byte of header or chunk changed, chunks reordered or the end cut off, does not
+open. The contents are a JSON manifest (the hosted record with its owner's signature, its owner, each tensor's name,
+dtype and shape) and then the tensors' raw bytes in that order; what a manifest declares is bounded before anything
+is allocated.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from secureinfer.v1 import node_pb2
 
 MAGIC = b"SIMODEL1"
-VERSION = 1
+VERSION = 2
 KEY_FILE = "models.key"
 MODELS_DIR = "models"
 KEY_BYTES = 32
@@ -90,8 +91,7 @@ class Vault:
         return bool(self.key_path.stat().st_mode & 0o077)
 
     def path_for(self, model_id: str, committee_id: str) -> Path:
-        digest = hashlib.sha256(f"{model_id}\0{committee_id}".encode()).hexdigest()[:32]
-        return self.directory / f"{digest}.model"
+        return self.directory / f"{_digest(model_id, committee_id)}.model"
 
     def files(self) -> list[Path]:
         """The kept model files, in name order."""
@@ -104,8 +104,8 @@ class Vault:
         record = kept.record
         path = self.path_for(record.model_id, record.committee_id)
         salt = secrets.token_hex(16)
-        header = json.dumps({"version": VERSION, "node_id": self.node_id, "model_id": record.model_id,
-                             "committee_id": record.committee_id, "salt": salt}).encode()
+        header = json.dumps({"version": VERSION, "node_id": self.node_id,
+                             "model": _digest(record.model_id, record.committee_id), "salt": salt}).encode()
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
             with open(tmp, "wb") as out:
@@ -150,7 +150,7 @@ class Vault:
         try:
             fields = json.loads(header)
             ok = fields["version"] == VERSION and all(isinstance(fields[k], str) for k in
-                                                      ("node_id", "model_id", "committee_id", "salt"))
+                                                      ("node_id", "model", "salt"))
             ok = ok and _SALT.fullmatch(fields["salt"]) is not None
         except (ValueError, KeyError, TypeError):
             ok = False
@@ -172,7 +172,7 @@ class Vault:
             shapes = [(str(n), DTYPES[d], tuple(int(x) for x in shape)) for n, d, shape in entries]
         except (ValueError, KeyError, TypeError) as exc:
             raise VaultError(f"malformed manifest: {exc}") from None
-        if (record.model_id, record.committee_id) != (fields["model_id"], fields["committee_id"]):
+        if _digest(record.model_id, record.committee_id) != fields["model"]:
             raise VaultError("the manifest names another model than the header")
         total = sum(_nbytes(dtype, shape) for _, dtype, shape in shapes)
         if total > self.max_bytes:
@@ -188,6 +188,11 @@ class Vault:
         """The file's cipher: AES-256-GCM under a key derived from the node's key and the file's salt."""
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(salt), info=b"secureinfer hosted model v1")
         return AESGCM(hkdf.derive(self._key))
+
+
+def _digest(model_id: str, committee_id: str) -> str:
+    """What names a kept model's file and header: a digest of its model id and committee id."""
+    return hashlib.sha256(f"{model_id}\0{committee_id}".encode()).hexdigest()[:32]
 
 
 def _read_or_make_key(path: Path) -> bytes:

@@ -154,15 +154,17 @@ def serve_batched(party: Party, cfg: ModelConfig, with_meta: bool, compute: Comp
     batch and returns this request's own output shares and cache); the output goes to this client alone. Returns the
     number of steps served."""
     steps = 0
+    witness = reveal.Witness(client)
 
     def run(onehot: AShare, meta: torch.Tensor | None, cache: SecretKVCache | None) -> SecretKVCache | None:
         nonlocal steps
         item = BatchItem(onehot, meta, cache)
         check_meta(cfg, item)
         out, cache = compute(item)
-        reveal.reveal_to_owner(party, out, client, tag="output")  # this request's own rows, to its own client only
+        # this request's own rows, to its own client only, vouched for to the other holders in this request's session
+        reveal.reveal_to_owner(party, out, client, tag="output", witness=witness)
         steps += 1
         return cache
 
-    serving.serve_steps(party, cfg, with_meta, run, client=client)
+    serving.serve_steps(party, cfg, with_meta, run, client=client, witness=witness)
     return steps

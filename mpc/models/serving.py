@@ -4,7 +4,11 @@ Party side (`serve`): with its model built, a party says b"ready" to the client,
   1. control message b"step" (public: that a step happens), b"reset" (forget the KV cache) or b"stop";
   2. for BERT, the public padding mask and token types (they reveal the sequence lengths, as the shapes do);
   3. the one-hot rows of the client's tokens as shares (ring 0/1 integers, `sharing.send_input`);
-  4. the output's shares go to the client alone (`reveal.reveal_to_owner`), which reconstructs them.
+  4. the output's shares go to the client alone (`reveal.reveal_to_owner`: each party's first component and the
+     digest of its second, so every component arrives from both its holders), which cross-checks and reconstructs
+     them; each party also vouches for its components to their other holders (`reveal.Witness`) and, at stop,
+     forwards the vouchers it got to the client, which names a party that sent it a component it did not vouch for
+     (`reveal.OutputMismatch`).
 Client side (`client_encode`, `client_logits`, `client_generate_many`): the mirror image; for generation the client
 samples each next token locally from the opened last-position logits and feeds it back as a fresh one-hot share.
 Malformed requests (wrong vocabulary width, too many positions or rows, bad metadata) raise `RequestError` on every
@@ -17,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,16 +162,18 @@ StepRunner = Callable[[Any, Any, SecretKVCache | None], SecretKVCache | None]
 
 
 def serve_steps(party: Party, cfg: ModelConfig, with_meta: bool, run: StepRunner, *, client: str = CLIENT,
-                limits: StepLimits = StepLimits()) -> None:
+                limits: StepLimits = StepLimits(), witness: reveal.Witness | None = None) -> None:
     """The party's side of the step protocol: say ready, then answer the client's control messages until it says
     stop; `reset` starts a new sequence (empty cache), `step` receives the step's metadata (with `with_meta`) and token
     shares, checked (their declared shapes, against the model and `limits`) before they are expanded, and hands them
-    to `run`."""
+    to `run`. At stop, the `witness` (the one `run` opens outputs with) forwards its last vouchers to the client."""
     party.channel.send(client, b"ready", "ready")
     cache = SecretKVCache.empty(cfg.n_layers) if cfg.causal else None
     while True:
         ctrl = party.channel.recv(client, "ctrl")
         if ctrl == b"stop":
+            if witness is not None:
+                witness.finish(party)
             return
         if ctrl == b"reset":  # a new sequence: forget the cached keys and values
             cache = SecretKVCache.empty(cfg.n_layers) if cfg.causal else None
@@ -176,6 +183,8 @@ def serve_steps(party: Party, cfg: ModelConfig, with_meta: bool, run: StepRunner
         meta = party.channel.recv(client, "meta") if with_meta else None
         onehot = sharing.receive_input(party, client, "tokens",
                                        check=lambda shape: check_tokens(cfg, shape, cache, limits))
+        if witness is not None:
+            witness.collect(party)
         cache = run(onehot, meta, cache)
 
 
@@ -184,17 +193,18 @@ def serve(party: Party, model: Any, step: Step, with_meta: bool, *, client: str 
     """Serve the client's steps on `model` until it says stop, opening each step's output to the client alone (each
     step within `limits`); returns what each step cost this party."""
     steps: list[ServedStep] = []
+    witness = reveal.Witness(client)
 
     def run(onehot: Any, meta: Any, cache: SecretKVCache | None) -> SecretKVCache | None:
         with trace.recording() if traced else contextlib.nullcontext() as rec:
             start, before = time.perf_counter(), party.channel.stats.snapshot()
             out = step(party, model, onehot, meta, cache)  # appends to the cache in place
             with trace.op(party, "output"):
-                reveal.reveal_to_owner(party, out, client, tag="output")
+                reveal.reveal_to_owner(party, out, client, tag="output", witness=witness)
             steps.append(ServedStep(time.perf_counter() - start, party.channel.stats.since(before), rec))
         return cache
 
-    serve_steps(party, model.cfg, with_meta, run, client=client, limits=limits)
+    serve_steps(party, model.cfg, with_meta, run, client=client, limits=limits, witness=witness)
     return steps
 
 
@@ -207,10 +217,14 @@ ClientSteps = list[tuple[float, int]]  # per step: client-observed seconds, posi
 @dataclass(frozen=True)
 class TokenIO:
     """How a client's tokens go in and outputs come back: secret shares with three parties, or in the clear; `fxp`
-    is the fixed point the parties compute in (a hosted model's precision), which the client decodes outputs with."""
+    is the fixed point the parties compute in (a hosted model's precision), which the client decodes outputs with;
+    `fixed_steps`: a generation sends exactly its budget of decode steps, whatever tokens are sampled (those after
+    every row's end-of-sequence are computed and discarded), so their number does not reveal the output's length,
+    at the cost of the discarded steps' full compute and traffic."""
 
     secret: bool = True
     fxp: FixedPoint = field(default_factory=FixedPoint)
+    fixed_steps: bool = False
 
     @property
     def parties(self) -> tuple[str, ...]:
@@ -227,8 +241,9 @@ class TokenIO:
             channel.send(PUBLIC_WORKER, ids.to(torch.int64).contiguous(), "tokens")
 
     def receive_output(self, channel: Channel, config: EngineConfig) -> torch.Tensor:
-        if self.secret:  # only the client reconstructs
-            return config.fxp.decode(reveal.reveal_at_owner(channel, tag="output").cpu())
+        if self.secret:  # only the client reconstructs, each component checked against its second copy
+            check = _CHECKS.get(channel)
+            return config.fxp.decode(reveal.reveal_at_owner(channel, tag="output", check=check).cpu())
         out = channel.recv(PUBLIC_WORKER, "output")
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             raise CommError("client: malformed output from the worker")
@@ -238,30 +253,58 @@ class TokenIO:
 SECRET, PUBLIC = TokenIO(secret=True), TokenIO(secret=False)
 
 
+# The output cross-check of each secret session's client channel: made by wait_ready, used by every step of the
+# session (whatever TokenIO wraps the exchange), weighed and dropped by stop.
+_CHECKS: weakref.WeakKeyDictionary[Channel, reveal.OutputCheck] = weakref.WeakKeyDictionary()
+
+
 def wait_ready(channel: Channel, io: TokenIO = SECRET) -> None:
-    """Client: wait until every party has its model ready."""
+    """Client: wait until every party has its model ready; a secret session's outputs are cross-checked from now."""
     for p in io.parties:
         if channel.recv(p, "ready") != b"ready":
             raise CommError(f"client: {p} did not report ready")
+    if io.secret:
+        _CHECKS[channel] = reveal.OutputCheck(io.parties)
 
 
 def client_step(channel: Channel, cfg: ModelConfig, config: EngineConfig, ids: torch.Tensor,
                 meta: torch.Tensor | None = None, io: TokenIO = SECRET) -> tuple[torch.Tensor, float]:
-    """Client: one step's control message, public metadata and tokens; returns the output and the step's time."""
+    """Client: one step's control message, public metadata and tokens (and, on the first, each party's voucher key);
+    returns the output (cross-checked, in a secret session) and the step's time."""
     start = time.perf_counter()
     for p in io.parties:
         channel.send(p, b"step", "ctrl")
         if meta is not None:
             channel.send(p, meta, "meta")
     io.send_tokens(channel, cfg, config, ids)
+    check = _CHECKS.get(channel)
+    if check is not None:
+        check.send_keys(channel)
     out = io.receive_output(channel, config)
     return out, time.perf_counter() - start
 
 
 def stop(channel: Channel, io: TokenIO = SECRET) -> None:
-    """Client: end the session."""
+    """Client: end the session; a secret one's client weighs the vouchers the parties forward (OutputMismatch if
+    one contradicts an output)."""
     for p in io.parties:
         channel.send(p, b"stop", "ctrl")
+    check = _CHECKS.pop(channel, None)
+    if check is not None:
+        check.finish(channel)
+
+
+@contextlib.contextmanager
+def _settling(channel: Channel, io: TokenIO) -> Iterator[None]:
+    """Client: on an output whose copies disagree, stop the session at once and raise the verdict the vouchers
+    give (which names the deviating party where they can)."""
+    try:
+        yield
+    except reveal.OutputMismatch as exc:
+        if exc.settled or channel not in _CHECKS:
+            raise
+        stop(channel, io)  # raises the settled OutputMismatch
+        raise
 
 
 def bert_meta(ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
@@ -278,7 +321,8 @@ def client_encode(channel: Channel, cfg: ModelConfig, config: EngineConfig, inpu
     """Client: one BERT forward; "embedding" is mean-pooled then L2-normalised here, at the client."""
     wait_ready(channel, io)
     meta = bert_meta(input_ids, attention_mask, token_type_ids)
-    out, seconds = client_step(channel, cfg, config, input_ids, meta, io)
+    with _settling(channel, io):
+        out, seconds = client_step(channel, cfg, config, input_ids, meta, io)
     stop(channel, io)
     if output == "embedding":
         out = out / torch.clamp(torch.linalg.vector_norm(out, dim=-1, keepdim=True), min=1e-12)
@@ -290,11 +334,12 @@ def client_logits(channel: Channel, cfg: ModelConfig, config: EngineConfig, inpu
     """Client: decoder logits of every position, fed in `chunks` through the parties' KV cache."""
     wait_ready(channel, io)
     outs, times, start = [], [], 0
-    for n in chunks:
-        out, seconds = client_step(channel, cfg, config, input_ids[:, start:start + n], io=io)
-        outs.append(out)
-        times.append((seconds, int(input_ids.shape[0] * n)))
-        start += n
+    with _settling(channel, io):
+        for n in chunks:
+            out, seconds = client_step(channel, cfg, config, input_ids[:, start:start + n], io=io)
+            outs.append(out)
+            times.append((seconds, int(input_ids.shape[0] * n)))
+            start += n
     stop(channel, io)
     return torch.cat(outs, dim=1), times
 
@@ -310,8 +355,18 @@ class Generation:
 OnToken = Callable[[int, torch.Tensor], None]  # (prompt index, (B,) token ids) after each sampled step
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How a client decodes: its sampling, end-of-sequence ids, and whether it runs a fixed budget of steps
+    (`TokenIO.fixed_steps`)."""
+
+    sampling: SamplingConfig
+    eos: torch.Tensor
+    fixed_steps: bool = False
+
+
 def _generate(channel: Channel, cfg: ModelConfig, config: EngineConfig, prompt_ids: torch.Tensor,
-              max_new_tokens: int, sampling: SamplingConfig, gen: torch.Generator, eos: torch.Tensor,
+              max_new_tokens: int, decoding: Decoding, gen: torch.Generator,
               on_token: Callable[[torch.Tensor], None] | None, io: TokenIO) -> tuple[Generation, ClientSteps]:
     """Client: one generation (prefill, then one token per step) against parties with an empty cache."""
     ids, tokens, logits, times = prompt_ids, [], [], []
@@ -319,16 +374,18 @@ def _generate(channel: Channel, cfg: ModelConfig, config: EngineConfig, prompt_i
     for _ in range(max_new_tokens):
         out, seconds = client_step(channel, cfg, config, ids, io=io)
         times.append((seconds, int(ids.numel())))
+        if bool(done.all()):  # a fixed budget's step past the end: computed, checked and discarded
+            continue
         last = out[:, -1]  # (B, V)
-        token = torch.tensor([next_token(row, sampling, gen) for row in last], dtype=torch.int64)
+        token = torch.tensor([next_token(row, decoding.sampling, gen) for row in last], dtype=torch.int64)
         if tokens:
             token = torch.where(done, tokens[-1], token)
         tokens.append(token)
         logits.append(last)
         if on_token is not None:
             on_token(token)
-        done |= torch.isin(token, eos)
-        if bool(done.all()):
+        done |= torch.isin(token, decoding.eos)
+        if bool(done.all()) and not decoding.fixed_steps:
             break
         ids = token[:, None]
     return Generation(torch.stack(tokens, dim=1), torch.stack(logits)), times
@@ -353,17 +410,20 @@ def client_generate_many(channel: Channel, cfg: ModelConfig, config: EngineConfi
                          max_new_tokens: int, sampling: SamplingConfig, eos: torch.Tensor,
                          on_token: OnToken | None = None, io: TokenIO = SECRET
                          ) -> tuple[list[Generation], ClientSteps]:
-    """Client: several generations in one session (b"reset" clears the parties' cache between prompts)."""
+    """Client: several generations in one session (b"reset" clears the parties' cache between prompts); with
+    `io.fixed_steps`, each runs exactly max_new_tokens forwards whatever tokens are sampled."""
     wait_ready(channel, io)
     gen = sampling.generator()
+    decoding = Decoding(sampling, eos, io.fixed_steps)
     results, times = [], []
-    for i, prompt in enumerate(prompts):
-        if i:
-            for p in io.parties:
-                channel.send(p, b"reset", "ctrl")
-        callback = None if on_token is None else (lambda t, i=i: on_token(i, t))
-        result, t = _generate(channel, cfg, config, prompt, max_new_tokens, sampling, gen, eos, callback, io)
-        results.append(result)
-        times.extend(t)
+    with _settling(channel, io):
+        for i, prompt in enumerate(prompts):
+            if i:
+                for p in io.parties:
+                    channel.send(p, b"reset", "ctrl")
+            callback = None if on_token is None else (lambda t, i=i: on_token(i, t))
+            result, t = _generate(channel, cfg, config, prompt, max_new_tokens, decoding, gen, callback, io)
+            results.append(result)
+            times.extend(t)
     stop(channel, io)
     return results, times

@@ -193,18 +193,21 @@ def secure_generate_many(cfg: ModelConfig, params: dict[str, torch.Tensor], prom
                          max_new_tokens: int, *, sampling: SamplingConfig = SamplingConfig(),
                          eos_token_ids: tuple[int, ...] | None = None, profile: ApproxProfile = ACCURATE,
                          config: EngineConfig | None = None, traced: bool = False, link: LinkModel | None = None,
-                         public_weights: bool = False, recorder: Recorder | None = None
+                         public_weights: bool = False, recorder: Recorder | None = None, fixed_steps: bool = False
                          ) -> tuple[list[Generation], SessionReport]:
     """Several generations in one session (the weights are published once; b"reset" clears the cache between
     prompts). Each prompt (B, T): prefill, then one token per step with the parties' secret KV cache; the client
     samples each token locally from the opened last-position logits. Rows that emitted an EOS repeat it, and a
-    generation stops when every row has (as plaintext.greedy_generate does); at most max_new_tokens forwards."""
+    generation stops when every row has (as plaintext.greedy_generate does); at most max_new_tokens forwards, or
+    exactly that many with `fixed_steps` (those past the end discarded, so the step count hides the output length).
+    Every opened output is cross-checked (reveal.OutputMismatch names a party that altered its share)."""
     serving.check_generation_request(cfg, prompts, max_new_tokens)
     eos = torch.tensor(cfg.eos_token_ids if eos_token_ids is None else eos_token_ids, dtype=torch.int64)
     engine = config or EngineConfig()
 
     def client(channel: Channel):
-        return serving.client_generate_many(channel, cfg, engine, prompts, max_new_tokens, sampling, eos)
+        return serving.client_generate_many(channel, cfg, engine, prompts, max_new_tokens, sampling, eos,
+                                            io=serving.TokenIO(fixed_steps=fixed_steps))
 
     return _run(cfg, params, client, "last", profile=profile, config=config, traced=traced, link=link,
                 public_weights=public_weights, recorder=recorder)

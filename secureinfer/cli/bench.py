@@ -21,6 +21,7 @@ MODULES = {
     "sweep": "secureinfer.lab.bench.sweep",
     "plaintext": "secureinfer.lab.bench.plaintext",
     "anchors": "secureinfer.lab.bench.anchors",
+    "membership": "secureinfer.lab.bench.membership",
 }
 
 # Kept in step with secureinfer.lab.bench.sweep's MODELS and LINKS (tests/lab/test_sweep.py checks); written out here so
@@ -59,7 +60,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Add the `bench` command and its subcommands to the top-level subcommands; return its parser."""
     bench = commands.add_parser("bench", help="measure the engine (time, rounds, bytes per party, error)")
     kinds = bench.add_subparsers(dest="bench_kind", metavar="WHAT")
-    for add in (_add_ops, _add_model, _add_network, _add_load, _add_sweep, _add_plaintext, _add_anchors):
+    for add in (_add_ops, _add_model, _add_network, _add_load, _add_sweep, _add_plaintext, _add_anchors,
+                _add_membership):
         add(kinds).set_defaults(handler=run)
     usage.help_when_bare(bench)
     return bench
@@ -149,6 +151,9 @@ def _add_load(kinds: Any) -> argparse.ArgumentParser:
     load.add_argument("--clients", type=int, default=3, help="client certificates the requests come from (default 3)")
     load.add_argument("--kills", type=int, default=1, help="nodes killed and restarted during the run (default 1)")
     load.add_argument("--deadline-s", type=float, default=60.0, help="each request's deadline, retries included")
+    load.add_argument("--republish", action="store_true",
+                      help="nodes keep no data directory: a restarted node starts empty and the model is published "
+                      "to its committee again (default: nodes keep their shares and serve them after a restart)")
     load.add_argument("--json", metavar="FILE", help="also write the report (every outcome) as JSON to FILE")
     return load
 
@@ -228,3 +233,21 @@ def _add_anchors(kinds: Any) -> argparse.ArgumentParser:
     anchors.add_argument("anchor_args", nargs=argparse.REMAINDER, metavar="ARGS",
                          help="the anchors' own options (see `secureinfer bench anchors --help`)")
     return anchors
+
+
+def _add_membership(kinds: Any) -> argparse.ArgumentParser:
+    """`bench membership`: gossip of many nodes' signed records, simulated in one process."""
+    membership = kinds.add_parser(
+        "membership", help="membership at scale: N nodes' signed records through the gossip code, in one process",
+        description="Give N simulated nodes certificates from one CA and signed records, and run the nodes' gossip "
+        "rounds (their target choice, the Gossip call's merge and reply as wire bytes; no gRPC) until every table "
+        "holds every record, while some members push forged records. Reports rounds to converge, bytes per node "
+        "per round, CPU time, forged records rejected, and the time to choose committees from a full table.")
+    membership.add_argument("--nodes", type=int, default=1000, help="simulated nodes (default 1000)")
+    membership.add_argument("--seeds", type=int, default=3, help="seed nodes every node starts from (default 3)")
+    membership.add_argument("--forgers", type=int, default=2,
+                            help="members that push forged records in every message (default 2)")
+    membership.add_argument("--max-rounds", type=int, default=60, help="give up after this many rounds (default 60)")
+    membership.add_argument("--seed", type=int, default=0, help="random seed of the simulation (default 0)")
+    membership.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
+    return membership

@@ -15,7 +15,8 @@ certificate authority (CA), and nothing else is accepted.
 A certificate directory holds:
   ca.pem          the CA certificate; public: copy it to every node, client and model owner
   ca.key          the CA private key; secret: only whoever admits new members needs it (keep it offline)
-  NAME.pem        a member's certificate: its name (CN), role (OU: node, client or owner) and host names
+  NAME.pem        a member's certificate: its name (CN), role (OU: node, client or owner), host names and, for
+                  a node, its operator (O): who runs it; a committee takes nodes of three distinct operators
   NAME.key        that member's private key (mode 0600); it never leaves the member's machine
   crl.pem         the revocation list: serials the CA revoked, signed by it; public: copy it to every node
 """
@@ -23,7 +24,7 @@ A certificate directory holds:
 CERTS_EPILOG = """\
 examples:
   secureinfer certs init --dir certs
-  secureinfer certs issue --dir certs --name node-a --role node --host 10.0.0.5 --host node-a.example.org
+  secureinfer certs issue --dir certs --name node-a --role node --operator acme --host 10.0.0.5
   secureinfer certs issue --dir certs --name alice --role client
   secureinfer certs show --dir certs --name node-a
   secureinfer certs revoke --dir certs --name bob        # then copy certs/crl.pem to every node
@@ -58,11 +59,17 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
         help="issue a certificate and key for a node, client or model owner",
         description="Issue NAME.pem and NAME.key in DIR, signed by the CA there. The certificate names NAME "
         "(peers check nodes by this name) and carries the role: 'node' runs a daemon and joins committees, "
-        "'client' runs inference, 'owner' publishes models. Give each address the member is reached at with --host.",
+        "'client' runs inference, 'owner' publishes models. Give each address the member is reached at with --host. "
+        "A node needs --operator: the person or organisation that runs it, as the CA vouches for it. Committees "
+        "take three nodes of three distinct operators, so give every node one operator runs the same operator "
+        "name, and nodes run by different operators different names.",
     )
     issue.add_argument("--dir", required=True, type=Path, help="certificate directory holding ca.pem and ca.key")
     issue.add_argument("--name", required=True, help="member name: letters, digits, '.', '_', '-' (at most 63)")
     issue.add_argument("--role", required=True, choices=["node", "client", "owner"], help="what the member may do")
+    issue.add_argument("--operator", metavar="OP",
+                       help="who runs the node (required for --role node, refused otherwise): letters, digits, "
+                       "'.', '_', '-' (at most 63)")
     issue.add_argument("--host", action="append", metavar="H",
                        help="an IP address or DNS name the member serves on "
                        "(repeatable; default 127.0.0.1 and localhost)")
@@ -72,9 +79,9 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
 
     show = actions.add_parser(
         "show",
-        help="print a certificate's name, role, fingerprint and expiry",
-        description="Print NAME.pem's name, role, SHA-256 fingerprint (what node records and logs refer to), "
-        "validity and host names, and whether the CA in DIR accepts it now.",
+        help="print a certificate's name, role, operator, fingerprint and expiry",
+        description="Print NAME.pem's name, role, operator (nodes), SHA-256 fingerprint (what node records and logs "
+        "refer to), validity and host names, and whether the CA in DIR accepts it now.",
     )
     show.add_argument("--dir", required=True, type=Path, help="certificate directory")
     show.add_argument("--name", required=True, help="member name")
@@ -122,7 +129,8 @@ def _init(args: argparse.Namespace) -> int:
         return usage.fail("certs", f"error: {exc}")
     print(f"created the network CA: {path} (give to every member) and {args.dir / 'ca.key'} (keep secret), "
           f"and an empty revocation list {args.dir / CRL_FILE} (give to every node)")
-    print(f"next: secureinfer certs issue --dir {args.dir} --name NAME --role node|client|owner")
+    print(f"next: secureinfer certs issue --dir {args.dir} --name NAME --role node --operator OPERATOR "
+          "(or --role client|owner)")
     return 0
 
 
@@ -139,11 +147,13 @@ def _issue(args: argparse.Namespace) -> int:
     except CertError:
         old_serial = None
     try:
-        path = issue(args.dir, args.name, args.role, hosts=hosts, days=args.days, force=args.force)
+        path = issue(args.dir, args.name, args.role, hosts=hosts, days=args.days, force=args.force,
+                     operator=args.operator)
     except CertError as exc:
         return usage.fail("certs", f"error: {exc}")
     key = args.dir / f"{args.name}.key"
-    print(f"issued {args.role} certificate {path} and key {key} (hosts: {', '.join(hosts)})")
+    run_by = f"operator: {args.operator}; " if args.operator else ""
+    print(f"issued {args.role} certificate {path} and key {key} ({run_by}hosts: {', '.join(hosts)})")
     print(f"copy {path}, {key} and {args.dir / 'ca.pem'} to {args.name}'s machine; never copy ca.key")
     if old_serial is not None:
         print(f"replaced certificate serial {format_serial(old_serial)}; once {args.name} runs the new one, revoke "
@@ -170,6 +180,8 @@ def _show(args: argparse.Namespace) -> int:
         status = f"NOT usable: {exc}"
     print(f"name:        {info['name']}")
     print(f"role:        {info['role']}")
+    if info["role"] == "node":
+        print(f"operator:    {info['operator'] or '(none: re-issue this certificate with --operator)'}")
     print(f"serial:      {serial}")
     print(f"fingerprint: {info['fingerprint']}")
     print(f"issuer:      {info['issuer']}")

@@ -28,9 +28,9 @@ from __future__ import annotations
 from .api import Client
 from .auto import selector_from_network
 from .errors import (Cancelled, ClientError, InvalidRequest, ModelNotFound, NetworkError, NotEnoughNodes,
-                     RequestFailed)
+                     OutputMismatch, RequestFailed)
 from .owner import ModelOwner
 from .results import Generated, PlannedTensor, ServedPlan
 
 __all__ = ["Cancelled", "Client", "ClientError", "Generated", "InvalidRequest", "ModelNotFound", "ModelOwner",
-           "NetworkError", "NotEnoughNodes", "PlannedTensor", "RequestFailed", "ServedPlan", "selector_from_network"]
+           "NetworkError", "NotEnoughNodes", "OutputMismatch", "PlannedTensor", "RequestFailed", "ServedPlan", "selector_from_network"]

@@ -6,6 +6,13 @@
     for piece in client.stream("smollm2", "Once upon a time", 8):  # text as it is sampled; `break` cancels it
         ...
 
+Models are named OWNER/NAME, OWNER being the certificate name of the owner that published it ("olivia/smollm2"); a
+bare NAME means the one owner's model of that name (several owners publishing NAME is InvalidRequest listing them).
+`owner=` on any request pins the owner expected (with a bare NAME, or checked against OWNER/NAME). A committee is
+used only when each of its nodes carries that owner's valid signature over the model's record (its id, committee,
+config digest, tokenizer, precision and privacy mode), from this network's CA and not revoked (`Client(...,
+revoked=...)`); a model whose records fail that is ModelNotFound saying why, and nothing is sent there.
+
 Inputs are text or token ids. Text is tokenized here, with the tokenizer the owner named when publishing or one the
 request passes (`tokenizer=`, text.py); sampling and the reconstruction of outputs happen here too.
 `privacy="secret"` runs on a committee of three secure parties; `"public"` runs an open model in the clear on one
@@ -37,7 +44,7 @@ from secureinfer.models.sampling import SamplingConfig
 from secureinfer.mpc.comm import Channel
 from secureinfer.mpc.models import serving
 from secureinfer.net.certs import Identity
-from secureinfer.net.membership import CommitteeView, MembershipTable
+from secureinfer.net.membership import CommitteeView, MembershipTable, RecordError
 from secureinfer.strategy import PlaintextStrategy, SecureStrategy, Strategy, to_json as strategy_to_json
 from secureinfer.v1 import node_pb2
 
@@ -46,6 +53,7 @@ from .connection import Cancellation, SessionSpec, session_io
 from .errors import InvalidRequest
 from .failover import failover
 from .member import DEFAULT_TIMEOUT_S, Member, not_hosted, privacy_code
+from .resume import Resumable
 from .results import Generated, PlannedTensor, ServedPlan, planned
 from .text import TextStream, Tokenizer, TokenizerSource, decode_generation, encode_batch, encode_prompt, is_text, \
     tokenizer_for
@@ -78,8 +86,8 @@ class Client(Member):
     client and owner certificates for inference, and only owner certificates for publishing."""
 
     def __init__(self, identity: Identity, seeds: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S, *,
-                 selector: PlanSource | None = None) -> None:
-        super().__init__(identity, seeds, timeout_s)
+                 selector: PlanSource | None = None, revoked: Callable[[bytes], bool] | None = None) -> None:
+        super().__init__(identity, seeds, timeout_s, revoked=revoked)
         self._auto = self._runner(selector) if selector is not None else None
 
     @property
@@ -101,16 +109,18 @@ class Client(Member):
             self._auto.wait_pushes(PUSH_WAIT_S)
         super().close()
 
-    def tokenizer(self, model_id: str, tokenizer: TokenizerSource | None = None) -> Tokenizer:
+    def tokenizer(self, model_id: str, tokenizer: TokenizerSource | None = None, *, owner: str | None = None
+                  ) -> Tokenizer:
         """The tokenizer text requests to `model_id` use: `tokenizer` (a packaged model's name, a local path or an
         object), else the one its owner published it with; InvalidRequest saying how to supply one if none."""
-        return tokenizer_for(model_id, self.model_config(model_id), tokenizer)
+        return tokenizer_for(model_id, self.model_config(model_id, owner=owner), tokenizer)
 
     # --- requests --------------------------------------------------------------------------------------------------
 
     def _request(self, model_id: str, privacy: str, committee: CommitteeView | None, strategy: Strategy | str | None,
-                 max_error: float | None) -> _Request:
-        """Check a request's settings (InvalidRequest) and look the model up (ModelNotFound)."""
+                 max_error: float | None, owner: str | None = None) -> _Request:
+        """Check a request's settings (InvalidRequest) and look the model up (ModelNotFound): `model_id` resolved
+        to OWNER/NAME with the pinned `owner` (member.py), its config from a record its owner signed."""
         privacy_code(privacy)
         auto = strategy == "auto" or (strategy is None and self._auto is not None)
         if auto and self._auto is None:
@@ -126,6 +136,11 @@ class Client(Member):
             raise InvalidRequest(f"max_error must be a number > 0, got {max_error!r}")
         explicit = strategy if isinstance(strategy, (SecureStrategy, PlaintextStrategy)) else None
         membership = self.settled_membership(model_id)
+        if committee is not None:
+            self.check_members(committee, membership)
+        model_id = self.resolve(model_id, owner, view=membership)
+        if committee is not None:
+            self.check_owned(committee, model_id, membership)
         return _Request(model_id, privacy, committee, explicit, auto, max_error, membership,
                         self.model_config(model_id, view=membership))
 
@@ -157,6 +172,11 @@ class Client(Member):
         """The committees to try a request with an explicit strategy (or none) on, in order: the given one, else
         those hosting the model as the strategy needs it (its weight mode, its fixed point)."""
         model_id, strategy = req.model_id, req.strategy
+        if req.committee is not None and req.committee.privacy == node_pb2.PRIVACY_SECRET:
+            try:  # a committee named by hand: three distinct operators, as the view's own committees have
+                req.membership.check_committee(req.committee.node_ids)
+            except RecordError as exc:
+                raise InvalidRequest(f"committee {req.committee.committee_id}: {exc}") from None
         views = [req.committee] if req.committee is not None else \
             self.committees(model_id, req.privacy, view=req.membership)
         if not views:
@@ -186,14 +206,14 @@ class Client(Member):
               output: str = "embedding", privacy: str = "secret", profile: str = "accurate",
               committee: CommitteeView | None = None, strategy: Strategy | str | None = None,
               max_error: float | None = None, tokenizer: TokenizerSource | None = None,
-              max_length: int | None = None) -> PlannedTensor:
+              max_length: int | None = None, owner: str | None = None) -> PlannedTensor:
         """BERT sentence embeddings (B, C) (or "pooled", "hidden", "logits") of `inputs`: token ids (B, T) with an
         optional attention mask, or texts (a string or a list of them; each cut to `max_length` tokens, default the
         model's max_positions, and padded here). `strategy` is sent to the nodes, e.g.
         SecureStrategy(public_weights=True) for an open model published with public weights; "auto": the selector
         plans it (`max_error`: how much error it may trade for speed). Returns a PlannedTensor: a torch.Tensor whose
         `.plan` is the ServedPlan (operations on it give plain tensors)."""
-        req = self._request(model_id, privacy, committee, strategy, max_error)
+        req = self._request(model_id, privacy, committee, strategy, max_error, owner)
         if is_text(inputs):
             if attention_mask is not None:
                 raise InvalidRequest("attention_mask is for token ids; texts get theirs from the tokenizer")
@@ -226,11 +246,11 @@ class Client(Member):
     def logits(self, model_id: str, inputs: Any, *, chunks: tuple[int, ...] | None = None,
                privacy: str = "secret", profile: str = "accurate", committee: CommitteeView | None = None,
                strategy: Strategy | str | None = None, max_error: float | None = None,
-               tokenizer: TokenizerSource | None = None) -> PlannedTensor:
+               tokenizer: TokenizerSource | None = None, owner: str | None = None) -> PlannedTensor:
         """Decoder logits (B, T, V) of every position of `inputs` (token ids, or one text); `strategy` is sent to
         the nodes, which check it (every position's logits are computed by the standard forward whatever the
         strategy). Returns a PlannedTensor (see `embed`)."""
-        req = self._request(model_id, privacy, committee, strategy, max_error)
+        req = self._request(model_id, privacy, committee, strategy, max_error, owner)
         ids, _ = self._prompt(req, inputs, tokenizer)
         _check_vocab(req.cfg, ids)
         parts = chunks or (ids.shape[1],)
@@ -245,7 +265,8 @@ class Client(Member):
                  sampling: SamplingConfig = SamplingConfig(), privacy: str = "secret", profile: str = "accurate",
                  committee: CommitteeView | None = None, on_token: Callable[[torch.Tensor], None] | None = None,
                  progress: bool = False, strategy: Strategy | str | None = None, max_error: float | None = None,
-                 tokenizer: TokenizerSource | None = None) -> Generated:
+                 tokenizer: TokenizerSource | None = None, owner: str | None = None, fixed_steps: bool = False
+                 ) -> Generated:
         """Generate up to `max_new_tokens` tokens after `prompt`: token ids (B, T), or one text (then the result's
         `text` is the new tokens decoded, up to the first end-of-sequence token); `on_token` sees each step's
         tokens. The result also carries the plan that served it (`.plan`).
@@ -255,37 +276,42 @@ class Client(Member):
         the request (a PlaintextStrategy for a secret prompt) with INVALID_ARGUMENT. "auto" (the default when the
         client has a selector): the selector picks the committee (privacy="secret") or worker ("public") and the
         strategy, no less accurate than the default profile unless `max_error` allows it, and the outcome is
-        recorded."""
-        req = self._request(model_id, privacy, committee, strategy, max_error)
+        recorded.
+
+        `fixed_steps=True`: the nodes run exactly `max_new_tokens` decode steps whatever tokens are sampled (the
+        steps after every row's end-of-sequence are computed and discarded here), so the number of steps, and the
+        session's duration, no longer reveal the output's length; it costs those discarded steps' full time and
+        traffic."""
+        req = self._request(model_id, privacy, committee, strategy, max_error, owner)
         ids, tok = self._prompt(req, prompt, tokenizer)
-        return self._generate(req, ids, tok, max_new_tokens, sampling, profile, on_token, progress)
+        return self._generate(req, ids, tok, max_new_tokens, sampling, profile, on_token, progress,
+                              fixed_steps=fixed_steps)
 
     def _generate(self, req: _Request, ids: torch.Tensor, tok: Tokenizer | None, max_new_tokens: int,
                   sampling: SamplingConfig, profile: str, on_token: Callable[[torch.Tensor], None] | None,
-                  progress: bool, cancel: Cancellation | None = None) -> Generated:
+                  progress: bool, cancel: Cancellation | None = None, fixed_steps: bool = False) -> Generated:
         try:
             serving.check_generation_request(req.cfg, [ids], max_new_tokens)
         except RequestError as exc:
             raise InvalidRequest(str(exc)) from exc
-        emitted = [0]
         bar = _Progress(max_new_tokens) if progress else None
 
-        def seen(_: int, token: torch.Tensor) -> None:
-            emitted[0] += 1
+        def seen(token: torch.Tensor) -> None:
             if bar is not None:
-                bar.update(emitted[0])
+                bar.update(resumable.emitted)
             if on_token is not None:
                 on_token(token)
 
-        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> tuple[Any, Any]:
-            eos = torch.tensor(cfg.eos_token_ids, dtype=torch.int64)
-            results, steps = serving.client_generate_many(channel, cfg, io.engine(), [ids], max_new_tokens,
-                                                          sampling, eos, seen, io)
-            return results[0], steps
+        # A committee that fails mid-generation hands over to the next one, which continues after the tokens
+        # already sampled (resume.py): none is computed twice at the client or shown twice.
+        resumable = Resumable(ids, max_new_tokens, sampling, seen)
 
-        try:  # a retry after tokens were shown would show them twice: retry only before the first token
-            gen, plan = self._run(req, "last", profile, program, work_of("generate", ids.shape, max_new_tokens),
-                                  retry=lambda: emitted[0] == 0, cancel=cancel)
+        def program(channel: Channel, cfg: ModelConfig, io: serving.TokenIO) -> tuple[Any, Any]:
+            return resumable.program(channel, cfg, dataclasses.replace(io, fixed_steps=fixed_steps))
+
+        try:
+            gen, plan = self._run(req, "last", profile, program,
+                                  work_of("generate", ids.shape, max_new_tokens), cancel=cancel)
         finally:
             if bar is not None:
                 bar.close()
@@ -296,18 +322,20 @@ class Client(Member):
                sampling: SamplingConfig = SamplingConfig(), privacy: str = "secret", profile: str = "accurate",
                committee: CommitteeView | None = None, progress: bool = False,
                strategy: Strategy | str | None = None, max_error: float | None = None,
-               tokenizer: TokenizerSource | None = None) -> Iterator[Any]:
+               tokenizer: TokenizerSource | None = None, owner: str | None = None, fixed_steps: bool = False
+               ) -> Iterator[Any]:
         """Yield the generation as it is sampled: for one text prompt, the new text piece by piece (str); for
         token ids, each step's tokens (B,). Leaving the loop early (`break`, or closing the iterator) cancels the
         session: the nodes drop it at once instead of computing the remaining tokens. Options as in `generate`."""
-        req = self._request(model_id, privacy, committee, strategy, max_error)
+        req = self._request(model_id, privacy, committee, strategy, max_error, owner)
         ids, tok = self._prompt(req, prompt, tokenizer)
         items: queue.Queue[Any] = queue.Queue()
         done, cancel = object(), Cancellation()
 
         def run() -> None:
             try:
-                self._generate(req, ids, tok, max_new_tokens, sampling, profile, items.put, progress, cancel)
+                self._generate(req, ids, tok, max_new_tokens, sampling, profile, items.put, progress, cancel,
+                               fixed_steps)
                 items.put(done)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 items.put(exc)

@@ -55,7 +55,7 @@ from .connection import Cancellation, Connector, Measured, SessionSpec, session_
 from .errors import NetworkError, RequestFailed
 from .failover import failover
 from .member import Member, not_hosted, privacy_code
-from .records import measure_rtts, pull_records, push_records
+from .records import RecordsDenied, measure_rtts, pull_records, push_records
 from .results import ServedPlan
 
 if TYPE_CHECKING:  # the selector's learning stack loads only when selector_from_network builds one
@@ -364,11 +364,19 @@ def _key(option: Option) -> str:
 
 
 def selector_from_network(member: Member, *, max_records: int = 100_000, **selector_kwargs: Any) -> Selector:
-    """A Selector trained on the performance records of the first seed of `member` (a Client) that answers (every
-    node's history, spread by gossip); keyword arguments go to `Selector` (policy, seed, cost_model)."""
+    """A Selector trained on the performance records of the first seed of `member` that answers (every node's
+    history, spread by gossip): read through a node's certificate; a client's may not read them, and gets a
+    selector with no history, which plans from the cost model and learns from its own outcomes. Keyword arguments
+    go to `Selector` (policy, seed, cost_model)."""
     from secureinfer.selector.selector import Selector  # lazily: the learning stack is heavy
 
-    return Selector(pull_records(member.connector, max_records=max_records), **selector_kwargs)
+    try:
+        history = pull_records(member.connector, max_records=max_records)
+    except RecordsDenied as exc:
+        logger.warning("the network's performance records are for nodes only (%s): the selector starts without "
+                       "history", exc)
+        history = []
+    return Selector(history, **selector_kwargs)
 
 
 def work_of(task: str, ids_shape: Sequence[int], gen_tokens: int = 0) -> Work:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import secrets
 import threading
 import time
@@ -24,6 +25,7 @@ from secureinfer.models.requests import PUBLIC_WORKER
 from secureinfer.mpc.comm import Channel, CommError
 from secureinfer.mpc.models import serving
 from secureinfer.mpc.party import PARTY_NAMES
+from secureinfer.mpc.protocols import reveal
 from secureinfer.mpc.ring import FixedPoint
 from secureinfer.net.certs import NODE_SAN, Identity
 from secureinfer.net.membership import CommitteeView
@@ -32,7 +34,7 @@ from secureinfer.net.wire import REPORT_BYTES, REPORT_ROUNDS, REPORT_SECONDS
 from secureinfer.net.transport import GrpcChannel, Link, LinkTimeout
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
-from .errors import Cancelled, NetworkError, RequestFailed
+from .errors import Cancelled, NetworkError, OutputMismatch, RequestFailed
 
 T = TypeVar("T")
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -78,6 +80,7 @@ class SessionSpec:
     strategy_json: str = ""  # an execution strategy (strategy.to_json); empty = the nodes' default
     public_weights: bool = False  # publishing to a secure committee: the open weights in the clear to every party
     fractional_bits: int = 0  # secure: publish at this fixed point f / infer only where the model is held at f (0: any)
+    owner_seal: node_pb2.OwnerSeal | None = None  # publishing: the owner's signature for this committee (net/owners.py)
 
 
 def session_io(privacy: int, view: CommitteeView, spec: SessionSpec) -> tuple[serving.TokenIO, SessionSpec]:
@@ -218,14 +221,18 @@ class Connector:
             channel.abort(exc if isinstance(exc, Exception) else CommError("interrupted"))
             stopped = cancel is not None and cancel.cancelled
             reported = self.loop_thread.run(_settle(calls, pumps, view, wait_s=0.0 if stopped else 2.0), timeout=10)
+            if isinstance(exc, reveal.OutputMismatch) and not stopped:  # the client's own finding outranks any status
+                raise _deviation(exc, view) from exc
             raise (Cancelled() if stopped else _as_request_failure(exc, reported)) from exc
 
     async def _open(self, view: CommitteeView, spec: SessionSpec, session_id: str, timeout: float
                     ) -> tuple[GrpcChannel, list[Any], list[asyncio.Future]]:
         loop = asyncio.get_running_loop()
         names = PARTY_NAMES if len(view.node_ids) == 3 else (PUBLIC_WORKER,)
+        # Peers by node id only: each node dials its peers at the addresses of its own membership table, never at
+        # addresses a request names (the entries stay empty).
         committee = node_pb2.Committee(committee_id=view.committee_id, node_ids=list(view.node_ids),
-                                       addresses=list(view.addresses))
+                                       addresses=[""] * len(view.node_ids))
         links: dict[str, Link] = {}
         calls = []
         try:  # any failure while opening cancels the streams already open, so those nodes drop the session
@@ -239,7 +246,8 @@ class Connector:
                                                model_config_json=spec.model_config_json,
                                                strategy_json=spec.strategy_json,
                                                public_weights=spec.public_weights,
-                                               fractional_bits=spec.fractional_bits)
+                                               fractional_bits=spec.fractional_bits,
+                                               owner_seal=spec.owner_seal)
                 try:
                     await call.write(node_pb2.ClientMessage(open=request))
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:  # e.g. the node is down
@@ -307,6 +315,16 @@ async def _settle(calls: list[Any], pumps: list[asyncio.Future], view: Committee
     await asyncio.gather(*pumps, return_exceptions=True)
     failures.sort(key=lambda f: f.retryable)
     return failures[0] if failures else None
+
+
+def _deviation(mismatch: reveal.OutputMismatch, view: CommitteeView) -> OutputMismatch:
+    """The engine's OutputMismatch with its parties named as the committee's nodes."""
+    nodes = tuple(view.node_ids[PARTY_NAMES.index(p)] if p in PARTY_NAMES else p for p in mismatch.parties)
+    detail = mismatch.detail
+    for party, node in zip(PARTY_NAMES, view.node_ids):
+        detail = re.sub(rf"\b{party}\b", f"{node} ({party})", detail)
+    who = nodes[0] if len(nodes) == 1 else " or ".join(nodes)
+    return OutputMismatch(f"output step {mismatch.step}: {detail}; deviating: {who}", nodes)
 
 
 def _as_request_failure(exc: BaseException, reported: RequestFailed | None) -> BaseException:

@@ -6,6 +6,7 @@
     │   └── RequestFailed            a request ended with a status, sent by a node or found by the SDK's own checks
     │       ├── ModelNotFound        NOT_FOUND: no node hosts the model (in the privacy mode asked for)
     │       ├── InvalidRequest       INVALID_ARGUMENT, caught here before anything is sent (also a ValueError)
+    │       ├── OutputMismatch       DATA_LOSS: the two copies of an output component disagree (a party deviated)
     │       └── Cancelled            CANCELLED: the caller stopped the request (e.g. broke out of Client.stream)
 
 Codes a node sends arrive as a plain RequestFailed: INVALID_ARGUMENT (malformed request, wrong shape), NOT_FOUND,
@@ -80,6 +81,17 @@ class InvalidRequest(RequestFailed, ValueError):
 
     def __init__(self, details: str) -> None:
         super().__init__(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+class OutputMismatch(RequestFailed):
+    """DATA_LOSS: an output failed the client's cross-check (its two copies from the parties that hold each component
+    disagree, or a party's voucher contradicts what it sent), so some party deviated and the result is withheld.
+    `nodes` names the deviating node, or the two nodes of which one deviated where the evidence cannot tell (then
+    `node` is ""). Never retried: the caller decides whether to trust that committee again."""
+
+    def __init__(self, details: str, nodes: tuple[str, ...]) -> None:
+        super().__init__(grpc.StatusCode.DATA_LOSS, details, nodes[0] if len(nodes) == 1 else "")
+        self.nodes = nodes
 
 
 class Cancelled(RequestFailed):

@@ -19,8 +19,8 @@ T = TypeVar("T")
 def failover(attempts: Iterable[tuple[CommitteeView, Callable[[], T]]], retry: Callable[[], bool], none_left: str
              ) -> T:
     """The result of the first attempt that succeeds, in order. A retryable RequestFailed moves on to the next
-    attempt while `retry()` allows (a generation allows it only before its first token); any other failure is
-    raised. A placement (committee id and nodes) that failed is not tried again. When nothing is left, the last
+    attempt while `retry()` allows (a generation resumes there after the tokens it already has: resume.py); any
+    other failure is raised. A placement (committee id and nodes) that failed is not tried again. When nothing is left, the last
     failure is raised (NetworkError(`none_left`) if nothing was tried)."""
     failed: set[tuple[str, tuple[str, ...]]] = set()
     last: RequestFailed | None = None

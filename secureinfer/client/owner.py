@@ -1,8 +1,13 @@
 """`ModelOwner`: publishes a model, as secret shares to committees of three secure nodes, as open weights to every
 party of such committees, or as open weights to plaintext workers.
 
-    with ModelOwner.from_dir("certs", "owner", seeds=["127.0.0.1:7001"]) as owner:
-        owner.publish("minilm", cfg, params, tokenizer="all-MiniLM-L6-v2")  # secret shares to three nodes
+    with ModelOwner.from_dir("certs", "olivia", seeds=["127.0.0.1:7001"]) as owner:
+        owner.publish("minilm", cfg, params, tokenizer="all-MiniLM-L6-v2")  # "olivia/minilm", shares to three nodes
+
+Models live in their owner's namespace: `publish("minilm", ...)` by the owner certificate "olivia" publishes
+"olivia/minilm", and nodes refuse an owner publishing under another's name. Each committee's nodes receive, and
+carry in their records, olivia's signature over what they host (the id, committee, config digest, tokenizer,
+precision and privacy mode), which clients verify before they send anything there.
 
 Too few live, usable nodes for what is asked is NotEnoughNodes, saying how many are needed and how many there are;
 options that do not fit (public_weights or frac_bits on a worker, a tokenizer that is not packaged) are
@@ -14,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,7 +29,8 @@ from secureinfer.mpc.comm import Channel
 from secureinfer.mpc.models import serving, weights
 from secureinfer.mpc.party import PARTY_NAMES
 from secureinfer.mpc.ring import DEFAULT_FRAC_BITS, FixedPoint
-from secureinfer.net.membership import CommitteeView, RecordError, pick_secure_nodes
+from secureinfer.net import owners
+from secureinfer.net.membership import CommitteeView, RecordError, check_operators, pick_secure_nodes
 from secureinfer.net.wire import config_to_json
 from secureinfer.strategy import StrategyError, check_frac_bits
 from secureinfer.v1 import node_pb2
@@ -44,6 +50,10 @@ class ModelOwner(Member):
         """Publish to `committees` disjoint committees (or the given node ids) and wait up to `wait_s` until the
         membership view shows them all (so clients find the model right away); returns them.
 
+        `model_id`: NAME, published as OWNER/NAME with OWNER this certificate's name (`model_id()`), or that full
+        id; another owner's OWNER/NAME is InvalidRequest. Each committee's nodes get this owner's signature over
+        the record they will keep of the model, which clients verify before using them.
+
         `public_weights` (an open model, privacy "secret"): send the weights in the clear to every party of each
         committee instead of sharing them; requests with SecureStrategy(public_weights=True) run there, with the
         prompt and every activation still secret shares.
@@ -54,6 +64,7 @@ class ModelOwner(Member):
         `tokenizer`: the packaged model (secureinfer.models.checkpoint.PACKAGED_MODELS) whose tokenizer encodes
         this model's text; it travels in the public config, so clients can send text (client.generate(model, "Hi"))."""
         _check_publish_options(privacy, public_weights, frac_bits)
+        model_id = self.model_id(model_id)
         if tokenizer is not None:
             check_packaged(tokenizer)
             cfg = dataclasses.replace(cfg, tokenizer=tokenizer)
@@ -64,10 +75,28 @@ class ModelOwner(Member):
         published = serving.owner_params(cfg, params) if privacy == "secret" else params
         fxp = FixedPoint(frac_bits or DEFAULT_FRAC_BITS)
         for view in chosen:
-            self.connector.run_session(view, spec, lambda channel: _send(channel, published, privacy, public_weights,
-                                                                         fxp))
+            self.connector.run_session(view, self._sealed(spec, view),
+                                       lambda channel: _send(channel, published, privacy, public_weights, fxp))
         self._wait_until_listed(model_id, privacy, chosen, wait_s)
         return chosen
+
+    def model_id(self, model: str) -> str:
+        """The id `model` is published as: NAME in this owner's namespace (OWNER/NAME, OWNER being this
+        certificate's name); InvalidRequest for another owner's OWNER/NAME."""
+        try:
+            return owners.qualify(self.identity.name, model)
+        except owners.OwnerError as exc:
+            raise InvalidRequest(str(exc)) from None
+
+    def _sealed(self, spec: SessionSpec, view: CommitteeView) -> SessionSpec:
+        """`spec` for one committee, carrying this owner's signature over the record its nodes will make of the
+        model (secureinfer/net/owners.py); a certificate that is not an owner's signs nothing (nodes refuse it)."""
+        if self.identity.role != "owner":
+            return spec
+        record = owners.hosted_record(spec.model_id, view.committee_id, view.node_ids, spec.privacy,
+                                      spec.model_config_json, public_weights=spec.public_weights,
+                                      fractional_bits=spec.fractional_bits)
+        return dataclasses.replace(spec, owner_seal=owners.seal(self.identity, record))
 
     def _wait_until_listed(self, model_id: str, privacy: str, chosen: list[CommitteeView], wait_s: float) -> None:
         """Wait until the membership view lists every committee of `chosen` as hosting the model."""
@@ -91,23 +120,29 @@ class ModelOwner(Member):
             if missing:
                 raise NetworkError(f"nodes must be live; not in the membership view: {missing}")
             groups = [list(nodes[i:i + size]) for i in range(0, len(nodes), size)]
+            if privacy == "secret":  # the nodes refuse such a committee too: say so before sending any weight
+                for group in groups:
+                    try:
+                        check_operators(by_id[n] for n in group)
+                    except RecordError as exc:
+                        raise InvalidRequest(str(exc)) from None
         elif committees < 1:
             raise InvalidRequest(f"committees must be >= 1, got {committees}")
         else:
-            picked = _pick(records, privacy, size * committees, committees)
+            picked = _pick(records, privacy, size * committees, committees, self.revoked)
             groups = [[r.node_id for r in picked[i:i + size]] for i in range(0, len(picked), size)]
         return [CommitteeView(committee_id=secrets.token_hex(6), node_ids=tuple(g),
                               addresses=tuple(by_id[n].address for n in g), privacy=privacy_code(privacy))
                 for g in groups]
 
 
-def _pick(records: list[node_pb2.NodeRecord], privacy: str, needed: int, committees: int
-          ) -> list[node_pb2.NodeRecord]:
+def _pick(records: list[node_pb2.NodeRecord], privacy: str, needed: int, committees: int,
+          revoked: Callable[[bytes], bool] | None = None) -> list[node_pb2.NodeRecord]:
     """The `needed` fastest live, usable nodes for `committees` disjoint committees (secure nodes) or workers;
     NotEnoughNodes saying how many are needed and how many the membership view has."""
     if privacy == "secret":
         try:
-            return pick_secure_nodes(records, needed)
+            return pick_secure_nodes(records, needed, revoked=revoked)
         except RecordError as exc:
             shortage = str(exc)
     else:

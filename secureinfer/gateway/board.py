@@ -15,10 +15,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
-from secureinfer.net.membership import MembershipTable
+from secureinfer.net.membership import MembershipTable, record_operator
 from secureinfer.v1 import node_pb2
 
 from . import catalog
@@ -71,13 +68,9 @@ class RecentRequests:
 
 
 def operator_of(record: node_pb2.NodeRecord) -> str:
-    """Who runs a node, as its certificate's organization (O) names it; "" where the certificate names none."""
-    try:
-        cert = x509.load_pem_x509_certificate(record.certificate_pem)
-    except ValueError:
-        return UNKNOWN
-    names = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    return str(names[0].value) if names else UNKNOWN
+    """Who runs a node, as the CA names its operator in the record's certificate; "" where the certificate names none
+    (the page shows "-")."""
+    return record_operator(record) or UNKNOWN
 
 
 class NodeBoard:

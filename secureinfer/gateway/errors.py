@@ -2,7 +2,7 @@
 
 The SDK's errors (secureinfer.client.errors) carry a gRPC status code; `from_client_error` maps it to the HTTP status
 an OpenAI client expects: an unknown model 404, a bad request 400, a full node 429 with Retry-After, a committee that
-is down 503, a deadline 504.
+is down 503, a deadline 504, an output that failed the client's cross-check (a party deviated) 502.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ _RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?) s")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 405: "invalid_request_error", 429: "rate_limit_error",
-          499: "cancelled", 500: "server_error", 503: "service_unavailable", 504: "timeout"}
+          499: "cancelled", 500: "server_error", 502: "bad_gateway", 503: "service_unavailable", 504: "timeout"}
 
 _BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request"),
@@ -35,6 +35,7 @@ _BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.ABORTED: (503, "committee_unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "deadline_exceeded"),
     grpc.StatusCode.CANCELLED: (499, "cancelled"),
+    grpc.StatusCode.DATA_LOSS: (502, "output_mismatch"),  # a party altered its output share: the answer is withheld
 }
 
 

@@ -56,6 +56,12 @@ class NodeProcess:
         return self.directory / "port"
 
 
+def operator_name(index: int) -> str:
+    """The operator local node `index` is issued under: each node its own, as if three organisations ran any three
+    of them, so any three make a committee."""
+    return f"operator-{index}"
+
+
 def signal_group(process: subprocess.Popen, sig: int) -> None:
     """Send `sig` to the process group of a still-running node (it leads its own session)."""
     if process.poll() is not None:

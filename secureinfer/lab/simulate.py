@@ -5,7 +5,8 @@
         owner.publish("tiny", cfg, params)
         print(client.logits("tiny", ids))
 
-`start()` makes a CA and the identities `node-0` .. `node-{N-1}`, `client` and `owner` in `workdir/certs`, writes one
+`start()` makes a CA and the identities `node-0` .. `node-{N-1}` (each its own operator, `operator-i`), `client`
+and `owner` in `workdir/certs`, writes one
 TOML file per node (port 0 and a port file; node-0's address as every other node's seed), and spawns each node as
 `secureinfer node serve --config FILE` in its own process group (processes.py), its output in
 `workdir/node-i/node.log`.
@@ -37,7 +38,7 @@ from secureinfer.net.certs import Identity
 from secureinfer.nodes.config import LinkSettings, NodeConfig
 
 from . import processes
-from .processes import HOST
+from .processes import HOST, operator_name
 
 DEFAULT_ROLES: tuple[str, ...] = ("secure", "plaintext")
 CLIENT_NAME = "client"
@@ -69,6 +70,7 @@ class SimulationConfig:
     device: str = "cpu"
     extra_env: tuple[tuple[str, str], ...] = field(default=())  # more environment variables for the nodes
     seed_port: int = 0  # node-0's port: the seed address every other node and every client dials (0: any free one)
+    keep_models: bool = False  # each node a data directory: hosted models kept encrypted, served again after restart()
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_nodes, int) or isinstance(self.n_nodes, bool) or self.n_nodes < 1:
@@ -253,7 +255,8 @@ class LocalNetwork:
 
     def restart(self, node_id: str) -> None:
         """Start a killed node again with the same configuration, on the port it had (so its address, and what
-        other nodes know of it, stay valid); wait until it is SERVING. It starts empty: models must be republished.
+        other nodes know of it, stay valid); wait until it is SERVING. It starts empty (models must be republished)
+        unless the network keeps models (`keep_models`): then it hosts again what it hosted.
         Call it from a thread that outlives the node (the main thread): a node dies with the thread that started it."""
         node = self._node(node_id)
         if node.process is None or not node.address:
@@ -303,7 +306,7 @@ class LocalNetwork:
         certs.create_ca(directory, common_name="secureinfer local network CA", force=True)
         for index in range(self.config.n_nodes):
             hosts = tuple(dict.fromkeys((self._node_host(index), HOST, "localhost")))
-            certs.issue(directory, f"node-{index}", "node", hosts=hosts, force=True)
+            certs.issue(directory, f"node-{index}", "node", hosts=hosts, force=True, operator=operator_name(index))
         certs.issue(directory, CLIENT_NAME, "client", force=True)
         certs.issue(directory, OWNER_NAME, "owner", force=True)
 
@@ -313,6 +316,8 @@ class LocalNetwork:
         node.port_file.unlink(missing_ok=True)
         config = self.config.node_config(index, self.certs_dir, seeds, node.port_file, host=node.host)
         config = dataclasses.replace(config, port=port) if port else config
+        if self.config.keep_models:
+            config = dataclasses.replace(config, data_dir=node.directory / "data")
         node.config_path.write_text(config.to_toml(relative_to=node.directory), encoding="utf-8")
         env = dict(os.environ)
         threads = str(self.config.torch_threads)

@@ -5,11 +5,17 @@ secret: only whoever admits new members needs it) and any number of identities (
 Keys are ECDSA P-256; signatures use SHA-256. A certificate's common name is its holder's name, its
 organizational unit the holder's role, and its subject alternative names hold the name (so TLS can check a node by
 name through `grpc.ssl_target_name_override`) plus the host names and addresses it serves on.
+
+Operators. A node certificate's organization (O) names the operator who runs the node, as the CA asserts it when it
+issues the certificate: a committee takes three nodes of three distinct operators, so that no one operator holds two
+of a secret's three shares. A node certificate without an operator (issued before certificates carried one) is
+refused as a node's, with a message saying to re-issue it; client and owner certificates carry no operator.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 import os
@@ -44,11 +50,13 @@ class CertError(Exception):
 
 @dataclass(frozen=True)
 class PeerCert:
-    """Who a verified certificate names: its holder's name and role, and the SHA-256 of its DER encoding."""
+    """Who a verified certificate names: its holder's name and role, the SHA-256 of its DER encoding, and for a
+    node the operator the CA says runs it ("" for clients and owners)."""
 
     name: str
     role: str
     fingerprint: str
+    operator: str = ""
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -129,6 +137,30 @@ def check_name(name: str) -> None:
         raise CertError(f"the name {NODE_SAN!r} is reserved: every node certificate carries it")
 
 
+def check_operator(operator: str) -> None:
+    """Raise CertError unless operator is a valid operator name (the same characters as a member name)."""
+    if not isinstance(operator, str) or NAME_PATTERN.fullmatch(operator) is None:
+        raise CertError(
+            f"invalid operator {operator!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+
+
+def _subject(name: str, role: str, operator: str | None) -> x509.Name:
+    """A member certificate's subject: CN the name, OU the role and, for a node, O the operator who runs it."""
+    if role == "node":
+        if operator is None:
+            raise CertError(f"a node certificate needs an operator (--operator NAME): who runs {name!r}; a "
+                            "committee takes nodes of three distinct operators")
+        check_operator(operator)
+    elif operator is not None:
+        raise CertError(f"only node certificates name an operator; {name!r} has the role {role!r}")
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, name),
+                  x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)]
+    if operator is not None:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, operator))
+    return x509.Name(attributes)
+
+
 # ------------------------------------------------------------------------------------------------ CA and issuing
 
 
@@ -200,11 +232,12 @@ def issue(
     days: int = 825,
     not_before: float | None = None,
     force: bool = False,
+    operator: str | None = None,
 ) -> Path:
     """Issue an identity signed by the CA in directory ({name}.pem, {name}.key) and return the path of {name}.pem.
 
     not_before (unix seconds) sets the start of validity (default: a few minutes ago); force replaces an identity
-    that already exists.
+    that already exists; operator (required for a node, refused for other roles) names who runs the node.
     """
     directory = Path(directory)
     check_name(name)
@@ -214,6 +247,7 @@ def issue(
         raise CertError(f"days must be positive, got {days}")
     if isinstance(hosts, str):
         raise CertError("hosts must be a sequence of host names or addresses, not one string")
+    subject = _subject(name, role, operator)
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     if not force and (cert_path.exists() or key_path.exists()):
         raise CertError(
@@ -225,10 +259,6 @@ def issue(
         raise CertError(f"{directory / CA_KEY} does not belong to {directory / CA_CERT}")
     key = ec.generate_private_key(ec.SECP256R1())
     start = time.time() - CLOCK_SKEW_S if not_before is None else float(not_before)
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, name),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
-    ])
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -284,14 +314,41 @@ def verify_certificate(cert_pem: bytes, ca_pem: bytes, now: float | None = None)
 
 
 def _peer(cert: x509.Certificate) -> PeerCert:
-    """The PeerCert of a (CA-checked) certificate; raise CertError where the name or role is missing or invalid."""
+    """The PeerCert of a (CA-checked) certificate; raise CertError where the name or role is missing or invalid, or
+    a node's operator is (a node certificate issued before certificates named operators must be re-issued)."""
     name = _attr(cert.subject, NameOID.COMMON_NAME)
     role = _attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
     if NAME_PATTERN.fullmatch(name) is None:
         raise CertError(f"certificate common name {name!r} is not a valid member name")
     if role not in ROLES:
         raise CertError(f"certificate {name!r} has role (OU) {role!r}, expected one of {', '.join(ROLES)}")
-    return PeerCert(name=name, role=role, fingerprint=_fingerprint(cert))
+    if role != "node":
+        return PeerCert(name=name, role=role, fingerprint=_fingerprint(cert))
+    operator = _attr(cert.subject, NameOID.ORGANIZATION_NAME)
+    if not operator:
+        raise CertError(f"node certificate {name!r} names no operator (issued before node certificates carried "
+                        f"one); re-issue it: secureinfer certs issue --dir DIR --name {name} --role node "
+                        "--operator NAME --force")
+    try:
+        check_operator(operator)
+    except CertError as exc:
+        raise CertError(f"node certificate {name!r}: {exc}") from None
+    return PeerCert(name=name, role=role, fingerprint=_fingerprint(cert), operator=operator)
+
+
+def operator_of(cert_pem: bytes) -> str:
+    """The operator a node certificate names (O), read without judging the certificate; "" where it names none."""
+    return _cached_operator(bytes(cert_pem))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_operator(cert_pem: bytes) -> str:
+    """operator_of, remembered per certificate: committee selection reads every record's operator."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return ""
+    return _attr(cert.subject, NameOID.ORGANIZATION_NAME)
 
 
 def verify_signature(cert_pem: bytes, data: bytes, signature: bytes) -> None:
@@ -331,6 +388,7 @@ class Identity:
     cert_pem: bytes
     key_pem: bytes
     ca_pem: bytes
+    operator: str = ""  # a node's operator, as its certificate names it; "" for clients and owners
 
     @classmethod
     def load(cls, directory: Path, name: str, now: float | None = None) -> "Identity":
@@ -349,7 +407,8 @@ class Identity:
         key = _load_key(key_pem, f"private key of {name!r}")
         if key.public_key().public_numbers() != _load_cert(cert_pem).public_key().public_numbers():
             raise CertError(f"{directory / (name + '.key')} does not belong to {directory / (name + '.pem')}")
-        return cls(name=name, role=peer.role, cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca_pem)
+        return cls(name=name, role=peer.role, cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca_pem,
+                   operator=peer.operator)
 
     @property
     def fingerprint(self) -> str:
@@ -382,7 +441,8 @@ class Identity:
 
 
 def describe(directory: Path, name: str) -> dict[str, str]:
-    """A certificate's name, role, fingerprint, validity and SANs, read without judging it (for `certs show`)."""
+    """A certificate's name, role, operator, fingerprint, validity and SANs, read without judging it (for `certs
+    show`)."""
     directory = Path(directory)
     check_name(name)
     cert = _load_cert(_read(directory / f"{name}.pem", f"certificate of {name!r}"))
@@ -395,6 +455,7 @@ def describe(directory: Path, name: str) -> dict[str, str]:
     return {
         "name": _attr(cert.subject, NameOID.COMMON_NAME),
         "role": _attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME),
+        "operator": _attr(cert.subject, NameOID.ORGANIZATION_NAME),
         "fingerprint": _fingerprint(cert),
         "issuer": _attr(cert.issuer, NameOID.COMMON_NAME),
         "not_before": cert.not_valid_before_utc.isoformat(),

@@ -11,13 +11,13 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from secureinfer.mpc.ring import DEFAULT_FRAC_BITS
 from secureinfer.v1 import node_pb2
 
-from .certs import CertError, Identity, verify_certificate, verify_signature
+from .certs import NODE_SAN, CertError, Identity, operator_of, verify_certificate, verify_signature
 
 NodeRecord = node_pb2.NodeRecord
 MAX_TTL_S = 3600.0
@@ -75,7 +75,9 @@ def is_live(record: NodeRecord, now: float) -> bool:
 
 
 def verify_record(record: NodeRecord, ca_pem: bytes, now: float | None = None) -> None:
-    """Raise RecordError unless record is signed by the node it names, with a node certificate from the CA, and live."""
+    """Raise RecordError unless record is signed by the node it names, with a node certificate from the CA that names
+    its operator, and live. A record's operator is the one its certificate carries (`record_operator`): the CA
+    asserts it, so nothing the node signs about itself can change it."""
     now = time.time() if now is None else now
     who = record.node_id or "<no node_id>"
     if not 0.0 < record.ttl_s <= MAX_TTL_S:
@@ -100,6 +102,26 @@ def verify_record(record: NodeRecord, ca_pem: bytes, now: float | None = None) -
         verify_signature(record.certificate_pem, _signed_bytes(record), record.signature)
     except CertError:
         raise RecordError(f"record of {who!r}: bad signature (altered after signing)") from None
+
+
+def record_operator(record: NodeRecord) -> str:
+    """The operator who runs a record's node, as the CA named it in the record's certificate ("" where none)."""
+    return operator_of(record.certificate_pem)
+
+
+def distinct_operators(records: Iterable[NodeRecord]) -> bool:
+    """True when every record names an operator and no two records share one (a committee's three nodes)."""
+    operators = [record_operator(r) for r in records]
+    return all(operators) and len(set(operators)) == len(operators)
+
+
+def check_operators(records: Iterable[NodeRecord]) -> None:
+    """Raise RecordError unless the records (a committee) belong to as many distinct operators as there are records."""
+    records = list(records)
+    if not distinct_operators(records):
+        shown = ", ".join(f"{r.node_id} ({record_operator(r) or 'no operator'})" for r in records)
+        raise RecordError(f"committee {shown} does not have {len(records)} distinct operators: one operator running "
+                          "two parties would hold two of the three shares")
 
 
 def _copy(record: NodeRecord) -> NodeRecord:
@@ -130,13 +152,18 @@ class MembershipTable:
         self._records: dict[str, NodeRecord] = {}
 
     def merge(self, records: Iterable[NodeRecord]) -> int:
-        """Verify and take in gossiped records; return how many were new or newer (invalid ones count as rejected)."""
+        """Verify and take in gossiped records; return how many were new or newer (invalid ones count as rejected).
+        A record no newer than the one held is skipped before its signature is checked: it could change nothing,
+        and every gossip message repeats most of the table."""
         now = self.clock()
         accepted: list[NodeRecord] = []
         rejected = 0
         for record in records:
             if record.node_id == self.self_id:
                 continue  # this node is the only authority on its own record
+            known = self._records.get(record.node_id)
+            if known is not None and record.heartbeat <= known.heartbeat:
+                continue
             try:
                 verify_record(record, self.ca_pem, now)
             except RecordError:
@@ -201,8 +228,22 @@ class MembershipTable:
         others = [r for r in self.live() if r.node_id != self.self_id]
         return rng.sample(others, min(k, len(others)))
 
+    def check_committee(self, node_ids: Sequence[str]) -> None:
+        """Raise RecordError unless every member of a secret committee has a live record here and their certificates
+        name distinct operators: what a client checks before it uses a committee, and a node before it serves one."""
+        records = [self.get(node_id) for node_id in node_ids]
+        missing = [node_id for node_id, record in zip(node_ids, records) if record is None]
+        if missing:
+            raise RecordError(f"no live record of {', '.join(missing)} in this membership view: the operators of "
+                              f"committee {', '.join(node_ids)} cannot be checked")
+        check_operators(r for r in records if r is not None)
+
     def choose_committees(self, model_id: str) -> list[CommitteeView]:
-        """The committees whose every member is live, healthy and hosts model_id, fastest (slowest member) first."""
+        """The committees whose every member is live, healthy and hosts model_id, fastest (slowest member) first.
+
+        A secret committee is listed only when its three records' certificates name three distinct operators: one
+        operator holding two parties would hold two of the three shares. Only among committees that pass every
+        check does the speed each node reports about itself rank them."""
         healthy = {r.node_id: r for r in self.live() if r.healthy}
         secret: dict[str, dict[int, tuple[tuple[str, ...], bool, int]]] = {}
         views: list[tuple[float, CommitteeView]] = []
@@ -228,6 +269,8 @@ class MembershipTable:
                 continue  # a party missing, or the parties disagree on the members, the weights or the precision
             members, public_weights, frac_bits = first
             records = [healthy[n] for n in members]
+            if not distinct_operators(records):
+                continue  # captured: refused whatever speed its nodes claim
             view = CommitteeView(committee_id, members, tuple(r.address for r in records), node_pb2.PRIVACY_SECRET,
                                  public_weights, frac_bits)
             views.append((min(r.capability.matmul_gflops for r in records), view))
@@ -236,9 +279,18 @@ class MembershipTable:
 
 
 def pick_secure_nodes(
-    records: Iterable[NodeRecord], k: int = PARTIES, exclude: Iterable[str] = (), now: float | None = None
+    records: Iterable[NodeRecord], k: int = PARTIES, exclude: Iterable[str] = (), now: float | None = None,
+    revoked: Callable[[bytes], bool] | None = None,
 ) -> list[NodeRecord]:
-    """The k best live, healthy nodes with the "secure" role (not in exclude), fastest first; RecordError if too few."""
+    """k secure nodes for new committees, taken in groups of three (the last group may be short): each group's nodes
+    belong to distinct operators; RecordError if the usable nodes cannot make that. `records` are verified ones (a
+    MembershipTable's): a record's operator is read from the certificate it carries.
+
+    Constraints first: a candidate is live, healthy, has the "secure" role, is not in exclude, is not revoked
+    (`revoked(certificate_pem)`) and names an operator. Only then does the speed a node reports about itself rank
+    the candidates, and it picks only which node of an operator serves: however fast two nodes of one operator
+    claim to be, they never land in one committee.
+    """
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     now = time.time() if now is None else now
@@ -247,11 +299,44 @@ def pick_secure_nodes(
     for record in records:
         if record.node_id in skip or not record.healthy or "secure" not in record.roles or not is_live(record, now):
             continue
+        if not record_operator(record) or (revoked is not None and revoked(record.certificate_pem)):
+            continue
         known = newest.get(record.node_id)
         if known is None or record.heartbeat > known.heartbeat:
             newest[record.node_id] = record
-    ranked = sorted(newest.values(), key=_speed)
-    if len(ranked) < k:
-        besides = f" besides {', '.join(sorted(skip))}" if skip else ""
-        raise RecordError(f"need {k} live, healthy secure nodes{besides} but only {len(ranked)} are usable")
-    return ranked[:k]
+    besides = f" besides {', '.join(sorted(skip))}" if skip else ""
+    if len(newest) < k:
+        raise RecordError(f"need {k} live, healthy secure nodes{besides} but only {len(newest)} are usable")
+    return _committee_groups(sorted(newest.values(), key=_speed), k, besides)
+
+
+def _committee_groups(ranked: list[NodeRecord], k: int, besides: str) -> list[NodeRecord]:
+    """The first k of `ranked` (best first) that keep every consecutive group of three on distinct operators, taken
+    greedily: a rare mix of operators that could fill every group in another order is refused (ask for fewer)."""
+    picked: list[NodeRecord] = []
+    left = list(ranked)
+    while len(picked) < k:
+        group = {record_operator(r) for r in picked[len(picked) - len(picked) % PARTIES:]}
+        choice = next((r for r in left if record_operator(r) not in group), None)
+        if choice is None:
+            operators = sorted({record_operator(r) for r in ranked})
+            raise RecordError(f"need {k} secure nodes{besides} in committees of {PARTIES} distinct operators, but the "
+                              f"usable nodes belong to {len(operators)} operator(s) ({', '.join(operators)}); a "
+                              "committee never takes two nodes of one operator")
+        picked.append(choice)
+        left.remove(choice)
+    return picked
+
+
+def gossip_targets(table: MembershipTable, seeds: Sequence[str], own_address: str, round_no: int,
+                   rng: random.Random, fanout: int, absent_seed_every: int) -> list[tuple[str, str]]:
+    """Whom gossip round `round_no` calls, as (address, name the peer's certificate must carry): up to `fanout`
+    known peers, and the seeds (any node's certificate) while fewer peers are known, or every `absent_seed_every`
+    rounds those the live view lacks (a seed that restarted empty, or whose record expired while it was away, would
+    otherwise never hear from the nodes that had dropped it)."""
+    targets = [(r.address, r.node_id) for r in table.sample_peers(fanout, rng)]
+    absent_seeds_due = round_no % absent_seed_every == 0  # a dead seed costs a timeout: not every round
+    known = {r.address for r in table.live()}
+    targets += [(seed, NODE_SAN) for seed in seeds if seed != own_address and
+                (len(targets) < fanout or (absent_seeds_due and seed not in known))]
+    return targets

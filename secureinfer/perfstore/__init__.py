@@ -10,6 +10,8 @@ A row holds what the selector may condition on and what it predicts:
   strategy  mode, name and JSON (`secureinfer.strategy.from_json(strategy_json)` is the executable strategy)
   outcome   prefill_s, per_token_s, total_s, load_s, rounds, bytes per party (max and sum over the three parties),
             peak memory, accuracy against the float64 plaintext reference, status ('ok' / 'error' + message)
+Rows shared across the network carry no client identity: `without_identity` keeps only the env_json keys that say
+where and how a request ran (SHARED_ENV_KEYS), and a node takes rows of at most MAX_SHARED_ROW_BYTES (`row_bytes`).
 Each row has a `key`: a deterministic hash of the case, the strategy and the environment (`run_key`), so a sweep that
 is interrupted can resume by skipping keys already present.
 
@@ -26,9 +28,10 @@ Only the standard library is used here.
 
 from __future__ import annotations
 
-from .record import (COLUMN_NAMES, COLUMNS, MIGRATIONS, SCHEMA_VERSION, STATUSES, RunRecord, SchemaVersionError,
-                     StoreError, run_key)
+from .record import (COLUMN_NAMES, COLUMNS, MAX_SHARED_ROW_BYTES, MIGRATIONS, SCHEMA_VERSION, SHARED_ENV_KEYS,
+                     STATUSES, RunRecord, SchemaVersionError, StoreError, row_bytes, run_key, without_identity)
 from .store import Store, open_store
 
-__all__ = ["COLUMN_NAMES", "COLUMNS", "MIGRATIONS", "SCHEMA_VERSION", "STATUSES", "RunRecord", "SchemaVersionError",
-           "Store", "StoreError", "open_store", "run_key"]
+__all__ = ["COLUMN_NAMES", "COLUMNS", "MAX_SHARED_ROW_BYTES", "MIGRATIONS", "SCHEMA_VERSION", "SHARED_ENV_KEYS",
+           "STATUSES", "RunRecord", "SchemaVersionError", "Store", "StoreError", "open_store", "row_bytes", "run_key",
+           "without_identity"]

@@ -10,6 +10,9 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "error")
+# The env_json keys a row keeps when it is shared across the network: where and how it ran, never who asked for it.
+SHARED_ENV_KEYS = ("source", "committee_id", "node_ids", "predicted_s", "predicted_by")
+MAX_SHARED_ROW_BYTES = 16 << 10  # the largest row (`row_bytes`) a node takes from a reporter
 
 
 class StoreError(RuntimeError):
@@ -82,6 +85,24 @@ class RunRecord:
         if row["tokens_equal"] is not None:
             row["tokens_equal"] = int(row["tokens_equal"])
         return row
+
+
+def without_identity(record: RunRecord) -> RunRecord:
+    """A copy of `record` fit to share across the network: its env_json keeps only SHARED_ENV_KEYS, so no client
+    name (or the certificate that reported it) travels with the request's features and timings."""
+    if record.env_json is None:
+        return record
+    try:
+        env = json.loads(record.env_json)
+    except json.JSONDecodeError:
+        env = None
+    shared = {k: env[k] for k in SHARED_ENV_KEYS if k in env} if isinstance(env, dict) else {}
+    return dataclasses.replace(record, env_json=json.dumps(shared, sort_keys=True))
+
+
+def row_bytes(record: RunRecord) -> int:
+    """How much a row weighs: the length of its values as compact JSON (what a node stores, give or take)."""
+    return len(json.dumps(record.as_row(), separators=(",", ":")).encode())
 
 
 def _sql_type(annotation: str) -> str:

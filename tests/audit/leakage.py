@@ -132,7 +132,9 @@ def _is_seed_message(payload: bytes) -> bool:
 
 
 PUBLIC_TENSOR_TAGS = frozenset({"meta"})  # BERT's padding mask and token types: public by design, sent in the clear
-RANDOM_BYTES_TAGS = frozenset({"setup"})  # X25519 public keys of the PRG seed agreement: fresh random bytes
+# Fresh random bytes: X25519 public keys of the PRG seed agreement; a party's voucher key from the client and its
+# neighbours' vouchers (HMACs, under keys it does not hold, of output components it holds itself).
+RANDOM_BYTES_TAGS = frozenset({"setup", "witness.key", "vouch"})
 
 
 def _public_form(m: Inbound) -> bytes | None:

@@ -118,8 +118,8 @@ def test_canary_search_finds_opened_one_hot_rows(arch: str, monkeypatch) -> None
     canaries = canaries_for(cfg, params, PROMPT_A)
     receive = sharing.receive_input
 
-    def leaky_receive(party, owner, tag="input"):
-        share = receive(party, owner, tag)
+    def leaky_receive(party, owner, tag="input", **kwargs):
+        share = receive(party, owner, tag, **kwargs)
         if tag == "tokens":
             _leak(party, share)
         return share

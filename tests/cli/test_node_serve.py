@@ -26,7 +26,7 @@ NODE = "node-a"
 def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("certs")
     certs.create_ca(directory, common_name="test CA")
-    certs.issue(directory, NODE, "node")
+    certs.issue(directory, NODE, "node", operator="acme")
     return directory
 
 

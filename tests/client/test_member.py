@@ -22,7 +22,8 @@ class _Record:
 
 @dataclass
 class _Table:
-    """A membership view as far as the settle logic reads it: live records and the whole committees."""
+    """A membership view as far as the settle logic reads it: live records, the whole committees, and (all valid)
+    owner signatures."""
 
     records: list[_Record]
     whole: list[str]
@@ -32,6 +33,15 @@ class _Table:
 
     def choose_committees(self, model_id: str) -> list[str]:
         return self.whole
+
+    def resolve(self, model: str, owner: str | None = None) -> str:
+        return model
+
+    def claims(self, model_id: str) -> list[tuple[str, _Hosted]]:
+        return [("n", h) for r in self.records for h in r.models if h.model_id == model_id]
+
+    def owner_problem(self, hosted: _Hosted) -> str | None:
+        return None  # every claim here carries its owner's valid signature
 
 
 def _member(views: list[_Table]) -> tuple[Member, list[int]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import textwrap
 import tomllib
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_compose_mounts_match_the_node_configs(compose: dict[str, Any]) -> None:
             volume, target, *mode = spec.split(":")
             assert volume in declared
             mounts[target] = (volume, mode)
-        assert mounts[str(config.certs_dir)] == ("certs", ["ro"])
+        assert mounts[str(config.certs_dir)] == (f"certs-{name}", ["ro"])  # a volume of its own
         assert config.revocation_list is not None and config.revocation_list.parent == config.certs_dir
         assert mounts[str(config.data_dir)] == (f"data-{name}", [])
     ca_users = [n for n, s in compose["services"].items() if any(v.startswith("ca:") for v in s.get("volumes", []))]
@@ -129,7 +130,6 @@ def test_compose_certs_service_issues_every_node_a_certificate(compose: dict[str
     loop = re.search(r"for name in ([\w\- ]+); do", script)
     assert loop is not None and set(loop.group(1).split()) == set(compose_nodes(compose))
     assert "secureinfer certs init --dir $$ca" in script and "--role node --host $$name" in script
-    assert "rm -f /var/lib/secureinfer/certs/ca.key" in script
     assert compose["services"]["certs"]["restart"] == "no"
 
 
@@ -300,3 +300,110 @@ def test_every_deploy_toml_states_the_admission_and_session_limits(compose: dict
         assert AdmissionSettings.from_config(config).limited, name
         assert config.client_session_cap is not None and config.client_session_cap < config.max_sessions, name
         assert config.data_dir is not None, name
+
+
+# ------------------------------------------------------------------------------------------------ operators
+
+
+def _node_issue_commands(text: str) -> list[list[str]]:
+    """Every `secureinfer certs issue ... --role node ...` in a text, as argument lists (line continuations joined)."""
+    joined = text.replace("\\\n", " ")
+    commands = [shlex.split(m.split("#")[0]) for m in re.findall(r"secureinfer certs issue [^\n;]*", joined)]
+    return [c for c in commands if "node" in c[c.index("--role") + 1:c.index("--role") + 2]]
+
+
+def test_every_node_certificate_the_deploy_files_issue_names_an_operator(compose: dict[str, Any]) -> None:
+    """Committees need three distinct operators: the compose certs service, the guide and its Kubernetes steps issue
+    every node certificate with --operator, and the CLI accepts each of those commands as written."""
+    from secureinfer.cli import build_parser
+
+    parser = build_parser()
+    sources = {"compose": compose["services"]["certs"]["command"][0], "guide": (DEPLOY / "README.md").read_text()}
+    for where, text in sources.items():
+        commands = _node_issue_commands(text)
+        assert commands, where
+        for command in commands:
+            assert "--operator" in command, (where, command)
+            args = parser.parse_args(command[1:])
+            assert args.operator and args.role == "node", (where, command)
+    assert "--operator $$name" in sources["compose"]  # each compose node its own operator, so committees form
+    guide = " ".join(sources["guide"].replace("**", "").split())
+    assert "three distinct operators" in guide and "re-issue" in guide
+
+
+# ------------------------------------------------------------------------------------------------ keys
+
+
+# `secureinfer certs` as the scripts below call it, making empty files of the names it would write: what matters
+# here is which file lands in which member's folder.
+FAKE_CERTS = """
+secureinfer() {
+  dir=$4; mkdir -p "$dir"
+  case "$2" in
+    init) touch "$dir/ca.pem" "$dir/ca.key" "$dir/crl.pem" ;;
+    issue) touch "$dir/$6.pem" "$dir/$6.key" ;;
+  esac
+}
+"""
+
+
+def test_compose_gives_each_node_its_own_key_only(compose: dict[str, Any], tmp_path: Path) -> None:
+    """Run the certs service's script: the volume each node mounts holds the CA certificate, the revocation list and
+    that node's certificate and key, nothing else; the CA key stays in the ca volume."""
+    certs = compose["services"]["certs"]
+    targets = {}
+    for spec in certs["volumes"]:
+        volume, target = spec.split(":")[:2]
+        targets[volume] = tmp_path / target.lstrip("/")
+        targets[volume].mkdir(parents=True)
+    script = certs["command"][0].replace("$$", "$").replace("/var/lib/secureinfer", str(tmp_path / "var/lib/secureinfer"))
+    subprocess.run(["sh", "-euc", FAKE_CERTS + script], check=True, capture_output=True, text=True)
+    holders: dict[str, list[str]] = {}
+    for name, config in compose_nodes(compose).items():
+        volume = next(v.split(":")[0] for v in compose["services"][name]["volumes"]
+                      if v.split(":")[1] == str(config.certs_dir))
+        files = {f.name for f in targets[volume].iterdir()}
+        assert files == {"ca.pem", "crl.pem", f"{name}.pem", f"{name}.key"}, (name, files)
+        assert config.revocation_list.name in files
+        for key in (f for f in files if f.endswith(".key")):
+            holders.setdefault(key, []).append(name)
+    assert all(len(names) == 1 for names in holders.values()), holders
+    users = {}
+    for service, spec in compose["services"].items():
+        for volume in (v.split(":")[0] for v in spec.get("volumes", [])):
+            users.setdefault(volume, []).append(service)
+    assert all(len(users[v]) == 2 for v in users if v.startswith("certs-")), users  # the certs service and one other
+    (cli,) = users["certs-cli"][1:]
+    assert {f.name for f in targets["certs-cli"].iterdir()} == {"ca.pem", "crl.pem", "alice.pem", "alice.key",
+                                                               "olivia.pem", "olivia.key"} and cli == "cli"
+    assert {f.name for f in targets["ca"].iterdir()} >= {"ca.key"}
+    assert not any(f.name == "ca.key" for v, d in targets.items() if v != "ca" for f in d.iterdir())
+
+
+def test_k8s_gives_each_pod_a_secret_of_its_own(k8s: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Run the guide's Kubernetes steps (kubectl recorded, not called): every StatefulSet runs one pod, mounts a Secret
+    no other StatefulSet mounts, and that Secret holds the CA certificate and that pod's certificate and key only."""
+    guide = (DEPLOY / "README.md").read_text()
+    section = guide[guide.index("## Kubernetes"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    record = tmp_path / "kubectl.log"
+    fake = FAKE_CERTS + f'kubectl() {{ echo "$*" >> {record}; }}\n'
+    subprocess.run(["bash", "-euc", fake + block], check=True, capture_output=True, text=True, cwd=tmp_path)
+    secrets = {}
+    for line in record.read_text().splitlines():
+        words = line.split()
+        if words[2:5] == ["create", "secret", "generic"]:
+            secrets[words[5]] = {w.removeprefix("--from-file=") for w in words[6:]}
+    mounted = []
+    for sts in kind(k8s, "StatefulSet"):
+        name = sts["metadata"]["name"]
+        assert sts["spec"]["replicas"] == 1, name  # pods of one StatefulSet could only share a Secret
+        (secret,) = [v["secret"]["secretName"] for v in sts["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+        pod = f"{name}-0"
+        assert secrets[secret] == {"ca/ca.pem", f"ca/{pod}.pem", f"ca/{pod}.key"}, (name, secrets.get(secret))
+        labels = sts["spec"]["selector"]["matchLabels"]
+        assert labels.get("app.kubernetes.io/instance") in (None, name)
+        mounted.append(secret)
+    assert len(mounted) == len(set(mounted)) == len(secrets) == 5
+    selectors = [tuple(sorted(s["spec"]["selector"]["matchLabels"].items())) for s in kind(k8s, "StatefulSet")]
+    assert len(selectors) == len(set(selectors))  # no StatefulSet selects another's pod

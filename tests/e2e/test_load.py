@@ -5,8 +5,8 @@ Every request must end in exactly one outcome within its deadline: the right ans
 float64 plaintext model; generated tokens argmax of the plaintext logits up to that tolerance) or a failure with a
 retryable gRPC status and a message. At least 75% must succeed (two committees: a request whose committee lost a
 node is retried on the other). Nodes that were never killed keep their open file descriptors and memory bounded, and
-every node ends with no session open. The short variant runs in CI; the long one (SECUREINFER_LONG_TESTS=1) fires
-hundreds of requests with several kills and prints its figures.
+every node ends with no session open. The short variant runs in CI, its restarted node serving the shares it kept;
+the long one (SECUREINFER_LONG_TESTS=1) fires hundreds of requests with several kills, republishing after each.
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ FD_SLACK = 24  # open descriptors a never-killed node may hold more after the ru
 RSS_SLACK_KIB = 96 * 1024  # memory a never-killed node may grow by (allocator caches, a republished model)
 
 
-def _run(tmp_path: Path, spec: LoadSpec, max_sessions: int) -> LoadReport:
+def _run(tmp_path: Path, spec: LoadSpec, max_sessions: int, keep_models: bool) -> LoadReport:
     network = LocalNetwork(SimulationConfig(n_nodes=6, max_sessions=max_sessions, record_ttl_s=5.0,
-                                            workdir=tmp_path / "net", log_level="WARNING"))
+                                            workdir=tmp_path / "net", log_level="WARNING", keep_models=keep_models))
     try:
         network.start()
         report = run_load(network, spec)
         print("\n" + report.summary())
         _check(network, report)
+        assert all(kill.republished != keep_models for kill in report.kills), report.kills
         return report
     finally:
         network.stop()
@@ -69,14 +70,15 @@ def _check(network: LocalNetwork, report: LoadReport) -> None:
 
 @pytest.mark.slow
 def test_load_with_a_node_killed_and_restarted(tmp_path: Path) -> None:
+    # the restarted node serves the shares it kept in its data directory: nobody republishes
     _run(tmp_path, LoadSpec(requests=40, concurrency=4, clients=3, kills=1, deadline_s=60.0, generate_every=4),
-         max_sessions=8)
+         max_sessions=8, keep_models=True)
 
 
 @pytest.mark.long
 @pytest.mark.slow
 def test_soak_hundreds_of_requests_with_repeated_kills(tmp_path: Path) -> None:
     report = _run(tmp_path, LoadSpec(requests=240, concurrency=8, clients=6, kills=3, deadline_s=120.0, seed=1),
-                  max_sessions=10)
+                  max_sessions=10, keep_models=False)
     out = Path(os.environ.get("SECUREINFER_LOAD_JSON", tmp_path / "load.json"))
     out.write_text(report.to_json())

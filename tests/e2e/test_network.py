@@ -122,7 +122,7 @@ def test_network_status_cli_lists_every_node_and_model(local_network, published)
     for node_id, address in zip(local_network.node_ids, local_network.addresses):
         assert any(line.startswith(node_id) and address in line for line in out.stdout.splitlines())
     assert "3 live node(s)" in out.stdout
-    assert "hosts tiny-gpt2 (gpt2, secret)" in out.stdout and "hosts tiny-gpt2 (gpt2, public)" in out.stdout
+    assert "hosts owner/tiny-gpt2 (gpt2, secret)" in out.stdout and "hosts owner/tiny-gpt2 (gpt2, public)" in out.stdout
 
 
 def test_foreign_certificates_are_refused_and_nodes_stay_healthy(local_network, published, tmp_path):
@@ -207,6 +207,19 @@ def _wait_until_every_node_sees(network, model_id: str, committee_ids: list[str]
                 time.sleep(0.2)
 
 
+def _committees_tried(client: Client) -> list[str]:
+    """The committee ids the client opens sessions on from now on, in order (its connector spied on)."""
+    tried: list[str] = []
+    run_session = client.connector.run_session
+
+    def spy(view, spec, program, timeout_s=None, cancel=None):
+        tried.append(view.committee_id)
+        return run_session(view, spec, program, timeout_s, cancel)
+
+    client.connector.run_session = spy
+    return tried
+
+
 def test_dead_committee_member_makes_the_client_retry_on_the_next_committee(network_factory, tiny_models):
     # records outlive the killed node (ttl 30 s), so the client still sees its committee and has to retry
     network = network_factory(6, record_ttl_s=30.0)
@@ -218,14 +231,7 @@ def test_dead_committee_member_makes_the_client_retry_on_the_next_committee(netw
     assert {v.committee_id for v in order} == {v.committee_id for v in views}
     _wait_until_every_node_sees(network, "tiny-gpt2", [v.committee_id for v in order])
     network.kill(order[0].node_ids[0])
-    tried: list[str] = []
-    run_session = client.connector.run_session
-
-    def spy(view, spec, program, timeout_s=None, cancel=None):
-        tried.append(view.committee_id)
-        return run_session(view, spec, program, timeout_s, cancel)
-
-    client.connector.run_session = spy
+    tried = _committees_tried(client)
     prompt = random_ids(1, 4, seed=16)
     start = time.monotonic()
     got = client.generate("tiny-gpt2", prompt, 3)
@@ -234,3 +240,34 @@ def test_dead_committee_member_makes_the_client_retry_on_the_next_committee(netw
     assert torch.equal(got.tokens, plaintext.greedy_generate(cfg, params, prompt, 3))
     alive = [n for n in network.node_ids if n != order[0].node_ids[0]]
     assert {n: network.health(n) for n in alive} == {n: "SERVING" for n in alive}
+
+
+def test_generation_whose_committee_dies_mid_way_resumes_on_the_next_committee(network_factory, tiny_models):
+    network = network_factory(6, record_ttl_s=30.0)
+    cfg, params = tiny_models["gpt2"]
+    views = network.owner().publish("tiny-gpt2", cfg, params, committees=2)
+    client = network.client(timeout_s=300.0)
+    order = client.committees("tiny-gpt2")
+    assert {v.committee_id for v in order} == {v.committee_id for v in views}
+    _wait_until_every_node_sees(network, "tiny-gpt2", [v.committee_id for v in order])
+    tried = _committees_tried(client)
+    shown: list[torch.Tensor] = []
+
+    def on_token(token: torch.Tensor) -> None:
+        shown.append(token)
+        if len(shown) == 2:  # two tokens out: the serving committee loses a node
+            network.kill(order[0].node_ids[1])
+
+    prompt, new = random_ids(1, 4, seed=17), 5
+    got = client.generate("tiny-gpt2", prompt, new, on_token=on_token)
+    print(f"resumed on {tried[-1]} after {len(shown)} tokens; tried {tried}")
+    assert tried == [order[0].committee_id, order[1].committee_id]
+    want = plaintext.greedy_generate(cfg, params, prompt, new)
+    assert torch.equal(got.tokens, want)  # the whole generation, as if nothing had failed
+    assert torch.equal(torch.stack(shown, dim=1), want)  # every token shown once, in order
+    assert got.logits.shape == (new, 1, cfg.vocab_size)
+    ids = torch.cat([prompt, want[:, :-1]], dim=1)
+    reference = plaintext.gpt2_forward(cfg, params, ids)[:, prompt.shape[1] - 1:]  # (1, new, V)
+    error = float((got.logits.transpose(0, 1) - reference).abs().max())
+    print(f"max |secure - plaintext| logits over both committees: {error:.2e}")
+    assert error < 3e-3

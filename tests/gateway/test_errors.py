@@ -120,7 +120,7 @@ def test_an_api_key_is_required_when_set(served: Served) -> None:
         assert caught.value.status_code == 401 and error_of(caught.value)["code"] == "invalid_api_key"
         assert caught.value.response.headers["www-authenticate"] == "Bearer"
         assert {m.id for m in openai_client(gateway.url, api_key="s3cret-key").models.list()} == \
-            {"chat", "embed", "plain"}
+            {"owner/chat", "owner/embed", "owner/plain"}
         assert send(gateway.url, "GET", "/status.json").status == 401
         assert send(gateway.url, "GET", "/status.json?key=s3cret-key").status == 200
         assert send(gateway.url, "GET", "/?key=wrong").status == 401
@@ -136,7 +136,7 @@ def test_a_full_gateway_answers_429_with_retry_after(served: Served) -> None:
     try:
         stream = llm.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=8, stream=True)
         first = next(iter(stream))
-        assert llm.models.retrieve("chat").id == "chat"  # needs no worker: still answered
+        assert llm.models.retrieve("chat").id == "owner/chat"  # needs no worker: still answered
         with pytest.raises(openai.RateLimitError) as caught:
             llm.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=1)
         assert first.choices[0].delta.role == "assistant"

@@ -101,7 +101,7 @@ def hold_sessions(network: LocalNetwork, count: int) -> Callable[[], None]:
         certs.issue(network.certs_dir, name, "client", force=True)
         holder = Client(Identity.load(network.certs_dir, name), [network.seed], timeout_s=60)
         view = holder.committees("chat", "secret")[0]
-        spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="chat",
+        spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="owner/chat",
                            output="last")
         _, spec = session_io(spec.privacy, view, spec)
         switch = Cancellation()

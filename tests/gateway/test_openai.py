@@ -26,16 +26,17 @@ def chat_prompt(served: Served, messages: list[dict[str, str]] = MESSAGES) -> st
 
 def test_models_lists_every_hosted_model_with_its_modes_committees_and_owner(served: Served) -> None:
     models = {m.id: m.model_dump() for m in served.llm.models.list()}
-    assert set(models) == {"chat", "embed", "plain"}
-    chat, embed, plain = models["chat"], models["embed"], models["plain"]
+    assert set(models) == {"owner/chat", "owner/embed", "owner/plain"}  # OWNER/NAME: the simulation's owner
+    chat, embed, plain = models["owner/chat"], models["owner/embed"], models["owner/plain"]
     assert chat["modes"] == embed["modes"] == ["secret", "public"] and plain["modes"] == ["public"]
     assert chat["endpoints"] == ["chat/completions", "completions"] and embed["endpoints"] == ["embeddings"]
-    assert all(m["owned_by"] == "unknown" and m["object"] == "model" for m in models.values())
+    assert all(m["owned_by"] == "owner" and m["object"] == "model" for m in models.values())
     secret = [c for c in chat["committees"] if c["mode"] == "secret"]
     assert len(secret) == 1 and sorted(secret[0]["nodes"]) == ["node-0", "node-1", "node-2"] and secret[0]["up"]
     assert [c["nodes"] for c in plain["committees"]] == [["node-0"]]
     assert chat["context_length"] == 96 and chat["tokenizer"] == "SmolLM2-135M-Instruct" and chat["arch"] == "llama"
     assert served.llm.models.retrieve("plain").model_dump()["modes"] == ["public"]
+    assert served.llm.models.retrieve("owner/plain").model_dump()["id"] == "owner/plain"
 
 
 def test_chat_completion_equals_client_generate_token_for_token(served: Served) -> None:

@@ -97,9 +97,9 @@ def test_the_status_page_shows_the_network_and_follows_a_node_going_down(network
             browser.wait_for(f"{NODES}.length === 3", 30)
             assert browser.evaluate(NODES) == [["node-0", "up"], ["node-1", "up"], ["node-2", "up"]]
             models = browser.evaluate("[...document.querySelectorAll('#models tbody tr')].map(r => r.dataset.model)")
-            assert models == ["chat", "embed", "plain"]
+            assert models == ["owner/chat", "owner/embed", "owner/plain"]
             committees = browser.evaluate(COMMITTEES)
-            for model in ("chat", "embed"):
+            for model in ("owner/chat", "owner/embed"):
                 assert any(c.split("\t")[1:] == ["secure (3 parties)", "node-0 node-1 node-2", model, "up"]
                            for c in committees), committees
             browser.wait_for("document.querySelectorAll('#recent tbody tr').length === 3", 20)

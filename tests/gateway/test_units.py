@@ -8,7 +8,8 @@ import time
 import grpc
 import pytest
 
-from secureinfer.client import Cancelled, InvalidRequest, ModelNotFound, NetworkError, NotEnoughNodes, RequestFailed
+from secureinfer.client import (Cancelled, InvalidRequest, ModelNotFound, NetworkError, NotEnoughNodes,
+                                OutputMismatch, RequestFailed)
 from secureinfer.gateway import GatewayConfig, exposure_warnings, parse_listen
 from secureinfer.gateway.board import Finished, NodeBoard, RecentRequests
 from secureinfer.gateway.config import ConfigError
@@ -30,6 +31,7 @@ from secureinfer.v1 import node_pb2
     (NetworkError("no seed node answered"), 503, "network_unavailable"),
     (RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "late"), 504, "deadline_exceeded"),
     (Cancelled(), 499, "cancelled"),
+    (OutputMismatch("party 1 altered an output share", ("node-1",)), 502, "output_mismatch"),
     (RequestFailed(grpc.StatusCode.INTERNAL, "internal error (KeyError)"), 500, "internal"),
 ])
 def test_every_sdk_error_has_its_http_status(error: Exception, status: int, code: str) -> None:
@@ -128,3 +130,18 @@ def test_recent_requests_summarise_latency_per_mode() -> None:
     assert len(recent.items()) == 3  # the oldest fell out
     assert summary["secure"] == {"requests": 2, "failed": 1, "mean_s": 3.0, "median_s": 3.0, "max_s": 3.0}
     assert summary["plaintext"]["requests"] == 1
+
+
+def test_the_board_shows_the_operator_the_ca_named(tmp_path) -> None:
+    from secureinfer.net.certs import create_ca, issue
+
+    create_ca(tmp_path)
+    pem = issue(tmp_path, "node-9", "node", operator="acme").read_bytes()
+    record = node_pb2.NodeRecord(node_id="node-9", address="127.0.0.1:1", roles=["secure"], healthy=True,
+                                 issued_at=time.time(), ttl_s=5.0, certificate_pem=pem)
+
+    class View:
+        def live(self) -> list:
+            return [record, node_pb2.NodeRecord(node_id="node-8", issued_at=time.time(), ttl_s=5.0)]
+
+    assert [(n["node_id"], n["operator"]) for n in NodeBoard().nodes(View())] == [("node-8", ""), ("node-9", "acme")]

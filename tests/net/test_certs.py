@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
 import os
 import stat
@@ -15,8 +16,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from secureinfer.net.certs import (NODE_SAN, CertError, Identity, create_ca, issue, peer_from_context,
-                                   verify_certificate, verify_signature)
+from secureinfer.net.certs import (NODE_SAN, CertError, Identity, create_ca, describe, issue, operator_of,
+                                   peer_from_context, verify_certificate, verify_signature)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA with a node (node-a), a client (alice) and an owner (olivia)."""
     directory = tmp_path_factory.mktemp("network")
     create_ca(directory)
-    issue(directory, "node-a", "node", hosts=("127.0.0.1", "localhost", "node-a.example.org"))
+    issue(directory, "node-a", "node", hosts=("127.0.0.1", "localhost", "node-a.example.org"), operator="acme")
     issue(directory, "alice", "client")
     issue(directory, "olivia", "owner")
     return directory
@@ -35,7 +36,7 @@ def rogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A different CA that issued certificates with the same names as the real network's."""
     directory = tmp_path_factory.mktemp("rogue")
     create_ca(directory, common_name="secureinfer network CA")
-    issue(directory, "node-a", "node")
+    issue(directory, "node-a", "node", operator="acme")
     issue(directory, "alice", "client")
     return directory
 
@@ -80,9 +81,9 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
     assert (tmp_path / "ca.pem").read_bytes() == first
     create_ca(tmp_path, force=True)
     assert (tmp_path / "ca.pem").read_bytes() != first
-    issue(tmp_path, "n1", "node")
+    issue(tmp_path, "n1", "node", operator="acme")
     with pytest.raises(CertError, match="already exists"):
-        issue(tmp_path, "n1", "node")
+        issue(tmp_path, "n1", "node", operator="acme")
 
 
 @pytest.mark.parametrize(
@@ -98,7 +99,7 @@ def test_issue_validates(tmp_path: Path, name: str, role: str, message: str) -> 
 
 def test_issue_without_ca(tmp_path: Path) -> None:
     with pytest.raises(CertError, match="CA certificate not found"):
-        issue(tmp_path, "n1", "node")
+        issue(tmp_path, "n1", "node", operator="acme")
 
 
 def test_load_missing_files(network: Path) -> None:
@@ -136,7 +137,7 @@ def test_key_must_match_certificate(network: Path, tmp_path: Path) -> None:
 
 def test_validity_window(tmp_path: Path) -> None:
     create_ca(tmp_path)
-    issue(tmp_path, "old", "node", days=1, not_before=time.time() - 3 * 86400)
+    issue(tmp_path, "old", "node", operator="acme", days=1, not_before=time.time() - 3 * 86400)
     ca_pem = (tmp_path / "ca.pem").read_bytes()
     old_pem = (tmp_path / "old.pem").read_bytes()
     with pytest.raises(CertError, match="expired"):
@@ -144,7 +145,7 @@ def test_validity_window(tmp_path: Path) -> None:
     with pytest.raises(CertError, match="expired"):
         Identity.load(tmp_path, "old")
     assert verify_certificate(old_pem, ca_pem, now=time.time() - 2.5 * 86400).name == "old"
-    issue(tmp_path, "future", "node", not_before=time.time() + 86400)
+    issue(tmp_path, "future", "node", operator="acme", not_before=time.time() + 86400)
     with pytest.raises(CertError, match="not valid before"):
         verify_certificate((tmp_path / "future.pem").read_bytes(), ca_pem)
 
@@ -262,7 +263,8 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli("certs", "init", "--dir", d) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already exists" in err
-    assert _cli("certs", "issue", "--dir", d, "--name", "node-a", "--role", "node", "--host", "10.0.0.5") == 0
+    assert _cli("certs", "issue", "--dir", d, "--name", "node-a", "--role", "node", "--operator", "acme", "--host",
+                "10.0.0.5") == 0
     assert Identity.load(Path(d), "node-a").role == "node"
     capsys.readouterr()
     assert _cli("certs", "show", "--dir", d, "--name", "node-a") == 0
@@ -281,3 +283,83 @@ def test_node_san_is_reserved_and_only_on_node_certificates(tmp_path):
     client = x509.load_pem_x509_certificate(issue(tmp_path, "alice", "client").read_bytes())
     names = client.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert NODE_SAN not in names.get_values_for_type(x509.DNSName)
+
+
+# ------------------------------------------------------------------------------------------------ operators
+
+
+def _legacy_node(directory: Path, name: str) -> bytes:
+    """A node certificate as the CA issued them before certificates named an operator (CN and OU only)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = time.time() - 600
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
+                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "node")])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime.fromtimestamp(start, tz=datetime.timezone.utc))
+            .not_valid_after(datetime.datetime.fromtimestamp(start + 86400, tz=datetime.timezone.utc))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (directory / f"{name}.pem").write_bytes(pem)
+    (directory / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                              serialization.PrivateFormat.PKCS8,
+                                                              serialization.NoEncryption()))
+    return pem
+
+
+def test_node_certificates_carry_the_operator_the_ca_names(network: Path) -> None:
+    node = Identity.load(network, "node-a")
+    assert node.operator == "acme"
+    assert verify_certificate(node.cert_pem, node.ca_pem).operator == "acme"
+    assert _cert(network, "node-a").subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "acme"
+    assert operator_of(node.cert_pem) == "acme"
+    assert describe(network, "node-a")["operator"] == "acme"
+    for name in ("alice", "olivia"):  # clients and owners run no node
+        assert Identity.load(network, name).operator == ""
+        assert verify_certificate((network / f"{name}.pem").read_bytes(), node.ca_pem).operator == ""
+
+
+def test_issue_requires_an_operator_for_nodes_only(tmp_path: Path) -> None:
+    create_ca(tmp_path)
+    with pytest.raises(CertError, match="needs an operator"):
+        issue(tmp_path, "n1", "node")
+    with pytest.raises(CertError, match="invalid operator"):
+        issue(tmp_path, "n1", "node", operator="two words")
+    with pytest.raises(CertError, match="only node certificates name an operator"):
+        issue(tmp_path, "alice", "client", operator="acme")
+    assert not (tmp_path / "n1.pem").exists() and not (tmp_path / "alice.key").exists()
+
+
+def test_node_certificate_without_operator_is_refused_with_reissue_advice(tmp_path: Path) -> None:
+    create_ca(tmp_path)
+    pem = _legacy_node(tmp_path, "old-node")
+    ca_pem = (tmp_path / "ca.pem").read_bytes()
+    with pytest.raises(CertError, match="names no operator.*re-issue it: secureinfer certs issue .*--operator"):
+        verify_certificate(pem, ca_pem)
+    with pytest.raises(CertError, match="names no operator"):
+        Identity.load(tmp_path, "old-node")
+    with pytest.raises(CertError, match="names no operator"):
+        peer_from_context(_FakeContext({"x509_pem_cert": [pem], "x509_common_name": [b"old-node"]}))
+    assert operator_of(pem) == ""
+
+
+def test_cli_issue_and_show_operator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = str(tmp_path / "certs")
+    assert _cli("certs", "init", "--dir", d) == 0
+    assert "--operator" in capsys.readouterr().out
+    assert _cli("certs", "issue", "--dir", d, "--name", "node-b", "--role", "node") == 2
+    assert "needs an operator (--operator NAME)" in capsys.readouterr().err
+    assert _cli("certs", "issue", "--dir", d, "--name", "node-b", "--role", "node", "--operator", "beta") == 0
+    assert "operator: beta" in capsys.readouterr().out
+    assert _cli("certs", "show", "--dir", d, "--name", "node-b") == 0
+    assert "operator:    beta" in capsys.readouterr().out
+    _legacy_node(Path(d), "old-node")
+    assert _cli("certs", "show", "--dir", d, "--name", "old-node") == 2
+    out = capsys.readouterr().out
+    assert "operator:    (none: re-issue" in out and "NOT usable" in out and "names no operator" in out

@@ -9,25 +9,31 @@ from collections.abc import Sequence
 import pytest
 
 from secureinfer.net.certs import Identity, create_ca, issue
-from secureinfer.net.membership import (CommitteeView, MembershipTable, RecordError, pick_secure_nodes, sign_record,
-                                        verify_record)
+from secureinfer.net.membership import (CommitteeView, MembershipTable, RecordError, check_operators, pick_secure_nodes,
+                                        sign_record, verify_record)
 from secureinfer.v1 import node_pb2
 
+from .test_certs import _legacy_node
+
 NODES = [f"n{i}" for i in range(6)]
+CAPTORS = ["n6", "n7"]  # two nodes of one operator
 
 
 @pytest.fixture(scope="module")
 def ids(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
-    """Node identities n0..n5 and a client (alice) from one CA, and 'n0' from a rogue CA as 'rogue'."""
+    """Node identities n0..n5 (each its own operator) and n6, n7 (both run by one operator, 'mallory-ops') and a client
+    (alice) from one CA, and 'n0' from a rogue CA as 'rogue'."""
     directory = tmp_path_factory.mktemp("net")
     create_ca(directory)
     for name in NODES:
-        issue(directory, name, "node")
+        issue(directory, name, "node", operator=f"op-{name}")
+    for name in CAPTORS:
+        issue(directory, name, "node", operator="mallory-ops")
     issue(directory, "alice", "client")
     rogue = tmp_path_factory.mktemp("rogue")
     create_ca(rogue)
-    issue(rogue, "n0", "node")
-    out = {name: Identity.load(directory, name) for name in [*NODES, "alice"]}
+    issue(rogue, "n0", "node", operator="op-n0")
+    out = {name: Identity.load(directory, name) for name in [*NODES, *CAPTORS, "alice"]}
     out["rogue"] = Identity.load(rogue, "n0")
     return out
 
@@ -297,9 +303,83 @@ def test_pick_secure_nodes(ids: dict[str, Identity]) -> None:
         make("n5", issued_at=now, heartbeat=0, gflops=1),  # fresh but the older heartbeat of n5 above
         make("n2", issued_at=now, heartbeat=3, gflops=30),
     ]
+    records = [sign_record(ids[r.node_id], r) for r in records]
     assert [r.node_id for r in pick_secure_nodes(records, now=now)] == ["n1", "n2", "n0"]
     assert pick_secure_nodes(records, now=now)[1].capability.matmul_gflops == 30
     assert [r.node_id for r in pick_secure_nodes(records, k=2, exclude=["n1"], now=now)] == ["n2", "n0"]
     assert [r.node_id for r in pick_secure_nodes(records, k=4, now=now)] == ["n1", "n2", "n0", "n5"]
     with pytest.raises(RecordError, match="need 3 .* only 2"):
         pick_secure_nodes(records, exclude=["n0", "n5"], now=now)
+
+
+# ------------------------------------------------------------------------------------------------ operators
+
+
+def _fast_captors(ids: dict[str, Identity], now: float, models: dict[str, list[node_pb2.HostedModel]] | None = None
+                  ) -> list[node_pb2.NodeRecord]:
+    """Signed records of n0-n2 (honest, 5-40 GFLOP/s) and of n6, n7 (one operator, claiming 1000 GFLOP/s each)."""
+    speeds = {"n0": 5.0, "n1": 40.0, "n2": 20.0, "n6": 1000.0, "n7": 1000.0}
+    return [sign_record(ids[n], make(n, issued_at=now, gflops=g, models=(models or {}).get(n, ())))
+            for n, g in speeds.items()]
+
+
+def test_capture_attack_publish_never_puts_two_nodes_of_one_operator_in_a_committee(ids: dict[str, Identity]) -> None:
+    """An operator runs n6 and n7 and has both claim to be the fastest nodes: the owner's committee choice takes the
+    fastest node of that operator and the fastest of two others, never both."""
+    now = time.time()
+    records = _fast_captors(ids, now)
+    assert [r.node_id for r in pick_secure_nodes(records, now=now)] == ["n6", "n1", "n2"]
+    with pytest.raises(RecordError, match="3 distinct operators.*2 operator"):
+        pick_secure_nodes(records, exclude=["n1", "n2"], now=now)  # n6, n7, n0: only two operators
+    everyone = records + [sign_record(ids[n], make(n, issued_at=now, gflops=1.0)) for n in ("n3", "n4", "n5")]
+    picked = pick_secure_nodes(everyone, k=6, now=now)  # two disjoint committees, taken in groups of three
+    assert [r.node_id for r in picked] == ["n6", "n1", "n2", "n7", "n0", "n3"]
+    for group in (picked[:3], picked[3:]):
+        check_operators(group)
+    with pytest.raises(RecordError, match="does not have 3 distinct operators"):
+        check_operators([records[3], records[4], records[0]])
+
+
+def test_pick_secure_nodes_constraints_come_before_speed(ids: dict[str, Identity]) -> None:
+    """Unsigned records (no certificate, so no operator) and revoked nodes are never candidates, however fast."""
+    now = time.time()
+    honest = [sign_record(ids[n], make(n, issued_at=now, gflops=g)) for n, g in (("n0", 1), ("n1", 2), ("n2", 3))]
+    unsigned = make("n5", issued_at=now, gflops=1e6)
+    assert [r.node_id for r in pick_secure_nodes([*honest, unsigned], now=now)] == ["n2", "n1", "n0"]
+    fast = sign_record(ids["n3"], make("n3", issued_at=now, gflops=1e6))
+    revoked = fast.certificate_pem
+    assert [r.node_id for r in pick_secure_nodes([*honest, fast], now=now)][0] == "n3"
+    assert [r.node_id for r in pick_secure_nodes([*honest, fast], now=now, revoked=lambda pem: pem == revoked)] \
+        == ["n2", "n1", "n0"]
+
+
+def test_capture_attack_client_never_sees_a_committee_of_two_operators(ids: dict[str, Identity]) -> None:
+    """c-captured (n6, n7, n0) hosts 'bert' and is by the speeds its nodes claim the fastest; the client's committee
+    choice refuses it and takes the slower honest committee c-honest (n0, n1, n2)."""
+    now = time.time()
+    captured, honest = ["n6", "n7", "n0"], ["n0", "n1", "n2"]
+    models: dict[str, list[node_pb2.HostedModel]] = {n: [] for n in ("n0", "n1", "n2", "n6", "n7")}
+    for cid, members in (("c-captured", captured), ("c-honest", honest)):
+        for index, node in enumerate(members):
+            models[node].append(secret("bert", cid, members, index))
+    table = MembershipTable(ids["n1"].ca_pem, "alice", clock=Clock(now))
+    assert table.merge(_fast_captors(ids, now, models)) == 5
+    assert [v.committee_id for v in table.choose_committees("bert")] == ["c-honest"]
+    assert table.check_committee(("n0", "n1", "n2")) is None
+    with pytest.raises(RecordError, match="n6 \\(mallory-ops\\), n7 \\(mallory-ops\\)"):
+        table.check_committee(("n6", "n7", "n0"))
+    with pytest.raises(RecordError, match="no live record"):
+        table.check_committee(("n0", "n1", "n4"))
+
+
+def test_a_record_whose_certificate_names_no_operator_is_rejected(tmp_path) -> None:
+    """A node certificate from before certificates named operators: its records never enter a table."""
+    create_ca(tmp_path)
+    pem = _legacy_node(tmp_path, "n9")
+    old = Identity("n9", "node", pem, (tmp_path / "n9.key").read_bytes(), (tmp_path / "ca.pem").read_bytes())
+    now = time.time()
+    record = sign_record(old, make("n9", issued_at=now))
+    with pytest.raises(RecordError, match="names no operator.*re-issue"):
+        verify_record(record, old.ca_pem, now)
+    table = MembershipTable(old.ca_pem, "n0", clock=Clock(now))
+    assert table.merge([record]) == 0 and table.rejected == 1

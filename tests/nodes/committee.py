@@ -15,6 +15,8 @@ from secureinfer.models.config import ModelConfig
 from secureinfer.mpc.comm import Channel
 from secureinfer.mpc.models import serving, weights
 from secureinfer.mpc.party import PARTY_NAMES, EngineConfig
+from secureinfer.net import owners
+from secureinfer.net.certs import Identity
 from secureinfer.net.membership import CommitteeView
 from secureinfer.net.wire import config_to_json
 from secureinfer.v1 import node_pb2
@@ -45,13 +47,28 @@ class Net:
         return self.cluster.run(coro, timeout)
 
 
+def sealed(message: node_pb2.ClientMessage, owner: Identity) -> node_pb2.ClientMessage:
+    """A publish `open` message carrying `owner`'s signature over the record its node will make of it."""
+    request = message.open
+    record = owners.hosted_record(request.model_id, request.committee.committee_id, request.committee.node_ids,
+                                  request.privacy, request.model_config_json, public_weights=request.public_weights,
+                                  fractional_bits=request.fractional_bits)
+    request.owner_seal.CopyFrom(owners.seal(owner, record))
+    return message
+
+
 def publish(owner: Connector, view: CommitteeView, cfg: ModelConfig, params: dict[str, torch.Tensor],
-            timeout_s: float = 30.0, *, model_id: str = "tiny", public_weights: bool = False) -> None:
-    """Publish `params` as `model_id` to `view` (secret shares, open weights to a worker, or with `public_weights`
-    open weights to every party of a secure committee) and wait for every party's confirmation."""
+            timeout_s: float = 30.0, *, model_id: str = "olivia/tiny", public_weights: bool = False) -> None:
+    """Publish `params` as `model_id` (in `owner`'s namespace) to `view` (secret shares, open weights to a worker,
+    or with `public_weights` open weights to every party of a secure committee), signed by `owner`, and wait for
+    every party's confirmation."""
     secret = view.privacy == node_pb2.PRIVACY_SECRET
+    model_id = owners.qualify(owner.identity.name, model_id)
+    record = owners.hosted_record(model_id, view.committee_id, view.node_ids, view.privacy, config_to_json(cfg),
+                                  public_weights=public_weights)
     spec = SessionSpec(task=node_pb2.TASK_PUBLISH, privacy=view.privacy, model_id=model_id,
-                       model_config_json=config_to_json(cfg), public_weights=public_weights)
+                       model_config_json=config_to_json(cfg), public_weights=public_weights,
+                       owner_seal=owners.seal(owner.identity, record))
 
     def program(channel: Channel) -> None:
         if secret and public_weights:

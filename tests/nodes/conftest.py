@@ -11,7 +11,8 @@ from .netutil import Cluster, LoopThread, Pki
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """Nodes n0-n4 and g0-g3, clients alice and bob, owner olivia; and an intruder CA's mallory (client) and n0."""
+    """Nodes n0-n4 and g0-g3 (each its own operator) and m0, m1 (one operator), clients alice and bob, owner olivia;
+    and an intruder CA's mallory (client) and n0."""
     return Pki.make(tmp_path_factory.mktemp("pki"))
 
 

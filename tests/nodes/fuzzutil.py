@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -32,10 +33,10 @@ from secureinfer.net.membership import CommitteeView
 from secureinfer.net.options import grpc_options
 from secureinfer.nodes.config import NodeConfig
 from secureinfer.plaintext import reference as plaintext
-from secureinfer.v1 import node_pb2
+from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 from .committee import publish
-from .netutil import Cluster, LoopThread, Pki, tiny_config, tiny_params
+from .netutil import Cluster, LoopThread, Pki, tiny_config, tiny_params, wait_until
 
 Code = grpc.StatusCode
 PEER_WAIT_S = 1.0  # n0's wait for a first message or a peer's session: short, so fuzzed streams end quickly
@@ -54,8 +55,8 @@ METHODS: dict[str, tuple[str, bool, bool, str]] = {
     "Membership.Gossip": ("/secureinfer.v1.Membership/Gossip", False, False, "n1"),
     "Membership.Status": ("/secureinfer.v1.Membership/Status", False, False, "alice"),
     "Records.Push": ("/secureinfer.v1.Records/Push", False, False, "alice"),
-    "Records.Pull": ("/secureinfer.v1.Records/Pull", False, False, "alice"),
-    "Records.Fetch": ("/secureinfer.v1.Records/Fetch", False, False, "alice"),
+    "Records.Pull": ("/secureinfer.v1.Records/Pull", False, False, "n1"),  # only nodes read records
+    "Records.Fetch": ("/secureinfer.v1.Records/Fetch", False, False, "n1"),
     "Health.Check": ("/grpc.health.v1.Health/Check", False, False, "alice"),
     "Health.Watch": ("/grpc.health.v1.Health/Watch", False, True, "alice"),
 }
@@ -270,7 +271,7 @@ class Target:
     def logits(self, secret: bool) -> torch.Tensor:
         """A known-good decoder request (every position's logits) through the SDK."""
         view = self.view(secret)
-        spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=view.privacy, model_id="tiny", output="all")
+        spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=view.privacy, model_id="olivia/tiny", output="all")
         io = serving.SECRET if secret else serving.PUBLIC
 
         def program(channel: Channel) -> torch.Tensor:
@@ -299,6 +300,23 @@ class Target:
         return {(m, s): n for (m, s), n in self.statuses.items() if s in Code.__members__ and Code[s] not in ALLOWED[m]}
 
 
+def wait_known(cluster: Cluster, client: Connector, address: str) -> None:
+    """Wait until n0 (a process at `address`) and the in-process n1 and n2 have each other's records."""
+    async def seen_by_n0() -> set[str]:
+        stub = node_pb2_grpc.MembershipStub(client.channel(address, "n0"))
+        reply = await stub.Status(node_pb2.StatusRequest(), timeout=5)
+        return {r.node_id for r in reply.records}
+
+    def known() -> bool:
+        try:
+            by_n0 = client.loop_thread.run(seen_by_n0(), timeout=10)
+        except grpc.aio.AioRpcError:
+            return False
+        return {"n1", "n2"} <= by_n0 and all(cluster.daemons[n].table.get("n0") is not None for n in ("n1", "n2"))
+
+    wait_until(known, 20.0, "n0, n1 and n2 knowing each other")
+
+
 @contextlib.contextmanager
 def running_target(pki: Pki, loop: LoopThread, directory: Path, **settings: Any) -> Iterator[Target]:
     """Start n0 as a process (with NodeConfig overrides `settings`) and n1, n2 in-process, publish the tiny model;
@@ -309,10 +327,12 @@ def running_target(pki: Pki, loop: LoopThread, directory: Path, **settings: Any)
         config = NodeConfig(**{**dict(node_id="n0", certs_dir=pki.directory, peer_wait_s=PEER_WAIT_S,
                                       log_level="WARNING", port_file=directory / "n0.port", max_sessions=8,
                                       gossip_interval_s=5.0, record_ttl_s=60.0), **settings})
-        node = NodeProcess(config, directory / "n0")
         for name in ("n1", "n2"):
             cluster.start(name, peer_wait_s=PEER_WAIT_S)
+        # n0 meets n1 and n2 by gossip (nodes dial their peers from their membership tables)
+        node = NodeProcess(dataclasses.replace(config, seeds=(cluster.address("n1"),)), directory / "n0")
         alice = Connector(pki.identity("alice"), [node.address], timeout_s=60)
+        wait_known(cluster, alice, node.address)
         olivia = Connector(pki.identity("olivia"), [node.address], timeout_s=60)
         cfg = tiny_config()
         params = tiny_params(cfg)

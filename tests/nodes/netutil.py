@@ -13,18 +13,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from secureinfer.models.config import ModelConfig, parameter_shapes
 from secureinfer.net.certs import Identity, create_ca, issue
 from secureinfer.net.options import grpc_options
 from secureinfer.nodes.config import NodeConfig
 from secureinfer.nodes.daemon import NodeDaemon
 from secureinfer.v1 import node_pb2, node_pb2_grpc
+from tests.tinymodels import tiny_config, tiny_params  # noqa: F401 - re-exported for the node tests
 
 T = TypeVar("T")
-NODES = ("n0", "n1", "n2", "n3", "n4", "g0", "g1", "g2", "g3")
+NODES = ("n0", "n1", "n2", "n3", "n4", "g0", "g1", "g2", "g3", "m0", "m1")
+# Who runs each node: every node its own operator ("op-NAME"), but m0 and m1 one operator (a capture attempt).
+OPERATORS = {"m0": "mallory-ops", "m1": "mallory-ops"}
 CLIENTS = ("alice", "bob")
 OWNERS = ("olivia", "oscar")
 CALL_S = 20.0  # the bound on any one helper call: nothing in these tests may hang
@@ -64,14 +65,14 @@ class Pki:
         directory, rogue = root / "net", root / "rogue"
         create_ca(directory)
         for name in NODES:
-            issue(directory, name, "node")
+            issue(directory, name, "node", operator=OPERATORS.get(name, f"op-{name}"))
         for name in CLIENTS:
             issue(directory, name, "client")
         for name in OWNERS:
             issue(directory, name, "owner")
         create_ca(rogue, common_name="intruder CA")
         issue(rogue, "mallory", "client")
-        issue(rogue, "n0", "node")
+        issue(rogue, "n0", "node", operator="op-n0")
         return cls(directory, rogue)
 
     def identity(self, name: str) -> Identity:
@@ -90,14 +91,30 @@ class Cluster:
     daemons: dict[str, NodeDaemon] = field(default_factory=dict)
     _channels: dict[tuple[str, str, str], grpc.aio.Channel] = field(default_factory=dict)
 
-    def start(self, name: str, *, peer_wait_s: float = 2.0, **settings: Any) -> NodeDaemon:
-        """Start node `name` (log level WARNING, random port) with NodeConfig overrides `settings`."""
+    def start(self, name: str, *, peer_wait_s: float = 2.0, introduce: bool = True, **settings: Any) -> NodeDaemon:
+        """Start node `name` (log level WARNING, random port) with NodeConfig overrides `settings`. Nodes dial their
+        peers from their membership tables: unless `introduce` is off, the new node and the running ones take each
+        other's records at once, and (without `seeds` of its own) it gossips with the first running node."""
         settings.setdefault("log_level", "WARNING")
+        if introduce and self.daemons and "seeds" not in settings:
+            settings["seeds"] = (next(iter(self.daemons.values())).address,)
         config = NodeConfig(node_id=name, certs_dir=self.pki.directory, **settings)
         daemon = self.loop.run(_construct(config, peer_wait_s))
         self.loop.run(daemon.start())
+        if introduce:
+            self.introduce(daemon)
         self.daemons[name] = daemon
         return daemon
+
+    def introduce(self, daemon: NodeDaemon) -> None:
+        """Give `daemon` the records of the running nodes and them its own (what gossip does, without the wait)."""
+        own = daemon.table.get(daemon.config.node_id)
+        for other in self.daemons.values():
+            theirs = other.table.get(other.config.node_id)
+            if theirs is not None:
+                daemon.table.merge([theirs])
+            if own is not None:
+                other.table.merge([own])
 
     def address(self, name: str) -> str:
         return self.daemons[name].address
@@ -192,7 +209,7 @@ def committee(cluster: Cluster, nodes: Sequence[str], committee_id: str = "c-tes
 
 
 def open_message(cluster: Cluster, nodes: Sequence[str], index: int, *, sid: str | None = None,
-                 task: int = node_pb2.TASK_DECODE, privacy: int | None = None, model_id: str = "tiny",
+                 task: int = node_pb2.TASK_DECODE, privacy: int | None = None, model_id: str = "olivia/tiny",
                  committee_id: str = "c-test", **fields: Any) -> node_pb2.ClientMessage:
     """An `open` ClientMessage for party `index` of the committee `nodes` (secret for 3 nodes, else public)."""
     if privacy is None:
@@ -252,26 +269,6 @@ async def open_stream(cluster: Cluster, who: str | Identity, node: str, first: n
 
 
 # ------------------------------------------------------------------------------------------------ a tiny model
-
-
-def tiny_config(**changes: Any) -> ModelConfig:
-    """A 1-layer GPT-2 (hidden 8, 2 heads, vocabulary 13, 8 positions): fast enough to run securely per test."""
-    fields: dict[str, Any] = dict(arch="gpt2", vocab_size=13, hidden=8, n_layers=1, n_heads=2, n_kv_heads=2,
-                                  head_dim=4, intermediate=16, max_positions=8, norm_eps=1e-5, act="gelu_tanh",
-                                  bos_token_id=0, eos_token_ids=(1,))
-    fields.update(changes)
-    return ModelConfig(**fields)
-
-
-def tiny_params(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random parameters of the config's exact shapes (norm gains near 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    params = {}
-    for name, shape in sorted(parameter_shapes(cfg).items()):
-        noise = torch.randn(shape, generator=gen, dtype=torch.float64)
-        gain = len(shape) == 1 and name.endswith("weight")
-        params[name] = 1.0 + 0.1 * noise if gain else 0.3 * noise
-    return params
 
 
 def wait_until(predicate: Callable[[], bool], within_s: float, what: str, step_s: float = 0.05) -> float:

@@ -67,7 +67,7 @@ async def attack(target: Target, shape: tuple[int, ...], second: tuple[int, ...]
     calls = []
     for index, node in enumerate(("n0", "n1", "n2")):
         request = node_pb2.OpenSession(session_id=sid, task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET,
-                                       model_id="tiny", committee=target.committee(True), party_index=index,
+                                       model_id="olivia/tiny", committee=target.committee(True), party_index=index,
                                        output="all")
         channel = target.channel("alice") if node == "n0" else target.cluster.channel("alice", node)
         call = node_pb2_grpc.InferenceStub(channel).Session(timeout=20)

@@ -8,6 +8,7 @@ Three daemons (n0, n1, n2) host a tiny GPT-2 as a secret committee; n0 also host
 from __future__ import annotations
 
 import json
+import time
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -63,10 +64,18 @@ def sessions(net: Net, node: str, privacy: str) -> float:
     return total
 
 
-def records_at(net: Net, node: str, client_name: str) -> list[Any]:
-    """The rows a node holds that `client_name` reported."""
+def records_at(net: Net, node: str, before: set[str]) -> list[Any]:
+    """The rows the SDK reported that a node holds, but for those whose keys are in `before`; none names a client
+    (nor the certificate that reported it)."""
     rows = net.cluster.daemons[node].records.store.query()
-    return [r for r in rows if r.env_json and json.loads(r.env_json).get("reported_by") == client_name]
+    found = [r for r in rows if r.key not in before and r.env_json and json.loads(r.env_json).get("source") == "sdk"]
+    for r in found:
+        assert not {"client", "reported_by"} & set(json.loads(r.env_json)), r.env_json
+    return found
+
+
+def keys_at(net: Net, node: str) -> set[str]:
+    return net.cluster.daemons[node].records.store.keys()
 
 
 class StandIn:
@@ -98,17 +107,18 @@ def committee(options: list[Any]) -> CommitteeOption:
 def test_public_request_runs_the_selectors_plan_and_the_outcome_reaches_another_node(net: Net, pki: Pki,
                                                                                       costs: CostModel) -> None:
     selector = Selector(None, policy=Policy(allowed_modes=("plaintext",)), seed=0, cost_model=costs)
+    before = keys_at(net, "n2")
     with client(net, pki, selector) as alice:
         got = alice.generate("tiny", PROMPT, 4, privacy="public", strategy="auto")
         (plan,) = selector.observed_records  # the selector's own row of what it observed
     assert got.tokens.shape[0] == 2 and 1 <= got.tokens.shape[1] <= 4
     assert int(got.tokens.min()) >= 0 and int(got.tokens.max()) < net.cfg.vocab_size
     assert plan.mode == "plaintext" and plan.status == "ok" and selector.bandit.observations == 1
-    wait_until(lambda: len(records_at(net, "n2", "alice")) == 1, SPREAD_S, "alice's record reaching n2")
-    row = records_at(net, "n2", "alice")[0]  # pushed to n0 (the worker that served it), spread by gossip
+    wait_until(lambda: len(records_at(net, "n2", before)) == 1, SPREAD_S, "alice's record reaching n2")
+    row = records_at(net, "n2", before)[0]  # pushed to n0 (the worker that served it), spread by gossip
     env = json.loads(row.env_json)
-    assert env["client"] == "alice" and env["node_ids"] == ["n0"] and env["source"] == "sdk"
-    assert (row.model, row.task, row.batch, row.seq_len, row.mode) == ("tiny", "generate", 2, 3, "plaintext")
+    assert "client" not in env and env["node_ids"] == ["n0"] and env["source"] == "sdk"  # no client identity
+    assert (row.model, row.task, row.batch, row.seq_len, row.mode) == ("olivia/tiny", "generate", 2, 3, "plaintext")
     assert row.gen_tokens == got.tokens.shape[1] and row.strategy_name == plan.strategy_name
     assert row.total_s > 0 and row.prefill_s is not None and 0 < row.prefill_s < row.total_s
     assert (row.per_token_s is not None) == (row.gen_tokens > 1)
@@ -120,9 +130,10 @@ def test_secret_request_runs_on_the_committee_and_reports_bytes_and_rounds(net: 
                                                                            costs: CostModel) -> None:
     selector = Selector(None, seed=1, cost_model=costs)
     public_before = sessions(net, "n0", "public")
+    before, started = keys_at(net, "n1"), time.time()
     with client(net, pki, selector, "bob") as bob:
         planner = AutoRunner(bob.connector, bob.identity.name, selector)  # what bob's requests are planned with
-        request, ranked = planner.plans("tiny", net.cfg, bob.membership(), _work(), "secret", None)
+        request, ranked = planner.plans("olivia/tiny", net.cfg, bob.membership(), _work(), "secret", None)
         assert request.secret_prompt and ranked
         assert all(p.mode == "secure" and len(set(p.node_ids)) == 3 for p, _ in ranked)
         out = bob.logits("tiny", PROMPT, strategy="auto")
@@ -130,8 +141,13 @@ def test_secret_request_runs_on_the_committee_and_reports_bytes_and_rounds(net: 
     # any secure profile: the largest prior error (the "fast" profile, 0.2) with a margin
     assert torch.allclose(out, plaintext.gpt2_forward(net.cfg, net.params, PROMPT), atol=0.5)
     assert sessions(net, "n0", "public") == public_before
-    wait_until(lambda: len(records_at(net, "n1", "bob")) == 1, SPREAD_S, "bob's record reaching n1")
-    row = records_at(net, "n1", "bob")[0]
+    # rows carry no client name: bob's is the one that finished after this test began (an earlier test's record
+    # may still be spreading)
+    def bobs() -> list[Any]:
+        return [r for r in records_at(net, "n1", before) if r.timestamp >= started]
+
+    wait_until(lambda: len(bobs()) == 1, SPREAD_S, "bob's record reaching n1")
+    row = bobs()[0]
     assert row.mode == "secure" and row.task == "logits" and json.loads(row.env_json)["node_ids"] == list(SECRET)
     assert row.rounds and row.rounds > 10 and row.bytes_per_party_max and row.bytes_per_party_max > 1000
     assert row.bytes_per_party_sum >= 3 * row.bytes_per_party_max // 2  # three parties sent, the busiest the most
@@ -169,6 +185,7 @@ def test_a_failed_placement_falls_back_to_the_next_and_both_outcomes_are_recorde
         return [(plain, worker(options, "n3")), (plain, worker(options, "n0"))]
 
     standin = StandIn(order)
+    before = keys_at(net, "n1")
     with client(net, pki, standin) as alice:
         wait_until(lambda: any(v.node_ids == ("n3",) for v in alice.committees("tiny", "public")), 10.0, "n3 seen")
         got = alice.generate("tiny", PROMPT, 3, privacy="public")
@@ -176,20 +193,24 @@ def test_a_failed_placement_falls_back_to_the_next_and_both_outcomes_are_recorde
     assert [(p.node_ids, o.ok) for p, o in standin.observed] == [(("n3",), False), (("n0",), True)]
 
     def failed() -> list[Any]:
-        return [r for r in records_at(net, "n1", "alice") if r.status == "error"]
+        return [r for r in records_at(net, "n1", before) if r.status == "error"]
 
     wait_until(lambda: len(failed()) == 1, SPREAD_S, "the failed attempt's record on n1")
     assert "UNAVAILABLE" in failed()[0].error and json.loads(failed()[0].env_json)["node_ids"] == ["n3"]
 
 
 def test_selector_from_network_learns_from_every_nodes_records(net: Net, pki: Pki, costs: CostModel) -> None:
+    """Read through a node's certificate, the selector learns every node's records; a client's may not read them
+    and gets a selector without history (it still plans, from the cost model)."""
     with client(net, pki, None, "bob") as bob:
         with pytest.raises(ValueError, match='strategy="auto" needs a selector'):
             bob.logits("tiny", PROMPT, strategy="auto")
         wait_until(lambda: len(net.cluster.daemons["n0"].records.store) >= 2, SPREAD_S, "records on the seed")
         before = net.cluster.daemons["n0"].records.store.keys()
-        selector = selector_from_network(bob, seed=3, cost_model=costs)
+        with client(net, pki, None, "n4") as operator:  # a node's certificate: an operator's selector
+            selector = selector_from_network(operator, seed=3, cost_model=costs)
         assert before <= {r.key for r in selector.records} <= net.cluster.daemons["n0"].records.store.keys()
+        assert not selector_from_network(bob, seed=3, cost_model=costs).records
         bob.use_selector(selector)
         bob.logits("tiny", PROMPT, privacy="public")
         assert selector.bandit.observations == 1
@@ -266,8 +287,8 @@ def test_the_selectors_secret_plans_are_as_accurate_as_the_default_without_a_bud
     selector = Selector(None, seed=4, cost_model=costs)
     with client(net, pki, selector, "bob") as bob:
         planner = AutoRunner(bob.connector, bob.identity.name, selector)
-        _, default = planner.plans("tiny", net.cfg, bob.membership(), _work(), "secret", None)
-        _, loose = planner.plans("tiny", net.cfg, bob.membership(), _work(), "secret", None, max_error=0.5)
+        _, default = planner.plans("olivia/tiny", net.cfg, bob.membership(), _work(), "secret", None)
+        _, loose = planner.plans("olivia/tiny", net.cfg, bob.membership(), _work(), "secret", None, max_error=0.5)
     assert default and {p.strategy.profile for p, _ in default} == {"accurate"}
     assert {"fast", "lean"} <= {p.strategy.profile for p, _ in loose}
 

@@ -101,7 +101,7 @@ def encode(connector: Connector, net: Net, ids: torch.Tensor, mask: torch.Tensor
     """A job: a batched BERT embedding through the SDK's session plumbing; `crash` makes the client die after
     sending its tokens ("before output") or after the first party's output share ("during output")."""
     cfg, _ = bert()
-    spec = SessionSpec(task=node_pb2.TASK_ENCODE, privacy=node_pb2.PRIVACY_SECRET, model_id="bert",
+    spec = SessionSpec(task=node_pb2.TASK_ENCODE, privacy=node_pb2.PRIVACY_SECRET, model_id="olivia/bert",
                        output="embedding", strategy_json=strategy.to_json(BATCHED))
 
     def program(channel: Channel) -> torch.Tensor:
@@ -176,7 +176,7 @@ def test_a_client_that_goes_away_does_not_disturb_the_others(net: Net, bob: Conn
 
 
 def generate(connector: Connector, net: Net, prompt: torch.Tensor, tokens: int) -> Callable[[], Any]:
-    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="tiny", output="last",
+    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="olivia/tiny", output="last",
                        strategy_json=strategy.to_json(BATCHED))
 
     def program(channel: Channel) -> serving.Generation:
@@ -204,7 +204,7 @@ def test_concurrent_generations_step_together(net: Net, bob: Connector) -> None:
 
 def test_steps_that_cannot_join_run_alone(net: Net, bob: Connector) -> None:
     """Decoder steps of different lengths never share a forward: each waits out the window and runs alone."""
-    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="tiny", output="all",
+    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="olivia/tiny", output="all",
                        strategy_json=strategy.to_json(BATCHED))
     prompts = [ids_of(1, 3, seed=12), ids_of(1, 4, seed=13)]
 
@@ -221,7 +221,7 @@ def test_steps_that_cannot_join_run_alone(net: Net, bob: Connector) -> None:
 
 
 def test_unbatched_requests_are_not_batched(net: Net) -> None:
-    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="tiny", output="all")
+    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="olivia/tiny", output="all")
     ids = ids_of(1, 3, seed=14)
 
     def program(channel: Channel) -> torch.Tensor:

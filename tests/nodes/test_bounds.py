@@ -28,7 +28,7 @@ from secureinfer.net.wire import config_to_json
 from secureinfer.nodes.batching import Member, Plan, _check_plan
 from secureinfer.v1 import node_pb2
 
-from .committee import PUBLIC, SECRET, Net, running_committee
+from .committee import PUBLIC, SECRET, Net, running_committee, sealed
 from .netutil import (Cluster, LoopThread, Outcome, Pki, finish, open_message, open_stream, session_id, tiny_config,
                       wait_until)
 
@@ -88,7 +88,7 @@ def test_a_flooded_link_stops_reading_instead_of_buffering(net: Net) -> None:
 
 def _logits(net: Net, ids: torch.Tensor, secret: bool) -> torch.Tensor:
     view = net.view(SECRET if secret else PUBLIC)
-    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=view.privacy, model_id="tiny", output="all")
+    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=view.privacy, model_id="olivia/tiny", output="all")
 
     def program(channel: Channel) -> torch.Tensor:
         io = serving.SECRET if secret else serving.PUBLIC
@@ -158,9 +158,9 @@ def test_a_seed_for_an_unexpected_weight_is_refused_before_expansion(net: Net) -
 
     def publish_session(messages: list[tuple[bytes, str]]) -> Outcome:
         async def go() -> Outcome:
-            call = await open_stream(net.cluster, "olivia", "n0", open_message(
+            call = await open_stream(net.cluster, "olivia", "n0", sealed(open_message(
                 net.cluster, SECRET, 0, task=node_pb2.TASK_PUBLISH, committee_id="c-seeds",
-                model_config_json=config_to_json(net.cfg)), timeout=20)
+                model_config_json=config_to_json(net.cfg)), net.cluster.pki.identity("olivia")), timeout=20)
             try:
                 for payload, tag in messages:
                     for message in frame_messages(payload, tag):

@@ -20,7 +20,8 @@ from .netutil import Cluster, Pki, unary_outcome
 
 def _expired(directory: Path, name: str, role: str) -> Identity:
     """An identity whose certificate ran out two days ago (built directly: Identity.load refuses it)."""
-    issue(directory, name, role, days=1, not_before=time.time() - 3 * 86400, force=True)
+    operator = f"op-{name}" if role == "node" else None
+    issue(directory, name, role, days=1, not_before=time.time() - 3 * 86400, force=True, operator=operator)
     return Identity(name, role, (directory / f"{name}.pem").read_bytes(), (directory / f"{name}.key").read_bytes(),
                     (directory / "ca.pem").read_bytes())
 

@@ -111,11 +111,11 @@ def test_records_and_committee_views_advertise_the_precision(net: Net, client: C
     committee_of = {}
     for index, node in enumerate(SECRET):
         held = {key[0]: m for key, m in list_models(net, node).items()}
-        assert held["tiny16"].frac_bits == 16 and held["bert16"].frac_bits == 16
-        assert held["tiny16"].party_index == index and held["bert16"].public_weights
-        committee_of[node] = held["tiny16"].committee_id
-    assert list_models(net, "n0")["tiny", "c-secret"].frac_bits == 18  # default publishes stay at 18
-    assert list_models(net, "n0")["tiny", "c-public"].frac_bits == 0  # a plaintext worker has no fixed point
+        assert held["olivia/tiny16"].frac_bits == 16 and held["olivia/bert16"].frac_bits == 16
+        assert held["olivia/tiny16"].party_index == index and held["olivia/bert16"].public_weights
+        committee_of[node] = held["olivia/tiny16"].committee_id
+    assert list_models(net, "n0")["olivia/tiny", "c-secret"].frac_bits == 18  # default publishes stay at 18
+    assert list_models(net, "n0")["olivia/tiny", "c-public"].frac_bits == 0  # a plaintext worker has no fixed point
     assert len(set(committee_of.values())) == 1
     [view] = client.wait_for_model("tiny16")
     assert view.frac_bits == 16 and view.committee_id == committee_of["n0"]
@@ -182,7 +182,7 @@ def test_a_strategy_at_another_precision_is_refused_naming_both(net: Net, client
                                         strategy_json=strategy.to_json(F16)), node)
         assert out.code == Code.INVALID_ARGUMENT, out
         assert "frac_bits=16" in out.details and "frac_bits=18" in out.details, out.details
-    out = refused(net, open_message(net.cluster, SECRET, 0, committee_id=view16.committee_id, model_id="tiny16",
+    out = refused(net, open_message(net.cluster, SECRET, 0, committee_id=view16.committee_id, model_id="olivia/tiny16",
                                     fractional_bits=18))
     assert out.code == Code.INVALID_ARGUMENT and "frac_bits=18" in out.details and "frac_bits=16" in out.details, out
     net.run(net.cluster.wait_idle(SECRET, within_s=5.0))

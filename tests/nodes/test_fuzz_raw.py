@@ -33,7 +33,7 @@ def target(pki: Pki, loop: LoopThread, tmp_path_factory: pytest.TempPathFactory)
 def seeds(target: Target) -> dict[str, list[bytes]]:
     """Well-formed requests per method: the starting points that mutations truncate and flip."""
     public = node_pb2.OpenSession(session_id=session_id(), task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_PUBLIC,
-                                  model_id="tiny", committee=target.committee(False), output="all")
+                                  model_id="olivia/tiny", committee=target.committee(False), output="all")
     frame = node_pb2.Frame(tag="tokens", clock=1, kind=node_pb2.PAYLOAD_KIND_TENSOR, dtype="int64", shape=[1, 2],
                            total_bytes=16, data=bytes(16), last=True)
     hello = node_pb2.LinkHello(session_id=session_id(), from_party=0, to_party=1)

@@ -47,7 +47,7 @@ def opens(target: Target) -> st.SearchStrategy[node_pb2.OpenSession]:
                                      addresses=st.lists(TEXT, max_size=4)))
     return st.builds(node_pb2.OpenSession,
                      session_id=st.one_of(st.builds(session_id), TEXT, st.just("a" * 16)),
-                     task=ENUMS, privacy=ENUMS, model_id=st.one_of(st.just("tiny"), TEXT), committee=committees,
+                     task=ENUMS, privacy=ENUMS, model_id=st.one_of(st.just("olivia/tiny"), TEXT), committee=committees,
                      party_index=st.one_of(st.integers(0, 3), U32), output=st.one_of(st.sampled_from(["all", "last"]),
                                                                                        TEXT),
                      profile=st.one_of(st.just(""), TEXT), model_config_json=st.one_of(st.just("{}"), TEXT),

@@ -28,7 +28,7 @@ from secureinfer.plaintext import reference as plaintext
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
 from .committee import publish
-from .fuzzutil import NodeProcess
+from .fuzzutil import NodeProcess, wait_known
 from .netutil import Cluster, LoopThread, Pki, tiny_config, tiny_params, wait_until
 
 SECRET_NODES = ("n0", "n1", "n2")
@@ -58,7 +58,7 @@ def view(cluster: Cluster, committee_id: str, nodes: tuple[str, ...], addresses:
                          node_pb2.PRIVACY_SECRET if secret else node_pb2.PRIVACY_PUBLIC)
 
 
-def logits(client: Connector, committee: CommitteeView, cfg, model_id: str = "tiny") -> torch.Tensor:
+def logits(client: Connector, committee: CommitteeView, cfg, model_id: str = "olivia/tiny") -> torch.Tensor:
     spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=committee.privacy, model_id=model_id, output="all")
     io = serving.SECRET if committee.privacy == node_pb2.PRIVACY_SECRET else serving.PUBLIC
 
@@ -117,7 +117,7 @@ def test_every_kind_of_hosted_model_is_served_again_after_a_restart(pki: Pki, lo
         for name in SECRET_NODES:
             restart(cluster, name, tmp_path)
         assert {n: hosted(cluster, n) for n in SECRET_NODES} == before
-        assert ("tiny", "c-plain") in before["n0"] and len(before["n1"]) == 2
+        assert ("olivia/tiny", "c-plain") in before["n0"] and len(before["n1"]) == 2
         for committee in ("c-shares", "c-open"):
             got = logits(client, view(cluster, committee, SECRET_NODES), cfg)
             assert (got - want).abs().max().item() < TOLERANCE, committee
@@ -156,7 +156,7 @@ def test_corrupt_truncated_and_foreign_files_are_refused_and_skipped(pki: Pki, l
         shutil.copy(next((tmp_path / "n1" / "models").glob("*.model")), models / "foreign.model")
         (models / "garbage.model").write_bytes(b"\x00" * 100)
         start(cluster, "n0", tmp_path, port)
-        assert hosted(cluster, "n0") == {("tiny", "c-shares"), ("tiny", "c-plain")}
+        assert hosted(cluster, "n0") == {("olivia/tiny", "c-shares"), ("olivia/tiny", "c-plain")}
         reasons = {Path(r.file).name: r.reason for r in collected.of("kept model refused")}
         assert set(reasons) == {"corrupt.model", "truncated.model", "foreign.model", "garbage.model"}, reasons
         assert "does not open" in reasons["corrupt.model"] and "truncated" in reasons["truncated.model"]
@@ -174,7 +174,7 @@ def test_a_node_without_a_data_directory_keeps_nothing(pki: Pki, loop: LoopThrea
     try:
         start(cluster, "n0", None)
         publish(owner, view(cluster, "c-plain", ("n0",)), cfg, tiny_params(cfg))
-        assert hosted(cluster, "n0") == {("tiny", "c-plain")}
+        assert hosted(cluster, "n0") == {("olivia/tiny", "c-plain")}
         restart(cluster, "n0", None)
         assert hosted(cluster, "n0") == set()
     finally:
@@ -196,12 +196,15 @@ def test_a_node_killed_and_restarted_serves_its_shares_without_republishing(pki:
     owner = Connector(pki.identity("olivia"), ["127.0.0.1:9"], timeout_s=60)
     client = Connector(pki.identity("alice"), ["127.0.0.1:9"], timeout_s=60)
     cfg, params = tiny_config(), tiny_params(tiny_config())
+    for name in ("n1", "n2"):
+        cluster.start(name, peer_wait_s=5.0, gossip_interval_s=0.25)
+    # n0 finds its peers, and they it, by gossip through n1 (nodes dial peers from their membership tables)
     config = NodeConfig(node_id="n0", certs_dir=pki.directory, port=free_port(), data_dir=tmp_path / "n0",
-                        port_file=tmp_path / "n0.port", peer_wait_s=5.0, log_level="INFO")
+                        port_file=tmp_path / "n0.port", peer_wait_s=5.0, log_level="INFO",
+                        seeds=(cluster.address("n1"),), gossip_interval_s=0.25)
     node = NodeProcess(config, tmp_path / "run")
     try:
-        for name in ("n1", "n2"):
-            cluster.start(name, peer_wait_s=5.0)
+        wait_known(cluster, client, node.address)
         addresses = {"n0": node.address, "n1": cluster.address("n1"), "n2": cluster.address("n2")}
         committee = view(cluster, "c-shares", SECRET_NODES, addresses)
         publish(owner, committee, cfg, params)
@@ -212,7 +215,8 @@ def test_a_node_killed_and_restarted_serves_its_shares_without_republishing(pki:
         config.port_file.unlink()
         node = NodeProcess(config, tmp_path / "run")
         assert node.address == addresses["n0"]
-        wait_until(lambda: ("tiny", "c-shares") in _listed(client, node.address), 20.0, "n0 listing it")
+        wait_until(lambda: ("olivia/tiny", "c-shares") in _listed(client, node.address), 20.0, "n0 listing it")
+        wait_known(cluster, client, node.address)
         got = logits(client, committee, cfg)
         assert (got - want).abs().max().item() < TOLERANCE
         assert "kept model restored" in node.log_path.read_text()

@@ -28,7 +28,7 @@ from secureinfer.net.wire import config_to_json
 from secureinfer.plaintext import reference as plaintext
 from secureinfer.v1 import node_pb2, node_pb2_grpc
 
-from .committee import PUBLIC, SECRET, Net, publish, running_committee
+from .committee import PUBLIC, SECRET, Net, publish, running_committee, sealed
 from .netutil import (Cluster, LoopThread, Outcome, Pki, finish, open_message, open_stream, session_id, tiny_config,
                       unary_outcome, wait_until)
 
@@ -40,7 +40,7 @@ def logits(net: Net, view: CommitteeView, ids: torch.Tensor, cfg: ModelConfig | 
            timeout_s: float = 60.0) -> torch.Tensor:
     """Decoder logits through the SDK's session plumbing (the client's cfg may be altered to send bad shapes)."""
     secret = view.privacy == node_pb2.PRIVACY_SECRET
-    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=view.privacy, model_id="tiny", output="all")
+    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=view.privacy, model_id="olivia/tiny", output="all")
     io = serving.SECRET if secret else serving.PUBLIC
     use = cfg or net.cfg
 
@@ -293,9 +293,9 @@ def test_peer_link_to_a_publish_session_is_refused(net: Net) -> None:
     sid = session_id()
 
     async def go() -> Outcome:
-        owner = await open_stream(net.cluster, "olivia", "n1", open_message(
+        owner = await open_stream(net.cluster, "olivia", "n1", sealed(open_message(
             net.cluster, SECRET, 1, sid=sid, task=node_pb2.TASK_PUBLISH, committee_id="c-new",
-            model_config_json=config_to_json(net.cfg)))
+            model_config_json=config_to_json(net.cfg)), net.cluster.pki.identity("olivia")))
         call = net.cluster.peer("n0", "n1").Link(timeout=5)
         await call.write(node_pb2.PeerMessage(hello=node_pb2.LinkHello(session_id=sid, from_party=0, to_party=1)))
         out = await finish(call)
@@ -457,7 +457,7 @@ def test_client_that_stops_sending_gets_deadline_exceeded(net: Net) -> None:
 @pytest.mark.parametrize("nodes", [SECRET, PUBLIC], ids=["secret", "public"])
 def test_sdk_session_past_its_deadline(net: Net, nodes: tuple[str, ...]) -> None:
     """Through the SDK: a client that waits for nothing past its call timeout gets DEADLINE_EXCEEDED."""
-    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=net.view(nodes).privacy, model_id="tiny", output="all")
+    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=net.view(nodes).privacy, model_id="olivia/tiny", output="all")
     io = serving.SECRET if len(nodes) == 3 else serving.PUBLIC
 
     def program(channel: Channel) -> None:
@@ -527,8 +527,8 @@ def test_good_secure_request_after_the_faults(net: Net) -> None:
 
 def test_max_sessions_is_resource_exhausted(cluster: Cluster) -> None:
     cluster.start("n4", max_sessions=1)
-    publish_open = open_message(cluster, ("n4",), 0, task=node_pb2.TASK_PUBLISH, committee_id="c-limit",
-                                model_config_json=config_to_json(tiny_config()))
+    publish_open = sealed(open_message(cluster, ("n4",), 0, task=node_pb2.TASK_PUBLISH, committee_id="c-limit",
+                                       model_config_json=config_to_json(tiny_config())), cluster.pki.identity("olivia"))
 
     def fresh() -> node_pb2.ClientMessage:
         message = node_pb2.ClientMessage()
@@ -555,8 +555,8 @@ def test_max_sessions_is_resource_exhausted(cluster: Cluster) -> None:
 
 def test_stopping_a_node_ends_its_running_sessions(cluster: Cluster) -> None:
     cluster.start("n4")
-    publish_open = open_message(cluster, ("n4",), 0, task=node_pb2.TASK_PUBLISH, committee_id="c-stop",
-                                model_config_json=config_to_json(tiny_config()))
+    publish_open = sealed(open_message(cluster, ("n4",), 0, task=node_pb2.TASK_PUBLISH, committee_id="c-stop",
+                                       model_config_json=config_to_json(tiny_config())), cluster.pki.identity("olivia"))
     call = cluster.run(open_stream(cluster, "olivia", "n4", publish_open, timeout=30))
     sid = publish_open.open.session_id
     start = time.monotonic()

@@ -44,7 +44,7 @@ def generate(net: Net, view: CommitteeView, prompt: torch.Tensor, max_new_tokens
              strategy_json: str = "", prompts: int = 1) -> list[serving.Generation]:
     """Greedy generations (the same prompt `prompts` times, with resets between) through the SDK's sessions."""
     secret = view.privacy == node_pb2.PRIVACY_SECRET
-    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=view.privacy, model_id="tiny", output="last",
+    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=view.privacy, model_id="olivia/tiny", output="last",
                        strategy_json=strategy_json)
     eos = torch.tensor(net.cfg.eos_token_ids, dtype=torch.int64)
 

@@ -84,7 +84,7 @@ def measured(net: Net, run: Callable[[], Any]) -> tuple[Any, list[int]]:
 def logits(net: Net, view: CommitteeView, ids: torch.Tensor, chosen: strategy.Strategy | None = None
            ) -> torch.Tensor:
     """Decoder logits of every position (one forward) through the SDK's session plumbing."""
-    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="tiny", output="all",
+    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="olivia/tiny", output="all",
                        strategy_json=strategy.to_json(chosen) if chosen is not None else "")
 
     def program(channel: Channel) -> torch.Tensor:
@@ -112,10 +112,10 @@ def test_each_party_records_the_open_committee_as_public_weights(net: Net, pki: 
     for index, node in enumerate(SECRET):
         reply = net.run(list_models(net, node))
         held = {(m.model_id, m.committee_id): m for m in reply.models}
-        assert held["tiny", "c-open"].public_weights and held["bert", "c-open"].public_weights
-        assert not held["tiny", "c-secret"].public_weights and not held["bert", "c-secret"].public_weights
-        assert held["tiny", "c-open"].party_index == index
-        assert held["tiny", "c-open"].privacy == node_pb2.PRIVACY_SECRET
+        assert held["olivia/tiny", "c-open"].public_weights and held["olivia/bert", "c-open"].public_weights
+        assert not held["olivia/tiny", "c-secret"].public_weights and not held["olivia/bert", "c-secret"].public_weights
+        assert held["olivia/tiny", "c-open"].party_index == index
+        assert held["olivia/tiny", "c-open"].privacy == node_pb2.PRIVACY_SECRET
     with Client(pki.identity("alice"), [net.cluster.address("n0")], timeout_s=60) as client:
         for _ in range(60):  # gossip brings every party's record to the seed
             views = {v.committee_id: v for v in client.committees("tiny")}
@@ -177,7 +177,7 @@ def test_public_weights_generation_matches_plaintext_and_in_process(net: Net) ->
     prompt = IDS[:, :3]
     want = plaintext.greedy_generate(net.cfg, net.params, prompt, 4, eos_token_ids=())
     local, _ = session.secure_generate(net.cfg, net.params, prompt, 4, eos_token_ids=(), public_weights=True)
-    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="tiny", output="last",
+    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=node_pb2.PRIVACY_SECRET, model_id="olivia/tiny", output="last",
                        strategy_json=strategy.to_json(PUBW))
 
     def program(channel: Channel) -> serving.Generation:
@@ -244,8 +244,8 @@ def refused(net: Net, first: node_pb2.ClientMessage, node: str = "n0") -> Any:
 
 
 def test_public_weights_on_a_shares_committee_is_invalid_argument(net: Net, pki: Pki) -> None:
-    for model in ("tiny", "bert"):
-        task = node_pb2.TASK_DECODE if model == "tiny" else node_pb2.TASK_ENCODE
+    for model in ("olivia/tiny", "olivia/bert"):
+        task = node_pb2.TASK_DECODE if model == "olivia/tiny" else node_pb2.TASK_ENCODE
         for index, node in enumerate(SECRET):
             out = refused(net, open_message(net.cluster, SECRET, index, committee_id="c-secret", model_id=model,
                                             task=task, strategy_json=strategy.to_json(PUBW)), node)

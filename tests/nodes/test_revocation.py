@@ -5,6 +5,7 @@ the shared `pki` of the other node tests)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def test_rotation_new_certificate_replaces_the_revoked_old_one(own: Cluster) -> 
     own.stop("n2")
     from secureinfer.net.certs import issue
 
-    issue(directory, "n2", "node", force=True)  # the operator issues n2 a new certificate and key
+    issue(directory, "n2", "node", force=True, operator="op-n2")  # the operator issues n2 a new certificate and key
     new_pem = (directory / "n2.pem").read_bytes()
     own.start("n2", seeds=(own.address("n0"),), gossip_interval_s=INTERVAL_S, record_ttl_s=TTL_S)
     revoke(directory, [certificate_serial(old_pem)])
@@ -159,3 +160,38 @@ def test_crl_from_another_ca_is_refused(own: Cluster, tmp_path: Path) -> None:
     with pytest.raises(RevocationError, match="not signed by this network's CA"):
         NodeDaemon(config)
     assert (own.pki.directory / CRL_FILE).is_file()
+
+
+def test_an_older_or_rewritten_list_cannot_unrevoke(own: Cluster, tmp_path: Path) -> None:
+    """Replaying the CA's earlier list (#1, nothing revoked) or another list of the held number is refused: bob stays
+    revoked; a newer list is taken."""
+    directory = own.pki.directory
+    own.start("n0")
+    first = (directory / CRL_FILE).read_bytes()
+    fork = tmp_path / "fork"  # the CA's holder signing a second, different list #2 beside the real one
+    fork.mkdir()
+    for name in ("ca.pem", "ca.key"):
+        (fork / name).write_bytes((directory / name).read_bytes())
+    (fork / CRL_FILE).write_bytes(first)
+    revoke(fork, [certificate_serial((directory / "alice.pem").read_bytes())])
+    revoke_names(own, "bob")  # the real #2
+    daemon = own.daemons["n0"]
+    for replay in (first, (fork / CRL_FILE).read_bytes()):
+        _rewrite(directory / CRL_FILE, replay)
+        assert daemon.check_revocations() == []
+        assert daemon.revocation.current.number == 2
+        refused = status(own, "bob", "n0")
+        assert refused.code == grpc.StatusCode.UNAUTHENTICATED and "#2" in refused.details
+    revoke(fork, [])  # #3 from the fork: newer, so taken (it revokes alice, not bob)
+    _rewrite(directory / CRL_FILE, (fork / CRL_FILE).read_bytes())
+    daemon.check_revocations()
+    assert daemon.revocation.current.number == 3
+    assert status(own, "bob", "n0").code == grpc.StatusCode.OK
+    assert status(own, "alice", "n0").code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    """Write `data` over `path` with a later modification time (a file system's clock may tick coarsely)."""
+    later = path.stat().st_mtime_ns + 1_000_000_000
+    path.write_bytes(data)
+    os.utime(path, ns=(later, later))

@@ -107,7 +107,7 @@ def test_text_for_a_model_without_a_tokenizer_says_how_to_supply_one(net: Net, p
     with client(net, pki) as alice:
         for call in (lambda: alice.generate("tiny", "abc", 2), lambda: next(iter(alice.stream("tiny", "abc", 2))),
                      lambda: alice.logits("tiny", "abc")):
-            with pytest.raises(InvalidRequest, match="no tokenizer is known for 'tiny'") as info:
+            with pytest.raises(InvalidRequest, match="no tokenizer is known for 'olivia/tiny'") as info:
                 call()
             assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and isinstance(info.value, ValueError)
             assert "tokenizer=" in str(info.value) and "ModelOwner.publish(..., tokenizer=...)" in str(info.value)

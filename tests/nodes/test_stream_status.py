@@ -113,7 +113,7 @@ def test_good_requests_after_the_races(net: Net) -> None:
     """The nodes stay up and serve the party-2 committee normally."""
     ids = torch.tensor([[2, 5, 7, 3]])
     view = CommitteeView("c-party2", PARTY2, tuple(net.cluster.address(n) for n in PARTY2), node_pb2.PRIVACY_SECRET)
-    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=view.privacy, model_id="tiny", output="all")
+    spec = SessionSpec(task=node_pb2.TASK_DECODE, privacy=view.privacy, model_id="olivia/tiny", output="all")
 
     def program(channel: Channel) -> torch.Tensor:
         return serving.client_logits(channel, net.cfg, EngineConfig(), ids, (ids.shape[1],))[0]

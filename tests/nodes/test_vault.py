@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from secureinfer.net import owners
+from secureinfer.net.wire import config_to_json
+from secureinfer.nodes import publishing
 from secureinfer.nodes import vault as vault_module
 from secureinfer.nodes.vault import KEY_FILE, Kept, Vault, VaultError
 from secureinfer.v1 import node_pb2
+
+from .netutil import Pki, tiny_config
 
 
 def kept(model_id: str = "org/tiny", big: bool = False) -> Kept:
@@ -130,3 +135,29 @@ def test_a_file_over_max_model_bytes_or_not_a_model_is_refused(tmp_path: Path, v
     with pytest.raises(VaultError, match="over max_model_bytes"):
         small.load(path)
     refused(vault, path, b"not a model at all", "bad magic")
+
+
+def test_the_owners_signature_is_kept_and_checked_again_at_restore(vault: Vault, pki: Pki) -> None:
+    """The hosted record is kept with its owner's signature; restoring refuses a record whose signature does not
+    verify (none, or another owner's over this owner's id) before it builds anything."""
+    olivia, oscar = pki.identity("olivia"), pki.identity("oscar")
+    signed = kept("olivia/tiny")
+    record = owners.hosted_record("olivia/tiny", "c-1", ["n0", "n1", "n2"], node_pb2.PRIVACY_SECRET,
+                                  config_to_json(tiny_config()))
+    record.owner_seal.CopyFrom(owners.seal(olivia, record))
+    signed = Kept(record, "olivia", signed.tensors)
+    back = vault.load(vault.save(signed))
+    assert same(back, signed) and back.record.owner_seal == record.owner_seal
+    assert owners.verify(back.record, olivia.ca_pem) == "olivia"
+    unsigned = node_pb2.HostedModel()
+    unsigned.CopyFrom(record)
+    unsigned.ClearField("owner_seal")
+    forged = node_pb2.HostedModel()
+    forged.CopyFrom(unsigned)
+    forged.owner_seal.CopyFrom(node_pb2.OwnerSeal(certificate_pem=oscar.cert_pem,
+                                                  signature=oscar.sign(owners.statement(forged))))
+    for bad, reason in ((unsigned, "no owner signature"), (forged, "signed by owner 'oscar'")):
+        with pytest.raises(VaultError, match=reason):
+            publishing.restore(Kept(bad, "oscar", signed.tensors), "cpu", olivia.ca_pem)
+    with pytest.raises(VaultError, match="do not pair up"):  # the signature holds; these tensors make no model
+        publishing.restore(signed, "cpu", olivia.ca_pem)

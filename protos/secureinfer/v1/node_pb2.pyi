@@ -85,7 +85,7 @@ class Committee(_message.Message):
     def __init__(self, committee_id: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "task", "privacy", "model_id", "committee", "party_index", "output", "profile", "model_config_json", "fractional_bits", "strategy_json", "public_weights")
+    __slots__ = ("session_id", "task", "privacy", "model_id", "committee", "party_index", "output", "profile", "model_config_json", "fractional_bits", "strategy_json", "public_weights", "owner_seal")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class OpenSession(_message.Message):
     FRACTIONAL_BITS_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_JSON_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SEAL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     task: Task
     privacy: Privacy
@@ -110,7 +111,16 @@ class OpenSession(_message.Message):
     fractional_bits: int
     strategy_json: str
     public_weights: bool
-    def __init__(self, session_id: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., privacy: _Optional[_Union[Privacy, str]] = ..., model_id: _Optional[str] = ..., committee: _Optional[_Union[Committee, _Mapping]] = ..., party_index: _Optional[int] = ..., output: _Optional[str] = ..., profile: _Optional[str] = ..., model_config_json: _Optional[str] = ..., fractional_bits: _Optional[int] = ..., strategy_json: _Optional[str] = ..., public_weights: _Optional[bool] = ...) -> None: ...
+    owner_seal: OwnerSeal
+    def __init__(self, session_id: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., privacy: _Optional[_Union[Privacy, str]] = ..., model_id: _Optional[str] = ..., committee: _Optional[_Union[Committee, _Mapping]] = ..., party_index: _Optional[int] = ..., output: _Optional[str] = ..., profile: _Optional[str] = ..., model_config_json: _Optional[str] = ..., fractional_bits: _Optional[int] = ..., strategy_json: _Optional[str] = ..., public_weights: _Optional[bool] = ..., owner_seal: _Optional[_Union[OwnerSeal, _Mapping]] = ...) -> None: ...
+
+class OwnerSeal(_message.Message):
+    __slots__ = ("certificate_pem", "signature")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    signature: bytes
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SessionAccepted(_message.Message):
     __slots__ = ("session_id", "node_id")
@@ -149,7 +159,7 @@ class CancelReply(_message.Message):
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
 
 class HostedModel(_message.Message):
-    __slots__ = ("model_id", "committee_id", "node_ids", "party_index", "privacy", "arch", "config_json", "public_weights", "frac_bits")
+    __slots__ = ("model_id", "committee_id", "node_ids", "party_index", "privacy", "arch", "config_json", "public_weights", "frac_bits", "owner_seal")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     COMMITTEE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +169,7 @@ class HostedModel(_message.Message):
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     FRAC_BITS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SEAL_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     committee_id: str
     node_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -168,7 +179,8 @@ class HostedModel(_message.Message):
     config_json: str
     public_weights: bool
     frac_bits: int
-    def __init__(self, model_id: _Optional[str] = ..., committee_id: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., party_index: _Optional[int] = ..., privacy: _Optional[_Union[Privacy, str]] = ..., arch: _Optional[str] = ..., config_json: _Optional[str] = ..., public_weights: _Optional[bool] = ..., frac_bits: _Optional[int] = ...) -> None: ...
+    owner_seal: OwnerSeal
+    def __init__(self, model_id: _Optional[str] = ..., committee_id: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., party_index: _Optional[int] = ..., privacy: _Optional[_Union[Privacy, str]] = ..., arch: _Optional[str] = ..., config_json: _Optional[str] = ..., public_weights: _Optional[bool] = ..., frac_bits: _Optional[int] = ..., owner_seal: _Optional[_Union[OwnerSeal, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -103,11 +103,12 @@ def bench_concurrent(name: str, n: int, profile_name: str, net_config) -> dict[s
     outputs: dict[str, list[Any]] = {}
     with LocalNetwork(net_config) as net, net.owner() as owner, net.client() as client:
         committee = owner.publish(name, cfg, params)[0]
-        view = next(v for v in client.committees(name) if v.committee_id == committee.committee_id)
+        model_id = owner.model_id(name)  # OWNER/NAME: the id nodes host it under
+        view = next(v for v in client.committees(model_id) if v.committee_id == committee.committee_id)
         for mode in ("unbatched", "batched"):
             chosen = SecureStrategy(profile=profile_name, batch_requests=mode == "batched")
             spec = SessionSpec(task=node_pb2.TASK_DECODE if cfg.causal else node_pb2.TASK_ENCODE,
-                               privacy=node_pb2.PRIVACY_SECRET, model_id=name,
+                               privacy=node_pb2.PRIVACY_SECRET, model_id=model_id,
                                output="last" if cfg.causal else "embedding", strategy_json=to_json(chosen))
             started = time.time()
             wall, outputs[mode], each = _run_all(client, view, spec, cfg, inputs)

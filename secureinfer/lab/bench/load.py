@@ -9,8 +9,10 @@ A tiny random GPT-2 is published to two disjoint committees (so a request whose 
 on the other). Requests alternate between secure decoder logits and two-token greedy generation; each is checked
 against the float64 plaintext model (logits within `tolerance`; a generated token must be an argmax of the plaintext
 logits of its prefix up to that tolerance). A chaos thread kills a committee member (SIGKILL) after each
-1/(kills+1) of the requests, restarts it with the same configuration and address, and republishes the model to its
-committee (a restarted node starts empty). Every request ends in exactly one outcome: right, wrong, or failed with a
+1/(kills+1) of the requests and restarts it with the same configuration and address; a network that keeps models
+(`SimulationConfig(keep_models=True)`, what `secureinfer bench load` runs) serves them again from the node's data
+directory, otherwise the model is republished to its committee (a restarted node then starts empty). A generation
+whose committee dies mid-way resumes on the other committee. Every request ends in exactly one outcome: right, wrong, or failed with a
 gRPC status; the report tallies failures by cause, latency percentiles, and each never-killed node's RSS and open
 file descriptors before and after.
 """
@@ -84,12 +86,14 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Kill:
-    """One fault: which node, when (seconds into the run) it was killed, restarted and its committee republished."""
+    """One fault: which node, when (seconds into the run) it was killed, restarted and its committee served again
+    (from the kept shares, or republished)."""
 
     node: str
     killed_s: float
     restarted_s: float
-    republished_s: float
+    serving_s: float
+    republished: bool
 
 
 @dataclass
@@ -127,7 +131,7 @@ class LoadReport:
                  f"latency of successful requests: {pct}"]
         for kill in self.kills:
             lines.append(f"killed {kill.node} at {kill.killed_s:.1f} s, restarted at {kill.restarted_s:.1f} s, "
-                         f"republished at {kill.republished_s:.1f} s")
+                         f"{'republished' if kill.republished else 'serving its kept shares'} at {kill.serving_s:.1f} s")
         for node, (rss, fds) in self.resources_before.items():
             rss2, fds2 = self.resources_after.get(node, (0, 0))
             lines.append(f"{node}: RSS {rss / 1024:.0f} -> {rss2 / 1024:.0f} MiB, open fds {fds} -> {fds2}")
@@ -302,7 +306,8 @@ def _chaos(run: _Run, owner: Any, committees: list[Any], kills: list[Kill], stop
 
 
 def _faults(run: _Run, owner: Any, committees: list[Any], kills: list[Kill], stop: threading.Event) -> None:
-    """Kill a committee member after each 1/(kills+1) of the requests, restart it, republish to its committee."""
+    """Kill a committee member after each 1/(kills+1) of the requests, restart it, and wait until its committee
+    serves again (republishing the model unless the node kept it)."""
     spec, network = run.spec, run.network
     for k in range(spec.kills):
         threshold = (k + 1) * spec.requests // (spec.kills + 1)
@@ -318,9 +323,23 @@ def _faults(run: _Run, owner: Any, committees: list[Any], kills: list[Kill], sto
         time.sleep(spec.downtime_s)
         run.restart(victim)
         restarted = run.elapsed()
-        committees[k % len(committees)] = _republish(owner, run, members)
-        kills.append(Kill(victim, killed, restarted, run.elapsed()))
-        run.log(f"chaos: {victim} restarted at {restarted:.1f} s, committee republished at {run.elapsed():.1f} s")
+        kept = getattr(network.config, "keep_models", False)
+        committees[k % len(committees)] = (_kept if kept else _republish)(owner, run, members)
+        kills.append(Kill(victim, killed, restarted, run.elapsed(), republished=not kept))
+        run.log(f"chaos: {victim} restarted at {restarted:.1f} s, committee serving again at {run.elapsed():.1f} s")
+
+
+def _kept(owner: Any, run: _Run, members: tuple[str, ...], within_s: float = 60.0) -> Any:
+    """The committee `members` once the membership view lists the model there again (the restarted node hosts what
+    it kept; its record takes a gossip round to spread)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        for view in owner.committees(MODEL_ID):
+            if set(view.node_ids) == set(members):
+                return view
+        if time.monotonic() > deadline:
+            raise LoadError(f"{members} did not host {MODEL_ID} again within {within_s:g} s of the restart")
+        time.sleep(0.2)
 
 
 def _republish(owner: Any, run: _Run, members: tuple[str, ...], within_s: float = 60.0) -> Any:
@@ -394,7 +413,9 @@ def main(args: Any) -> int:
 
     spec = LoadSpec(requests=args.requests, concurrency=args.concurrency, clients=args.clients, kills=args.kills,
                     deadline_s=args.deadline_s)
-    with LocalNetwork(SimulationConfig(n_nodes=6, max_sessions=spec.concurrency + 2, log_level="WARNING")) as net:
+    config = SimulationConfig(n_nodes=6, max_sessions=spec.concurrency + 2, log_level="WARNING",
+                              keep_models=not args.republish)
+    with LocalNetwork(config) as net:
         report = run_load(net, spec)
     print(report.summary())
     if args.json:

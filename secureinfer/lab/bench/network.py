@@ -75,6 +75,7 @@ def _over_network(net, name: str, cfg, params, ids, mask, profile_name: str, pub
     model_id = f"{name}-open" if public_weights else name
     with net.owner() as owner, net.client() as client:
         committee = owner.publish(model_id, cfg, params, public_weights=public_weights)[0]
+        model_id = owner.model_id(model_id)  # OWNER/NAME: the id nodes host it under
         view = next(v for v in client.committees(model_id) if v.committee_id == committee.committee_id)
         task = node_pb2.TASK_ENCODE if name in ENCODERS else node_pb2.TASK_DECODE
         chosen = to_json(SecureStrategy(profile=profile_name, public_weights=True)) if public_weights else ""
