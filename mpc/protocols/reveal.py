@@ -242,12 +242,12 @@ def reveal_at_owner(channel: Channel, kind: type = AShare, tag: str = "output",
     digests = [channel.recv(p, tag + DIGEST_SUFFIX) for p in parties]
     if any(not isinstance(p, torch.Tensor) or p.shape != lo[0].shape or p.dtype != lo[0].dtype for p in lo):
         raise CommError("malformed output shares")
+    step = check.steps if check is not None else 0
     for name, d in zip(parties, digests):
         if not isinstance(d, bytes) or len(d) != DIGEST_BYTES:
-            raise OutputMismatch((name,), f"{name} sent a malformed digest", check.steps if check else 0)
+            raise OutputMismatch((name,), f"{name} sent a malformed digest", step)
     mine = [digest(part) for part in lo]  # component j as P_j sent it
     theirs = [digests[(j - 1) % 3] for j in range(3)]  # component j as P_{j-1} holds it
-    step = check.steps if check is not None else 0
     if check is not None:
         check.last, check.steps = (mine, theirs), check.steps + 1
     bad = [j for j in range(3) if mine[j] != theirs[j]]

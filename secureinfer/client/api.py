@@ -44,7 +44,7 @@ from secureinfer.models.sampling import SamplingConfig
 from secureinfer.mpc.comm import Channel
 from secureinfer.mpc.models import serving
 from secureinfer.net.certs import Identity
-from secureinfer.net.membership import CommitteeView, MembershipTable, RecordError
+from secureinfer.net.membership import CommitteeView, MembershipTable
 from secureinfer.strategy import PlaintextStrategy, SecureStrategy, Strategy, to_json as strategy_to_json
 from secureinfer.v1 import node_pb2
 
@@ -145,7 +145,7 @@ class Client(Member):
                         self.model_config(model_id, view=membership))
 
     def _run(self, req: _Request, output: str, profile: str, program: Program, work: Work,
-             retry: Callable[[], bool] = lambda: True, cancel: Cancellation | None = None) -> tuple[Any, ServedPlan]:
+             cancel: Cancellation | None = None) -> tuple[Any, ServedPlan]:
         """Run `program` where the request may run (the selector's plans, or the committees of `_views` in turn);
         its value and the plan that served it."""
         # Read the view again now: its records expire (a node re-signs its own every few seconds), and preparing
@@ -153,7 +153,7 @@ class Client(Member):
         req = dataclasses.replace(req, membership=self.settled_membership(req.model_id))
         runner = self._auto
         if req.auto and runner is not None:
-            return runner.run(req.model_id, req.privacy, output, program, req.committee, retry, work,
+            return runner.run(req.model_id, req.privacy, output, program, req.committee, work,
                               table=req.membership, cfg=req.cfg, max_error=req.max_error, cancel=cancel)
         spec = SessionSpec(task=node_pb2.TASK_DECODE if req.cfg.causal else node_pb2.TASK_ENCODE,
                            privacy=privacy_code(req.privacy), model_id=req.model_id, output=output,
@@ -165,18 +165,13 @@ class Client(Member):
             value = self.connector.run_session(view, at, lambda ch: program(ch, req.cfg, io), cancel=cancel)[0]
             return value, ServedPlan.explicit(view, req.strategy, profile)
 
-        return failover([(view, functools.partial(attempt, view)) for view in self._views(req)], retry,
+        return failover([(view, functools.partial(attempt, view)) for view in self._views(req)],
                         none_left=f"no committee for {req.model_id!r}")
 
     def _views(self, req: _Request) -> list[CommitteeView]:
         """The committees to try a request with an explicit strategy (or none) on, in order: the given one, else
         those hosting the model as the strategy needs it (its weight mode, its fixed point)."""
         model_id, strategy = req.model_id, req.strategy
-        if req.committee is not None and req.committee.privacy == node_pb2.PRIVACY_SECRET:
-            try:  # a committee named by hand: three distinct operators, as the view's own committees have
-                req.membership.check_committee(req.committee.node_ids)
-            except RecordError as exc:
-                raise InvalidRequest(f"committee {req.committee.committee_id}: {exc}") from None
         views = [req.committee] if req.committee is not None else \
             self.committees(model_id, req.privacy, view=req.membership)
         if not views:

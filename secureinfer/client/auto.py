@@ -281,7 +281,7 @@ class AutoRunner:
         return request, runnable
 
     def run(self, model_id: str, privacy: str, output: str, program: Program, committee: CommitteeView | None,
-            retry: Callable[[], bool], work: Work, *, table: MembershipTable, cfg: ModelConfig,
+            work: Work, *, table: MembershipTable, cfg: ModelConfig,
             max_error: float | None = None, cancel: Cancellation | None = None) -> tuple[Any, ServedPlan]:
         """Run the request on its best plan, falling back to the next placement on a retryable failure; returns
         its value and the plan that served it (`table`: the membership view to plan in; `cfg`: the model's public
@@ -290,7 +290,7 @@ class AutoRunner:
         attempts = [(place.view, functools.partial(self._attempt, plan, place, cfg, request, output, program, work,
                                                    cancel))
                     for plan, place in ranked]
-        return failover(attempts, retry, none_left=f"no plan could run {model_id!r}")
+        return failover(attempts, none_left=f"no plan could run {model_id!r}")
 
     def _attempt(self, plan: Plan, place: Placement, cfg: ModelConfig, request: RequestFeatures, output: str,
                  program: Program, work: Work, cancel: Cancellation | None) -> tuple[Any, ServedPlan]:

@@ -1,7 +1,7 @@
 """Committee failover: a request tries its placements in order and moves on only when one failed in a way another
 committee may not (a node died, was busy, ran out of time, or no longer hosts the model).
 
-    value = failover([(view, lambda: run_on(view)) for view in views], retry, none_left="no committee for 'tiny'")
+    value = failover([(view, lambda: run_on(view)) for view in views], none_left="no committee for 'tiny'")
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from .errors import NetworkError, RequestFailed
 T = TypeVar("T")
 
 
-def failover(attempts: Iterable[tuple[CommitteeView, Callable[[], T]]], retry: Callable[[], bool], none_left: str
-             ) -> T:
+def failover(attempts: Iterable[tuple[CommitteeView, Callable[[], T]]], none_left: str) -> T:
     """The result of the first attempt that succeeds, in order. A retryable RequestFailed moves on to the next
-    attempt while `retry()` allows (a generation resumes there after the tokens it already has: resume.py); any
-    other failure is raised. A placement (committee id and nodes) that failed is not tried again. When nothing is left, the last
+    attempt (a generation resumes there after the tokens it already has: resume.py); any other failure is raised. A placement (committee id and nodes) that failed is not tried again. When nothing is left, the last
     failure is raised (NetworkError(`none_left`) if nothing was tried)."""
     failed: set[tuple[str, tuple[str, ...]]] = set()
     last: RequestFailed | None = None
@@ -33,6 +31,6 @@ def failover(attempts: Iterable[tuple[CommitteeView, Callable[[], T]]], retry: C
         except RequestFailed as exc:
             last = exc
             failed.add(where)
-            if not (exc.retryable and retry()):
+            if not exc.retryable:
                 raise
     raise last if last is not None else NetworkError(none_left)

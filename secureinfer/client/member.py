@@ -18,7 +18,7 @@ from typing import Any
 from secureinfer.models.config import ModelConfig
 from secureinfer.net.certs import Identity
 from secureinfer.net.crl import CRL_FILE, RevocationWatch
-from secureinfer.net.membership import CommitteeView
+from secureinfer.net.membership import CommitteeView, RecordError
 from secureinfer.net.owners import OwnedTable, OwnerError
 from secureinfer.net.wire import config_from_json
 from secureinfer.v1 import node_pb2
@@ -117,13 +117,19 @@ class Member:
             time.sleep(0.25)
 
     def check_members(self, committee: CommitteeView, view: OwnedTable) -> None:
-        """InvalidRequest unless every node of a committee the caller names has a live record in `view`: one whose
-        certificate is revoked has none there (`from_dir`), and nothing is sent to it."""
+        """InvalidRequest unless every node of a committee the caller names has a live record in `view` (one whose
+        certificate is revoked has none there, `from_dir`) and, for a secret committee, the records name three
+        distinct operators, as the view's own committees do; nothing is sent to such a committee."""
         missing = [n for n in committee.node_ids if view.get(n) is None]
         if missing:
             raise InvalidRequest(f"committee {committee.committee_id!r}: no live record of {', '.join(missing)} in "
                                  f"this client's view (unknown, expired, or its certificate is revoked); nothing "
                                  f"was sent")
+        if committee.privacy == node_pb2.PRIVACY_SECRET:
+            try:
+                view.check_committee(committee.node_ids)
+            except RecordError as exc:
+                raise InvalidRequest(f"committee {committee.committee_id!r}: {exc}; nothing was sent") from None
 
     def check_owned(self, committee: CommitteeView, model_id: str, view: OwnedTable) -> None:
         """InvalidRequest when a member of a committee the caller names lists `model_id` there without a valid

@@ -1,8 +1,8 @@
 """A generation that survives its committee: what the client has sampled so far is kept, and a later attempt on
 another committee continues after it instead of starting over.
 
-    resumable = Resumable(prompt, max_new_tokens, on_token)
-    value = failover([...attempts that run resumable.program...], retry=lambda: True, ...)
+    resumable = Resumable(prompt, max_new_tokens, sampling, on_token)
+    value = failover([...attempts that run resumable.program...], none_left=...)
     generation = resumable.result()
 
 The client already holds every token it sampled and the logits it sampled each from (it reconstructed them), so

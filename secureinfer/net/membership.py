@@ -230,7 +230,8 @@ class MembershipTable:
 
     def check_committee(self, node_ids: Sequence[str]) -> None:
         """Raise RecordError unless every member of a secret committee has a live record here and their certificates
-        name distinct operators: what a client checks before it uses a committee, and a node before it serves one."""
+        name distinct operators: what a client checks of a committee its caller names (the view's own committees are
+        checked in choose_committees)."""
         records = [self.get(node_id) for node_id in node_ids]
         missing = [node_id for node_id, record in zip(node_ids, records) if record is None]
         if missing:

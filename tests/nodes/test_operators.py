@@ -15,9 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from secureinfer.client.errors import InvalidRequest
 from secureinfer.client.member import Member
 from secureinfer.net.certs import CertError, Identity
-from secureinfer.net.membership import pick_secure_nodes, record_operator
+from secureinfer.net.membership import CommitteeView, pick_secure_nodes, record_operator
 from secureinfer.net.wire import config_to_json
 from secureinfer.nodes.config import NodeConfig
 from secureinfer.nodes.daemon import NodeDaemon
@@ -139,3 +140,14 @@ def test_a_node_certificate_without_operator_is_refused_with_reissue_advice(pki:
     outcome = cluster.run(_finish_open(cluster, old, "n1", first))
     assert outcome[0] == Code.UNAUTHENTICATED and "names no operator" in outcome[1], outcome
 
+
+
+def test_capture_attack_a_client_refuses_a_committee_of_two_operators_named_by_hand(network: Network) -> None:
+    """A committee the caller names (n0, m0, m1) is refused at the client before anything is sent; (n0, n1, n2)
+    passes the same check."""
+    view = network.member.membership()
+    captured = CommitteeView("c-captured", ("n0", *CAPTORS), ("",) * 3, node_pb2.PRIVACY_SECRET)
+    refused = "m0 \\(mallory-ops\\), m1 \\(mallory-ops\\) does not have 3 distinct operators"
+    with pytest.raises(InvalidRequest, match=refused):
+        network.member.check_members(captured, view)
+    network.member.check_members(CommitteeView("c-honest", HONEST[:3], ("",) * 3, node_pb2.PRIVACY_SECRET), view)

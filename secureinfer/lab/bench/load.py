@@ -323,7 +323,7 @@ def _faults(run: _Run, owner: Any, committees: list[Any], kills: list[Kill], sto
         time.sleep(spec.downtime_s)
         run.restart(victim)
         restarted = run.elapsed()
-        kept = getattr(network.config, "keep_models", False)
+        kept = network.config.keep_models
         committees[k % len(committees)] = (_kept if kept else _republish)(owner, run, members)
         kills.append(Kill(victim, killed, restarted, run.elapsed(), republished=not kept))
         run.log(f"chaos: {victim} restarted at {restarted:.1f} s, committee serving again at {run.elapsed():.1f} s")
